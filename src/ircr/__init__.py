@@ -1,0 +1,22 @@
+"""ircr: semi-supervised nuclei instance segmentation in H&E histopathology.
+
+The public entry points are the ``ircr`` command and :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ircr._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ircr.engine.segment import NucleusSegmenter
+
+__all__ = ["__version__", "load_model"]
+
+
+def load_model(path: Any, **kwargs: Any) -> NucleusSegmenter:
+    """Load a trained model folder and return a segmenter with ``.segment(image_or_path)``."""
+    from ircr.engine.segment import load_model as _load
+
+    return _load(path, **kwargs)

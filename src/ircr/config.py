@@ -1,0 +1,192 @@
+"""Typed, validated configuration: dataclasses filled from YAML mappings.
+
+Configuration is data. Each section of a config is a ``@dataclass`` with typed fields and
+defaults; :func:`from_dict` builds it from a plain mapping and rejects unknown keys and
+values of the wrong type with a one-line :class:`~ircr.errors.IrcrError` that names the
+file and the dotted key. ``--set key=value`` overrides are applied with
+:func:`apply_overrides` before validation.
+
+Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Path``, ``Literal[...]``,
+``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]``, nested dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from ircr.errors import IrcrError
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check/convert one value against a type annotation."""
+    bad = IrcrError(f"{where}: config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, where)
+            except IrcrError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise bad
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        args = get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        vtp = get_args(tp)[1] if get_args(tp) else Any
+        return {str(k): _convert(v, vtp, f"{key}.{k}", where) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # type: ignore[arg-type]
+            return value
+        if not isinstance(value, dict):
+            raise bad
+        return from_dict(tp, value, where=where, prefix=f"{key}.")  # type: ignore[arg-type]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise bad
+    raise IrcrError(f"{where}: config key '{key}' has unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise IrcrError.
+
+    Args:
+        cls: a dataclass type whose fields carry type annotations.
+        data: mapping of field name to value (``None`` means all defaults).
+        where: file name (or other origin) used in error messages.
+        prefix: dotted key prefix for nested sections (used in error messages).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise IrcrError(f"{where}: config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        valid = ", ".join(sorted(fields))
+        raise IrcrError(f"{where}: unknown config key '{prefix}{unknown[0]}' (valid keys: {valid})")
+    kwargs = {name: _convert(value, hints[name], prefix + name, where) for name, value in data.items()}
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise IrcrError(f"{where}: missing required config key '{prefix}{missing[0]}'")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(where)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Convert a (nested) dataclass to plain YAML-serialisable Python objects."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` with one-line errors for missing/invalid files."""
+    p = Path(path)
+    if not p.is_file():
+        raise IrcrError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise IrcrError(f"{p}: invalid YAML{line}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IrcrError(f"{p}: top level of a config must be a mapping")
+    return data
+
+
+def write_yaml(path: str | Path, data: Any) -> None:
+    """Write ``data`` (dataclass or plain objects) to ``path`` as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(data), sort_keys=False))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "--set") -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested mapping in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise IrcrError(f"{where}: override '{item}' must look like key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise IrcrError(f"{where}: cannot parse value of '{key}': {raw!r}") from exc
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise IrcrError(f"{where}: '{key}' goes through a non-mapping key '{part}'")
+            node = child
+        node[parts[-1]] = value
+    return data

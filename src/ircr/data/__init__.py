@@ -1,0 +1,1 @@
+"""Data layer: dataset readers, training targets, synthetic data, prepared datasets."""

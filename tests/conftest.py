@@ -1,0 +1,44 @@
+"""Shared fixtures.
+
+``shared_data`` points at ``../shared/data`` (or ``$IRCR_SHARED_DATA``). Locally a missing
+copy skips the test; under CI (``CI=true``) it fails, so real-data tests can never be skipped
+silently there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_root() -> Path:
+    env = os.environ.get("IRCR_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the real datasets (MoNuSeg2018/, CPM15/)."""
+    root = _shared_root()
+    if not (root / "MoNuSeg2018").is_dir():
+        msg = f"real data not found at {root}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg + " (CI=true: real-data tests must run)")
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture(scope="session")
+def monuseg_root(shared_data: Path) -> Path:
+    """MoNuSeg 2018 training folder (images/, labels_inst/, annotations_xml_partial/)."""
+    return shared_data / "MoNuSeg2018" / "train"
+
+
+@pytest.fixture(scope="session")
+def cpm15_root(shared_data: Path) -> Path:
+    """CPM-15 training folder (images/, labels_txt/)."""
+    return shared_data / "CPM15" / "train"
