@@ -1,0 +1,1 @@
+"""Training: experiment config, the one trainer, pluggable methods, checkpoints."""
