@@ -1,0 +1,130 @@
+"""MoNuSeg 2018 (Kumar et al.): 1000x1000 H&E tiles at 40x with nucleus polygons.
+
+Accepted layouts under ``root`` (first match wins):
+
+* images: ``images/``, ``Tissue Images/``, ``Tissue_Images/``, or ``root`` itself
+  (``<id>.tif``/``.tiff``/``.png``);
+* label PNGs: ``labels_inst/<id>.png`` (16-bit instance maps, 0 = background);
+* Aperio ImageScope XMLs: ``annotations/``, ``Annotations/``, ``annotations_xml/``,
+  ``annotations_xml_partial/`` or next to the images (``<id>.xml`` or ``<id>.xml.gz``).
+
+XML polygons are rasterised with :func:`ircr.data.polygons.rasterize_polygons` (pixel
+centres at integer coordinates; overlap rule ``"later"`` by default: a later region wins).
+Degenerate regions (< 3 vertices or zero area) are skipped and counted in
+``meta["n_degenerate"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ircr.data.datasets._common import (
+    check_choice,
+    empty_folder_error,
+    find_subdir,
+    list_by_stem,
+    parse_aperio_xml,
+    require_root,
+)
+from ircr.data.polygons import is_degenerate, rasterize_polygons
+from ircr.data.sample import Sample
+from ircr.errors import file_error
+from ircr.io.image import check_same_size, read_image, read_label_map
+
+MONUSEG_MPP = 0.25  # 40x scans (Kumar et al. 2017)
+_IMAGE_DIRS = ("images", "Tissue Images", "Tissue_Images", "tissue_images")
+_PNG_DIRS = ("labels_inst",)
+_XML_DIRS = ("annotations", "Annotations", "annotations_xml", "annotations_xml_partial")
+_XML_SUFFIXES = (".xml", ".xml.gz")
+
+
+def read_monuseg_xml(
+    path: str | Path, shape: tuple[int, int], overlap: Literal["later", "smaller"] = "later"
+) -> tuple[np.ndarray, int]:
+    """Rasterise one MoNuSeg XML to an (H, W) int32 instance map.
+
+    Returns:
+        (inst, n_degenerate): the map (ids are region positions, 1-based) and the number
+        of skipped degenerate regions.
+    """
+    polys = [p for _, p in parse_aperio_xml(Path(path))]
+    n_bad = sum(1 for p in polys if is_degenerate(p))
+    return rasterize_polygons(polys, shape, overlap=overlap), n_bad
+
+
+def _discover(root: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path], Path]:
+    img_dir = find_subdir(root, _IMAGE_DIRS) or root
+    images = list_by_stem(img_dir, (".tif", ".tiff", ".png"))
+    png_dir = find_subdir(root, _PNG_DIRS)
+    pngs = list_by_stem(png_dir, (".png", ".tif", ".tiff", ".npy")) if png_dir else {}
+    xml_dir = find_subdir(root, _XML_DIRS) or img_dir
+    xmls = list_by_stem(xml_dir, _XML_SUFFIXES)
+    return images, pngs, xmls, img_dir
+
+
+def iter_monuseg(
+    root: str | Path,
+    labels: Literal["auto", "png", "xml", "none"] = "auto",
+    missing: Literal["error", "skip", "unlabelled"] = "error",
+    overlap: Literal["later", "smaller"] = "later",
+) -> Iterator[Sample]:
+    """Yield MoNuSeg samples in name order.
+
+    Args:
+        root: dataset folder (see module docstring for layouts).
+        labels: ``"png"`` label maps, ``"xml"`` polygons, ``"auto"`` (PNG if present for
+            that image, else XML) or ``"none"`` (images only, ``inst=None``).
+        missing: what to do with an image without labels of the chosen kind: ``"error"``,
+            ``"skip"`` it, or yield it ``"unlabelled"`` (``inst=None``).
+        overlap: XML overlap rule passed to ``rasterize_polygons``.
+
+    Raises:
+        IrcrError: missing/empty folder, unknown option value, missing labels (with
+            ``missing="error"``), unreadable files, size mismatch, XML without regions.
+    """
+    check_choice("monuseg", "labels", labels, ("auto", "png", "xml", "none"))
+    check_choice("monuseg", "missing", missing, ("error", "skip", "unlabelled"))
+    check_choice("monuseg", "overlap", overlap, ("later", "smaller"))
+    base = require_root(root, "monuseg")
+    images, pngs, xmls, img_dir = _discover(base)
+    if not images:
+        raise empty_folder_error(img_dir, "MoNuSeg images (.tif/.tiff/.png)")
+    plan: list[tuple[str, Path, Path | None, str]] = []
+    for name, img in images.items():
+        fmt, lab = "none", None
+        if labels in ("png", "auto") and name in pngs:
+            fmt, lab = "png", pngs[name]
+        elif labels in ("xml", "auto") and name in xmls:
+            fmt, lab = "xml", xmls[name]
+        if lab is None and labels != "none":
+            if missing == "error":
+                kind = {"auto": "label PNG or XML", "png": "label PNG", "xml": "XML"}[labels]
+                raise file_error(img, f"no {kind} found for this image (use missing='skip' or "
+                                 "'unlabelled' to continue without it)")
+            if missing == "skip":
+                continue
+        plan.append((name, img, lab, fmt))
+    return _generate(plan, overlap)
+
+
+def _generate(
+    plan: list[tuple[str, Path, Path | None, str]], overlap: Literal["later", "smaller"]
+) -> Iterator[Sample]:
+    for name, img_path, lab_path, fmt in plan:
+        image = read_image(img_path)
+        meta: dict[str, object] = {
+            "name": name, "source": "monuseg", "mpp": MONUSEG_MPP, "path": str(img_path),
+            "label_path": str(lab_path) if lab_path else None, "label_format": fmt,
+        }
+        inst = None
+        if fmt == "png" and lab_path is not None:
+            inst = read_label_map(lab_path)
+            check_same_size(image, inst, img_path, lab_path)
+        elif fmt == "xml" and lab_path is not None:
+            inst, n_bad = read_monuseg_xml(lab_path, image.shape[:2], overlap=overlap)
+            meta["n_degenerate"] = n_bad
+        yield Sample(image=image, inst=inst, meta=meta)

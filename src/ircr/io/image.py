@@ -1,0 +1,240 @@
+"""Robust reading of RGB images and integer label maps.
+
+:func:`read_image` always returns an (H, W, 3) uint8 RGB array and :func:`read_label_map`
+an (H, W) int32 map; anything they cannot convert without guessing is refused with a
+one-line :class:`~ircr.errors.IrcrError` ``"<path>: <problem>"``.
+
+Conversion rules of :func:`read_image` (applied in this order):
+
+* TIFF files (``.tif``/``.tiff``) are read with tifffile (imagecodecs decodes LZW and the
+  other compressions); the first page / full-resolution level is used. If tifffile cannot
+  decode the file, Pillow is tried. All other formats (PNG, JPEG, BMP, ...) use Pillow.
+* Planar (3, H, W) or (4, H, W) TIFF data is transposed to channels-last.
+* Sample type:
+  - uint8: used as is; bool: False -> 0, True -> 255.
+  - uint16 (and other integers up to 65535): a *true* 16-bit image, i.e. one with a value
+    above 255, is scaled to 8 bits with ``>> 8`` (keeps the top byte). A 16-bit container
+    whose values all lie in 0..255 holds 8-bit data and is cast unchanged (shifting it
+    would turn it black).
+  - float: values in [0, 1] are scaled by 255 and rounded; integer-valued floats in
+    [0, 255] are cast; anything else (negative, > 255, NaN, fractional > 1) is refused
+    because its intensity range cannot be known.
+  - other integer types with negative values or values above 65535 are refused.
+* Channels: grayscale (H, W) or (H, W, 1) is replicated to 3 channels; gray+alpha and RGBA
+  drop the alpha channel, compositing onto white where alpha < 255
+  (``out = rgb * a/255 + 255 * (1 - a/255)``, rounded); a fully opaque alpha is simply
+  dropped. Palette images are expanded through their palette. Any other shape is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ircr.errors import IrcrError, file_error
+
+_TIFF_SUFFIXES = {".tif", ".tiff"}
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise file_error(path, "file not found")
+    if path.is_dir():
+        raise file_error(path, "is a folder, expected an image file")
+    if path.stat().st_size == 0:
+        raise file_error(path, "file is empty (0 bytes)")
+
+
+def _read_with_tifffile(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(str(path)) as tif:
+        if not tif.pages:
+            raise ValueError("TIFF has no pages")
+        return np.asarray(tif.pages[0].asarray())  # type: ignore[union-attr]
+
+
+def _pil_to_array(path: Path, for_labels: bool) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(str(path)) as im:
+        im.load()
+        mode = im.mode
+        if mode == "1":
+            im = im.convert("L")
+        elif mode == "P" and not for_labels:
+            im = im.convert("RGBA")
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV") and not for_labels:
+            im = im.convert("RGB")
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            raise file_error(path, f"label image has colour mode {mode}; expected one channel")
+        arr = np.asarray(im)
+        if mode == "1":
+            arr = (arr > 0).astype(np.uint8) * (255 if not for_labels else 1)
+        return arr
+
+
+def _load_raw(path: Path, for_labels: bool = False) -> np.ndarray:
+    """Decode ``path`` to a raw numpy array (no dtype/channel conversion)."""
+    _check_file(path)
+    errors: list[str] = []
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        try:
+            return _read_with_tifffile(path)
+        except Exception as exc:  # tifffile raises many types; fall back to Pillow
+            errors.append(f"tifffile: {exc}")
+    try:
+        return _pil_to_array(path, for_labels)
+    except IrcrError:
+        raise
+    except Exception as exc:  # Pillow: UnidentifiedImageError, OSError (truncated), ...
+        errors.append(f"{type(exc).__name__}: {exc}")
+    detail = "; ".join(e.splitlines()[0] if e else e for e in errors)
+    raise file_error(path, f"cannot read image ({detail})")
+
+
+def to_uint8(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    """Convert an image array's sample type to uint8 by the module rules (``path`` for errors)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise file_error(path, f"floating-point image ({arr.dtype}) contains NaN or inf")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return np.rint(arr * 255.0).astype(np.uint8)
+        if lo >= 0.0 and hi <= 255.0 and np.all(arr == np.round(arr)):
+            return arr.astype(np.uint8)
+        raise file_error(
+            path,
+            f"floating-point image ({arr.dtype}) with values in [{lo:g}, {hi:g}]: intensity "
+            "range unknown (expected [0, 1] or integer values in [0, 255])",
+        )
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 65535:
+            raise file_error(
+                path, f"integer image ({arr.dtype}) with values in [{lo}, {hi}] is not 8- or 16-bit"
+            )
+        if hi <= 255:
+            return arr.astype(np.uint8)  # 8-bit data stored in a wider container
+        return (arr.astype(np.uint16) >> 8).astype(np.uint8)  # true 16-bit: keep the top byte
+    raise file_error(path, f"unsupported image sample type {arr.dtype}")
+
+
+def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 colour + (H, W) uint8 alpha -> composited on white, uint8."""
+    if np.all(alpha == 255):
+        return rgb
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    out = rgb.astype(np.float32) * a + 255.0 * (1.0 - a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Any supported (H, W[, C]) uint8 layout -> (H, W, 3) uint8 RGB."""
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    channels = arr.shape[2]
+    if channels == 1:
+        return np.repeat(arr, 3, axis=2)
+    if channels == 2:
+        gray = _composite_on_white(arr[:, :, :1], arr[:, :, 1])
+        return np.repeat(gray, 3, axis=2)
+    if channels == 3:
+        return arr
+    if channels == 4:
+        return _composite_on_white(arr[:, :, :3], arr[:, :, 3])
+    raise file_error(path, f"image has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB (see the module docstring for the rules).
+
+    Raises:
+        IrcrError: ``"<path>: <problem>"`` for a missing, empty, truncated or undecodable
+            file, an unsupported shape or sample type, or an empty image.
+    """
+    p = Path(path)
+    arr = _load_raw(p)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar TIFF -> channels last
+    if arr.ndim not in (2, 3):
+        raise file_error(p, f"image has shape {arr.shape}; expected (H, W) or (H, W, C)")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise file_error(p, f"image is empty (shape {arr.shape})")
+    rgb = _to_rgb(to_uint8(arr, p), p)
+    return np.ascontiguousarray(rgb)
+
+
+def as_label_map(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    """Validate an integer-valued, non-negative (H, W[, 1]) array; return it as int32.
+
+    ``path`` only names the origin in errors. Raises IrcrError for colour, negative,
+    non-integer or out-of-range maps.
+    """
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        raise file_error(
+            path,
+            f"label map is a colour image with {arr.shape[2]} channels; expected a single-channel "
+            "integer instance map (0 = background)",
+        )
+    if arr.ndim != 2:
+        raise file_error(path, f"label map has shape {arr.shape}; expected (H, W)")
+    if arr.size == 0:
+        raise file_error(path, f"label map is empty (shape {arr.shape})")
+    if arr.dtype == np.bool_:
+        return arr.astype(np.int32)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise file_error(path, f"label map ({arr.dtype}) has non-integer values")
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise file_error(path, f"label map has unsupported type {arr.dtype}")
+    lo, hi = arr.min(), arr.max()
+    if lo < 0:
+        raise file_error(path, f"label map has negative values (min {lo})")
+    if hi > _INT32_MAX:
+        raise file_error(path, f"label map has ids above the int32 range (max {hi})")
+    return arr.astype(np.int32)
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Read an instance label map (PNG/TIFF/NPY; 8-, 16- or 32-bit) as (H, W) int32.
+
+    0 is background and every other value an instance id. 16-bit PNGs (Pillow mode
+    ``I;16``) keep their values. Colour (RGB/RGBA) label images, negative values and
+    non-integer floats are refused.
+
+    Raises:
+        IrcrError: ``"<path>: <problem>"``.
+    """
+    p = Path(path)
+    if p.suffix.lower() == ".npy":
+        _check_file(p)
+        try:
+            arr = np.load(str(p), allow_pickle=False)
+        except Exception as exc:
+            msg = f"cannot read .npy label map ({type(exc).__name__}: {exc})"
+            raise file_error(p, msg) from None
+    else:
+        arr = _load_raw(p, for_labels=True)
+    return as_label_map(np.asarray(arr), p)
+
+
+def check_same_size(
+    image: np.ndarray, labels: np.ndarray, image_path: str | Path, label_path: str | Path
+) -> None:
+    """Raise an IrcrError naming both files when image (H, W, 3) and labels (H, W) differ."""
+    if image.shape[:2] != labels.shape[:2]:
+        ih, iw = image.shape[:2]
+        lh, lw = labels.shape[:2]
+        raise IrcrError(
+            f"{label_path}: label map is {lw}x{lh} (WxH) but image {image_path} is {iw}x{ih}"
+        )
+
