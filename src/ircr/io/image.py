@@ -9,7 +9,8 @@ Conversion rules of :func:`read_image` (applied in this order):
 * TIFF files (``.tif``/``.tiff``) are read with tifffile (imagecodecs decodes LZW and the
   other compressions); the first page / full-resolution level is used. If tifffile cannot
   decode the file, Pillow is tried. All other formats (PNG, JPEG, BMP, ...) use Pillow.
-* Planar (3, H, W) or (4, H, W) TIFF data is transposed to channels-last.
+* Planar TIFF data (samples stored separately, tifffile axes ``SYX``) is moved to
+  channels-last.
 * Sample type:
   - uint8: used as is; bool: False -> 0, True -> 255.
   - uint16 (and other integers up to 65535): a *true* 16-bit image, i.e. one with a value
@@ -53,7 +54,12 @@ def _read_with_tifffile(path: Path) -> np.ndarray:
     with tifffile.TiffFile(str(path)) as tif:
         if not tif.pages:
             raise ValueError("TIFF has no pages")
-        return np.asarray(tif.pages[0].asarray())  # type: ignore[union-attr]
+        page = tif.pages[0]
+        arr = np.asarray(page.asarray())  # type: ignore[union-attr]
+        axes = str(getattr(page, "axes", ""))
+        if arr.ndim == 3 and axes.startswith("S"):
+            arr = np.moveaxis(arr, 0, -1)  # planar (separate) samples -> channels last
+        return arr
 
 
 def _pil_to_array(path: Path, for_labels: bool) -> np.ndarray:
@@ -161,8 +167,6 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     p = Path(path)
     arr = _load_raw(p)
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (1, 2, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # planar TIFF -> channels last
     if arr.ndim not in (2, 3):
         raise file_error(p, f"image has shape {arr.shape}; expected (H, W) or (H, W, C)")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
