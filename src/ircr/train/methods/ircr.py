@@ -1,0 +1,333 @@
+"""IRCR-Net: L_sup + γ1·L_PIAC + γ2·L_MIAC on a Mean-Teacher skeleton (spec §1–§4).
+
+Per iteration (``mask_source: current``, the default):
+
+1. teacher forward on the weak view (no grad, eval BN); its WBIS (and the prior's scoring of
+   the teacher instances on the weak-view image) is launched at once in a background thread,
+   so it runs while the student forward and the supervised loss run;
+2. one student forward of labelled + strong views, L_sup; student WBIS launched;
+3. U mask (prior), Hungarian matching with the radius filter, pair-index and band maps,
+   then the vectorised PIAC and MIAC losses on the device. No gradient flows through WBIS,
+   matching or the prior (all masks are built from detached outputs).
+
+``mask_source: previous`` uses per-sample masks cached at the previous visit of the same
+unlabelled patch. The cache holds the teacher map T, the student map S and the rejected
+teacher ids in the un-augmented patch frame (scattered back through ``src_index``), and is
+mapped into the current view with :func:`~ircr.train.methods.base.map_to_view`. A sample
+without a cache entry contributes 0 to both consistency terms. The WBIS of the current
+iteration is then off the critical path (its futures are collected at the next iteration).
+
+Switches (config only): ``piac: false`` = plain MSE consistency (U ≡ 1), ``miac: false`` = no
+MIAC term, ``miac_boundary_beta: 0`` = MIAC "w/o B", ``match_radius`` = r (Table 4).
+"""
+
+from __future__ import annotations
+
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from torch import Tensor
+
+from ircr.ssl import matching
+from ircr.ssl.diagnostics import save_overlays
+from ircr.ssl.piac import piac_loss, rejected_ids
+from ircr.ssl.prior import MorphPrior, default_prior_path
+from ircr.train.methods import register_method
+from ircr.train.methods.base import map_to_view
+from ircr.train.methods.mean_teacher import MeanTeacher, feature_maps, masked_mse
+
+
+@dataclass
+class TeacherSide:
+    """Teacher instance maps of a batch and the prior's verdict on them."""
+
+    inst: list[np.ndarray]  # (H, W) int32 per image
+    rejected: list[np.ndarray]  # rejected teacher ids per image
+    scored: list[int]  # instances scored (not touching the border) per image
+
+
+@dataclass
+class StudentSide:
+    """Student instance maps, the kept pairs and their maps for the MIAC loss."""
+
+    inst: list[np.ndarray]
+    pairs: list[np.ndarray]  # (P_b, 2) (teacher id, student id) per image
+    dists: list[np.ndarray]  # (P_b,) centroid distances
+    maps: matching.PairMaps | None
+
+
+def to_uint8_images(x: Tensor) -> np.ndarray:
+    """(N, 3, H, W) float 0..255 tensor -> (N, H, W, 3) uint8 RGB numpy."""
+    return x.detach().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_patch_frame(view_map: np.ndarray, src_index: np.ndarray, size: int) -> np.ndarray:
+    """Scatter a view-frame label map back into the un-augmented (size, size) patch frame.
+
+    Args:
+        view_map: (H, W) int label map in the augmented view.
+        src_index: (H, W) int64 flat source index per view pixel (-1 = outside the patch).
+        size: P, the patch side.
+
+    Returns:
+        (P, P) int32 map; patch pixels no view pixel came from (down-scaling gaps) take the
+        value of the nearest covered pixel within 1.5 px, the rest 0.
+    """
+    flat = np.zeros(size * size, dtype=np.int32)
+    flat_cov = np.zeros(size * size, dtype=bool)
+    ok = src_index >= 0
+    flat[src_index[ok]] = view_map[ok]
+    flat_cov[src_index[ok]] = True
+    out = flat.reshape(size, size)
+    covered = flat_cov.reshape(size, size)
+    if covered.any() and not covered.all():
+        dist, (iy, ix) = ndi.distance_transform_edt(~covered, return_indices=True)
+        gap = ~covered & (dist <= 1.5)
+        out[gap] = out[iy[gap], ix[gap]]
+    return out
+
+
+def pack(arr: np.ndarray) -> Tensor:
+    """Compress an int32 label map into a 1-D uint8 tensor (checkpoint-safe)."""
+    raw = zlib.compress(np.ascontiguousarray(arr, dtype=np.int32).tobytes(), 1)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
+
+
+def unpack(t: Tensor, size: int) -> np.ndarray:
+    """Inverse of :func:`pack` for a (size, size) map."""
+    raw = zlib.decompress(t.numpy().tobytes())
+    return np.frombuffer(raw, dtype=np.int32).reshape(size, size).copy()
+
+
+@register_method("ircr")
+class IRCR(MeanTeacher):
+    """IRCR-Net consistency: prior-weighted PIAC + matched-instance MIAC."""
+
+    def setup(self) -> None:
+        """EMA teacher, morphological prior, thread pool and the per-sample mask cache."""
+        super().setup()
+        self.prior: MorphPrior | None = None
+        if self.cfg.piac:
+            path = self.cfg.prior if self.cfg.prior else default_prior_path()
+            self.prior = MorphPrior.load(path, combine=self.cfg.prior_combine)
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ircr-wbis")
+        self.cache: dict[int, dict[str, Tensor]] = {}
+        self.pending: list[tuple[Future[tuple[TeacherSide, list[np.ndarray]]], np.ndarray,
+                                 np.ndarray]] = []
+        self.overlay_items: list[dict[str, object]] = []
+
+    # -- masks (run in the thread pool; numpy only, no autograd) ------------------------------
+    def _wbis(self, probs: np.ndarray, hvs: np.ndarray) -> list[np.ndarray]:
+        from ircr.postproc.batch import wbis_batch
+
+        maps = wbis_batch(probs, hvs, self.trainer.wbis_params, workers=self.cfg.wbis_workers)
+        return [np.asarray(m, dtype=np.int32) for m in maps]
+
+    def _rejected(self, images: np.ndarray, teacher: list[np.ndarray]
+                  ) -> tuple[list[np.ndarray], list[int]]:
+        """Teacher ids the prior rejects (score < τ; border instances kept) and scored counts."""
+        if self.prior is None:
+            return [np.zeros(0, np.int64) for _ in teacher], [0 for _ in teacher]
+        rej, scored = [], []
+        for img, t in zip(images, teacher):
+            ids, _, n = rejected_ids(img, t, self.prior, self.cfg.prior_tau)
+            rej.append(np.asarray(ids, dtype=np.int64))
+            scored.append(n)
+        return rej, scored
+
+    def _teacher_side(self, probs: np.ndarray, hvs: np.ndarray, images: np.ndarray
+                      ) -> TeacherSide:
+        t = self._wbis(probs, hvs)
+        rej, scored = self._rejected(images, t)
+        return TeacherSide(t, rej, scored)
+
+    def _match(self, teacher: list[np.ndarray], student: list[np.ndarray],
+               active: list[bool]) -> StudentSide:
+        """Hungarian matching within ``match_radius`` and the pair/band maps of the batch."""
+        pairs, dists, maps = [], [], []
+        for t, s, a in zip(teacher, student, active):
+            if self.cfg.miac and a:
+                pr, d = matching.match_instances(t, s, radius=self.cfg.match_radius)
+            else:
+                pr, d = np.zeros((0, 2), np.int64), np.zeros(0, np.float64)
+            pairs.append(pr)
+            dists.append(d)
+            if self.cfg.miac:
+                maps.append(matching.pair_index_maps(t, s, pr))
+        stacked = None
+        if maps:
+            keys = ("lt", "ls", "band_t", "band_s", "band_ts")
+            arrays = {k: np.stack([getattr(m, k) for m in maps]) for k in keys}
+            stacked = matching.PairMaps(n_pairs=sum(m.n_pairs for m in maps), **arrays)
+        return StudentSide(student, pairs, dists, stacked)
+
+    def _student_side(self, probs: np.ndarray, hvs: np.ndarray,
+                      teacher: Future[TeacherSide]) -> StudentSide:
+        s = self._wbis(probs, hvs)
+        return self._match(teacher.result().inst, s, [True] * len(s))
+
+    def _all_masks(self, pt: np.ndarray, hvt: np.ndarray, images: np.ndarray,
+                   ps: np.ndarray, hvs: np.ndarray) -> tuple[TeacherSide, list[np.ndarray]]:
+        t = self._teacher_side(pt, hvt, images)
+        s = self._wbis(ps, hvs) if self.cfg.miac else [np.zeros_like(x) for x in t.inst]
+        return t, s
+
+    # -- losses ------------------------------------------------------------------------------
+    def _cons_term(self, fs: Tensor, ft: Tensor, valid: Tensor, t: TeacherSide,
+                   active: list[bool]) -> Tensor:
+        """γ1's term: L_PIAC with U from the prior, or plain MSE (``piac: false``)."""
+        act = torch.tensor(active, dtype=fs.dtype, device=fs.device).view(-1, 1, 1)
+        weight = valid.to(fs.dtype) * act
+        self.stats.add_prior(sum(n for n, a in zip(t.scored, active) if a),
+                             sum(len(r) for r, a in zip(t.rejected, active) if a))
+        if not self.cfg.piac:
+            return masked_mse(fs, ft, weight)
+        u = np.full((len(t.inst), *t.inst[0].shape), self.cfg.piac_weight, np.float32)
+        for k, (inst, rej) in enumerate(zip(t.inst, t.rejected)):
+            if rej.size:
+                u[k][np.isin(inst, rej)] = 0.0
+        return piac_loss(fs, ft, torch.from_numpy(u).to(fs.device, fs.dtype) * weight)
+
+    def _miac_term(self, fs: Tensor, ft: Tensor, bs: Tensor, bt: Tensor,
+                   s: StudentSide, n_active: int) -> Tensor:
+        self.stats.add_matching(n_active, np.concatenate([np.zeros(0), *s.dists]).tolist())
+        if s.maps is None:
+            return fs.new_zeros(())
+        m = s.maps
+        loss, _ = matching.miac_loss(fs, ft, bs, bt, m.lt, m.ls, m.band_t, m.band_s, m.band_ts,
+                                     beta=self.cfg.miac_boundary_beta, n_pairs=m.n_pairs)
+        return loss
+
+    # -- iteration ---------------------------------------------------------------------------
+    def train_step(
+        self, labelled: dict[str, Tensor], unlabelled: dict[str, Tensor] | None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """L_sup + γ1·(L_PIAC | MSE) + γ2·L_MIAC."""
+        if unlabelled is None:
+            raise RuntimeError("ircr needs an unlabelled batch")
+        self._collect(block=False)
+        out_t = self.teacher_forward(unlabelled["weak"])
+        ft, bt = feature_maps(out_t)
+        weak_np = to_uint8_images(unlabelled["weak"])
+        pt_np, hvt_np = bt[:, 0].cpu().numpy(), ft[:, 1:].cpu().numpy()
+        n = int(unlabelled["weak"].shape[0])
+        if not (self.cfg.piac or self.cfg.miac):  # Scheme.1: plain MT, no masks needed
+            out_l, out_u = self.student_forward(labelled, unlabelled["strong"])
+            sup, _ = self.trainer.supervised_loss(out_l, labelled)
+            fs, bs = feature_maps(out_u)
+            cons = masked_mse(fs, ft, unlabelled["valid"].float())
+            return sup + self.cfg.gamma1 * cons, {"sup": float(sup.detach()),
+                                                  "mse": float(cons.detach()), "miac": 0.0}
+        current = self.cfg.mask_source == "current"
+        fut_t = self.pool.submit(self._teacher_side, pt_np, hvt_np, weak_np) if current else None
+        out_l, out_u = self.student_forward(labelled, unlabelled["strong"])
+        sup, _ = self.trainer.supervised_loss(out_l, labelled)
+        fs, bs = feature_maps(out_u)
+        ps_np, hvs_np = bs[:, 0].detach().cpu().numpy(), fs[:, 1:].detach().cpu().numpy()
+        if fut_t is not None:
+            fut_s = self.pool.submit(self._student_side, ps_np, hvs_np, fut_t) \
+                if self.cfg.miac else None
+            t_side, active = fut_t.result(), [True] * n
+            cons = self._cons_term(fs, ft, unlabelled["valid"], t_side, active)
+            s_side = fut_s.result() if fut_s is not None else self._match(
+                t_side.inst, [np.zeros_like(t) for t in t_side.inst], active)
+        else:
+            t_side, s_inst, active = self._cached_masks(unlabelled)
+            fut = self.pool.submit(self._all_masks, pt_np, hvt_np, weak_np, ps_np, hvs_np)
+            self.pending.append((fut, unlabelled["index"].cpu().numpy(),
+                                 unlabelled["src_index"].cpu().numpy()))
+            cons = self._cons_term(fs, ft, unlabelled["valid"], t_side, active)
+            s_side = self._match(t_side.inst, s_inst, active)
+        miac = self._miac_term(fs, ft, bs, bt, s_side, sum(active))
+        self._keep_overlays(weak_np, t_side, s_side, unlabelled["index"])
+        loss = sup + self.cfg.gamma1 * cons + self.cfg.gamma2 * miac
+        name = "piac" if self.cfg.piac else "mse"
+        return loss, {"sup": float(sup.detach()), name: float(cons.detach()),
+                      "miac": float(miac.detach())}
+
+    # -- previous-visit cache ----------------------------------------------------------------
+    def _cached_masks(self, unlabelled: dict[str, Tensor]
+                      ) -> tuple[TeacherSide, list[np.ndarray], list[bool]]:
+        """Cached (T, S, rejected) mapped into the current view; active = has a cache entry."""
+        size = int(self.trainer.cfg.data.patch_size)
+        src = unlabelled["src_index"].cpu()
+        h, w = src.shape[1:]
+        t_side = TeacherSide([], [], [])
+        student, active = [], []
+        for k, idx in enumerate(unlabelled["index"].tolist()):
+            entry = self.cache.get(int(idx))
+            if entry is None:
+                t_side.inst.append(np.zeros((h, w), np.int32))
+                student.append(np.zeros((h, w), np.int32))
+                t_side.rejected.append(np.zeros(0, np.int64))
+                t_side.scored.append(0)
+                active.append(False)
+                continue
+            both = torch.from_numpy(np.stack([unpack(entry["T"], size), unpack(entry["S"], size)]))
+            view = map_to_view(both.unsqueeze(0), src[k : k + 1]).squeeze(0).numpy()
+            t_side.inst.append(view[0].astype(np.int32))
+            student.append(view[1].astype(np.int32))
+            t_side.rejected.append(entry["rejected"].numpy())
+            t_side.scored.append(int(entry["scored"]))
+            active.append(True)
+        return t_side, student, active
+
+    def _collect(self, block: bool) -> None:
+        """Move finished mask futures into the cache (all of them when ``block``)."""
+        keep = []
+        size = int(self.trainer.cfg.data.patch_size)
+        for fut, index, src in self.pending:
+            if not (block or fut.done()):
+                keep.append((fut, index, src))
+                continue
+            t_side, student = fut.result()
+            for k, idx in enumerate(index.tolist()):
+                self.cache[int(idx)] = {
+                    "T": pack(to_patch_frame(t_side.inst[k], src[k], size)),
+                    "S": pack(to_patch_frame(student[k], src[k], size)),
+                    "rejected": torch.from_numpy(np.asarray(t_side.rejected[k], np.int64)),
+                    "scored": torch.tensor(int(t_side.scored[k])),
+                }
+        self.pending = keep
+
+    # -- diagnostics / state -----------------------------------------------------------------
+    def _keep_overlays(self, weak_np: np.ndarray, t: TeacherSide, s: StudentSide,
+                       index: Tensor) -> None:
+        """Keep the first few unlabelled patches of the epoch for the overlay PNGs."""
+        want = int(getattr(self.cfg, "diagnostic_overlays", 0) or 0)
+        for k in range(len(t.inst)):
+            if len(self.overlay_items) >= want:
+                return
+            self.overlay_items.append({
+                "image": weak_np[k], "teacher": t.inst[k], "student": s.inst[k],
+                "rejected_ids": t.rejected[k].tolist(),
+                "pairs": [tuple(p) for p in s.pairs[k].tolist()],
+                "name": f"e{self.trainer.epoch:03d}_p{int(index[k])}",
+            })
+
+    def epoch_end(self) -> dict[str, float]:
+        """Per-epoch diagnostics; writes overlay PNGs when ``diagnostic_overlays`` > 0."""
+        self._collect(block=True)
+        if self.overlay_items:
+            save_overlays(Path(self.trainer.run_dir) / "diagnostics", self.overlay_items)
+            self.overlay_items = []
+        return super().epoch_end()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Teacher plus (``previous`` mode) the compressed mask cache."""
+        self._collect(block=True)
+        state = super().state_dict()
+        if self.cfg.mask_source == "previous":
+            state["cache"] = {str(k): v for k, v in self.cache.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the teacher and the mask cache."""
+        super().load_state_dict(state)
+        self.cache = {int(k): v for k, v in state.get("cache", {}).items()}
