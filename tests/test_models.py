@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -237,3 +239,119 @@ def test_paper_size_parameter_and_flop_counts_by_hand() -> None:
     with torch.device("meta"):
         resnet = HoVerNet(ModelConfig(encoder="resnet"))
     assert sum(p.numel() for p in resnet.encoder.parameters()) == 25_557_032 - 2_049_000
+
+
+# --- pretrained encoder weights ----------------------------------------------------------------
+
+
+def test_hovernet_key_names() -> None:
+    from ircr.models.pretrained import hovernet_key
+
+    # Key names of HoVer-Net's ImageNet-ResNet50-Preact checkpoint (reference §2.5).
+    assert hovernet_key("encoder.conv0.conv.weight") == "conv0./.weight"
+    assert hovernet_key("encoder.conv0.bn.running_var") == "conv0.bn.running_var"
+    assert hovernet_key("encoder.d0.units.1.preact_bn.weight") == "d0.units.1.preact/bn.weight"
+    assert hovernet_key("encoder.d2.units.0.conv1_bn.bias") == "d2.units.0.conv1/bn.bias"
+    assert hovernet_key("encoder.d3.units.2.conv2_bn.weight") == "d3.units.2.conv2/bn.weight"
+    assert hovernet_key("encoder.d1.shortcut.weight") == "d1.shortcut.weight"
+    assert hovernet_key("encoder.d1.blk_bna.weight") == "d1.blk_bna.bn.weight"
+    assert (
+        hovernet_key("decoder.np.u3.dense.units.0.preact_bn.weight")
+        == "decoder.np.u3.dense.units.0.preact_bna/bn.weight"
+    )
+    assert hovernet_key("decoder.hv.u3.dense.blk_bna.bias") == "decoder.hv.u3.dense.blk_bna.bn.bias"
+    assert hovernet_key("decoder.np.u0.conv.bias") == "decoder.np.u0.conv.bias"
+
+
+def _save(path: Path, obj: object) -> None:
+    torch.save(obj, path)
+
+
+def test_load_hovernet_preact_layout(tmp_path: Path) -> None:
+    from ircr.models.pretrained import load_pretrained, to_hovernet_layout
+
+    src = tiny()
+    hn = to_hovernet_layout(src.state_dict())
+    enc = {f"module.{k}": v for k, v in hn.items() if not k.startswith(("decoder.", "conv_bot"))}
+    assert "module.conv0./.weight" in enc and "module.d0.blk_bna.bn.weight" in enc
+    _save(tmp_path / "preact.tar", {"desc": enc, "epoch": 1})
+    torch.manual_seed(1)
+    dst = HoVerNet(ModelConfig(**TINY))  # type: ignore[arg-type]
+    dec_before = dst.decoder["np"].u1.conva.weight.clone()
+    report = load_pretrained(dst, tmp_path / "preact.tar")
+    assert report.layout == "hovernet-preact"
+    assert report.missing == ["conv_bot.weight"] and report.unexpected == []
+    assert len(report.loaded) == len(enc)
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(dst.encoder.state_dict()[k], v), k
+    assert torch.equal(dst.decoder["np"].u1.conva.weight, dec_before)
+    assert "loaded" in report.summary() and "preact.tar" in report.summary()
+
+
+def test_full_hovernet_checkpoint_decoder_optional(tmp_path: Path) -> None:
+    from ircr.models.pretrained import load_pretrained, to_hovernet_layout
+
+    src = tiny().eval()
+    _save(tmp_path / "full.tar", {"desc": to_hovernet_layout(src.state_dict())})
+    torch.manual_seed(2)
+    dst = HoVerNet(ModelConfig(**TINY)).eval()  # type: ignore[arg-type]
+    rep = load_pretrained(dst, tmp_path / "full.tar")
+    assert rep.missing == [] and rep.unexpected and all(
+        k.startswith("decoder.") for k in rep.unexpected
+    )
+    rep = load_pretrained(dst, tmp_path / "full.tar", encoder_only=False)
+    assert rep.unexpected == [] and rep.missing == []
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        assert torch.equal(dst(x)["hv"], src(x)["hv"])
+
+
+def test_load_torchvision_layout_reports_fc(tmp_path: Path) -> None:
+    from ircr.models.pretrained import load_pretrained
+
+    src = tiny(encoder="resnet")
+    sd = dict(src.encoder.state_dict())
+    sd["fc.weight"] = torch.zeros(1000, 256)
+    sd["fc.bias"] = torch.zeros(1000)
+    _save(tmp_path / "resnet50.pth", sd)
+    cfg = ModelConfig(**{**TINY, "encoder": "resnet", "pretrained": str(tmp_path / "resnet50.pth")})
+    torch.manual_seed(3)
+    dst = build_model(cfg)  # loads cfg.pretrained
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(dst.encoder.state_dict()[k], v), k
+    rep = load_pretrained(dst, tmp_path / "resnet50.pth")
+    assert rep.layout == "torchvision"
+    assert rep.unexpected == ["fc.bias", "fc.weight"] and rep.missing == []
+
+
+def test_wrong_shape_file_is_refused(tmp_path: Path) -> None:
+    from ircr.models.pretrained import load_pretrained, to_hovernet_layout
+
+    wide = tiny(width=0.25)
+    _save(tmp_path / "wide.tar", {"desc": to_hovernet_layout(wide.state_dict())})
+    with pytest.raises(IrcrError) as err:
+        load_pretrained(tiny(), tmp_path / "wide.tar")
+    msg = str(err.value)
+    assert "wide.tar" in msg and "conv0./.weight" in msg
+    assert "(16, 3, 7, 7)" in msg and "(8, 3, 7, 7)" in msg and "\n" not in msg
+
+
+def test_bad_pretrained_files(tmp_path: Path) -> None:
+    from ircr.models.pretrained import load_pretrained
+
+    model = tiny()
+    with pytest.raises(IrcrError, match="nope.pth: weights file not found"):
+        load_pretrained(model, tmp_path / "nope.pth")
+    (tmp_path / "text.pth").write_text("not a torch file")
+    with pytest.raises(IrcrError, match="text.pth: cannot read"):
+        load_pretrained(model, tmp_path / "text.pth")
+    # arbitrary pickled objects are refused by weights_only loading (nothing is executed)
+    _save(tmp_path / "pickle.pth", {"desc": {"x": torch.zeros(1)}, "obj": ModelConfig()})
+    with pytest.raises(IrcrError, match="pickle.pth: cannot read"):
+        load_pretrained(model, tmp_path / "pickle.pth")
+    _save(tmp_path / "other.pth", {"foo.weight": torch.zeros(3)})
+    with pytest.raises(IrcrError, match="other.pth: unknown weights layout"):
+        load_pretrained(model, tmp_path / "other.pth")
+    _save(tmp_path / "tv.pth", {"conv1.weight": torch.zeros(8, 3, 7, 7)})
+    with pytest.raises(IrcrError, match="tv.pth: torchvision weights need model.encoder 'resnet'"):
+        load_pretrained(model, tmp_path / "tv.pth")
