@@ -1,0 +1,234 @@
+"""Patch grids and seeded splits (ircr-method.md §5).
+
+* Patches: non-overlapping (or overlapping, ``stride <= patch``) windows on a regular grid;
+  the last row/column of windows may extend past the image (reflect padding) so every pixel
+  is covered, and each patch remembers its valid height/width.
+* Train/val by **image** (``val_fraction`` of the labelled images, at least one when there
+  are two or more), then labelled/unlabelled by **patch** among the train patches at a
+  ratio (at least one labelled). Both draws are seeded; the labelled draw takes a prefix
+  of one seeded permutation, so for one seed the 1/32 set is inside the 1/16 set, etc.
+* Split files are human-readable YAML; several may coexist (``splits/ratio_1-8_seed0.yaml``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import yaml
+
+from ircr.errors import IrcrError
+
+__all__ = [
+    "Patch",
+    "SplitPlan",
+    "grid_positions",
+    "patch_grid",
+    "parse_ratio",
+    "ratio_text",
+    "split_name",
+    "make_split",
+    "write_split",
+    "read_split_file",
+]
+
+_VAL_STREAM = 0x76616C  # independent RNG streams for the two draws
+_LAB_STREAM = 0x6C6162
+
+
+class Patch(NamedTuple):
+    """One patch: image index, top-left corner, and the valid (unpadded) height/width."""
+
+    image: int
+    y0: int
+    x0: int
+    h: int
+    w: int
+
+
+def grid_positions(length: int, patch: int, stride: int) -> list[int]:
+    """Start positions along one axis: 0, stride, ... until a window reaches the end."""
+    if length < 1 or patch < 1 or not 1 <= stride <= patch:
+        raise IrcrError(
+            f"patch grid: need length >= 1, patch >= 1 and 1 <= stride <= patch "
+            f"(got length={length}, patch={patch}, stride={stride})"
+        )
+    pos = [0]
+    while pos[-1] + patch < length:
+        pos.append(pos[-1] + stride)
+    return pos
+
+
+def patch_grid(image: int, height: int, width: int, patch: int, stride: int) -> list[Patch]:
+    """All patches of one (height, width) image in raster order."""
+    return [
+        Patch(image, y0, x0, min(patch, height - y0), min(patch, width - x0))
+        for y0 in grid_positions(height, patch, stride)
+        for x0 in grid_positions(width, patch, stride)
+    ]
+
+
+def parse_ratio(value: Any, where: str = "--ratio") -> Fraction:
+    """``"1/8"``, ``"1-8"``, ``"0.125"``, ``0.125``, ``1`` -> Fraction in (0, 1]."""
+    bad = IrcrError(
+        f"{where}: labelled ratio must be a fraction a/b or a number in (0, 1], got {value!r}"
+    )
+    if isinstance(value, bool):
+        raise bad
+    try:
+        if isinstance(value, Fraction):
+            r = value
+        elif isinstance(value, int):
+            r = Fraction(value)
+        elif isinstance(value, float):
+            r = Fraction(repr(value)).limit_denominator(1_000_000)
+        else:
+            text = str(value).strip().replace("-", "/")
+            if "/" in text:
+                a, b = text.split("/")
+                if not (a.strip().isdigit() and b.strip().isdigit()):
+                    raise bad
+                r = Fraction(int(a), int(b))
+            else:
+                r = Fraction(text).limit_denominator(1_000_000)
+    except (ValueError, ZeroDivisionError):
+        raise bad from None
+    if not 0 < r <= 1:
+        raise bad
+    return r
+
+
+def ratio_text(r: Fraction) -> str:
+    """``Fraction(1, 8)`` -> ``"1/8"``; ``Fraction(1)`` -> ``"1"``."""
+    return str(r.numerator) if r.denominator == 1 else f"{r.numerator}/{r.denominator}"
+
+
+def split_name(ratio: Fraction, seed: int, val_fraction: float = 0.1) -> str:
+    """File stem of a split: ``ratio_1-8_seed0`` (``_val0.2`` added when not 0.1)."""
+    name = f"ratio_{ratio_text(ratio).replace('/', '-')}_seed{int(seed)}"
+    if not math.isclose(val_fraction, 0.1):
+        name += f"_val{val_fraction:g}"
+    return name
+
+
+@dataclass
+class SplitPlan:
+    """A split in terms of image indices and patches (see :func:`make_split`)."""
+
+    ratio: Fraction
+    seed: int
+    val_fraction: float
+    train_images: list[int]
+    val_images: list[int]
+    labelled_patches: list[Patch]
+    unlabelled_patches: list[Patch]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _n_val(n_labelled: int, val_fraction: float) -> int:
+    if val_fraction <= 0 or n_labelled < 2:
+        return 0
+    return min(max(1, math.floor(val_fraction * n_labelled + 0.5)), n_labelled - 1)
+
+
+def make_split(
+    labelled_images: Sequence[bool],
+    patches: Sequence[Patch],
+    ratio: Any = "1/8",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+) -> SplitPlan:
+    """Seeded train/val (by image) and labelled/unlabelled (by train patch) split.
+
+    Args:
+        labelled_images: per image, whether it has an instance map (only those can be
+            validation images or give labelled patches).
+        patches: every patch of the dataset.
+        ratio: labelled fraction of the labelled train images' patches (see parse_ratio).
+        seed: seed of both draws; the same (seed, ratio, val_fraction) gives the same split.
+        val_fraction: fraction of the labelled images held out for validation, in [0, 1).
+    """
+    r = parse_ratio(ratio)
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise IrcrError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
+    lab_idx = [i for i, lab in enumerate(labelled_images) if lab]
+    if not lab_idx:
+        raise IrcrError("split: the dataset has no labelled image")
+    n_val = _n_val(len(lab_idx), float(val_fraction))
+    perm = np.random.default_rng([int(seed), _VAL_STREAM]).permutation(len(lab_idx))
+    val = sorted(lab_idx[int(k)] for k in perm[:n_val])
+    val_set = set(val)
+    train = [i for i in range(len(labelled_images)) if i not in val_set]
+    train_set = set(train)
+    candidates = sorted(p for p in patches if p.image in train_set and labelled_images[p.image])
+    if not candidates:
+        raise IrcrError("split: no labelled training patch (all labelled images are in val)")
+    n_lab = min(max(1, math.floor(r * len(candidates) + Fraction(1, 2))), len(candidates))
+    order = np.random.default_rng([int(seed), _LAB_STREAM]).permutation(len(candidates))
+    chosen = {candidates[int(k)] for k in order[:n_lab]}
+    labelled = [p for p in candidates if p in chosen]
+    unlabelled = sorted(p for p in patches if p.image in train_set and p not in chosen)
+    return SplitPlan(r, int(seed), float(val_fraction), train, val, labelled, unlabelled)
+
+
+def write_split(
+    path: Path, plan: SplitPlan, names: Sequence[str], patch: int, stride: int, dataset: str
+) -> Path:
+    """Write ``plan`` as YAML (images by name, patches as ``[name, y0, x0]``)."""
+
+    def refs(ps: Sequence[Patch]) -> list[list[Any]]:
+        return [[names[p.image], p.y0, p.x0] for p in ps]
+
+    doc = {
+        "format": "ircr-split",
+        "version": 1,
+        "dataset": dataset,
+        "ratio": ratio_text(plan.ratio),
+        "seed": plan.seed,
+        "val_fraction": plan.val_fraction,
+        "patch": patch,
+        "stride": stride,
+        "counts": {
+            "train_images": len(plan.train_images),
+            "val_images": len(plan.val_images),
+            "labelled_patches": len(plan.labelled_patches),
+            "unlabelled_patches": len(plan.unlabelled_patches),
+        },
+        "train_images": [names[i] for i in plan.train_images],
+        "val_images": [names[i] for i in plan.val_images],
+        "labelled_patches": refs(plan.labelled_patches),
+        "unlabelled_patches": refs(plan.unlabelled_patches),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        "# ircr split: train/val by image, labelled/unlabelled by train patch.\n"
+        "# Patches are [image name, y0, x0] of the dataset's patch grid.\n"
+    ) + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_split_file(path: Path) -> dict[str, Any]:
+    """Parse a split YAML and check its keys; returns the raw mapping."""
+    if not path.is_file():
+        raise IrcrError(f"{path}: split file not found")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise IrcrError(f"{path}: not a valid YAML split file ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "ircr-split":
+        raise IrcrError(f"{path}: not an ircr split file (missing 'format: ircr-split')")
+    need = ("ratio", "seed", "train_images", "val_images", "labelled_patches",
+            "unlabelled_patches", "patch", "stride")
+    for key in need:
+        if key not in doc:
+            raise IrcrError(f"{path}: split file lacks '{key}'")
+    return doc
