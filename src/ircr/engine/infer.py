@@ -1,0 +1,198 @@
+"""Sliding-window inference: image -> (NP probability, HV maps).
+
+The image is reflect-padded (a margin of ``overlap // 2`` for context plus whatever is needed
+to tile it), cut into ``window`` x ``window`` tiles with ``overlap`` pixels of overlap, run in
+batches in eval mode under ``torch.inference_mode``, and blended with a separable raised-cosine
+weight (ramps of ``overlap`` px at each tile edge, 1 inside; adjacent ramps sum to 1) before
+cropping back to the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ircr.errors import IrcrError
+
+STRIDE_MULTIPLE = 8
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast on CUDA (fp16 where bf16 is unsupported) and CPU; no-op when off."""
+    if not amp:
+        return contextlib.nullcontext()
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def blend_weight(window: int, overlap: int) -> np.ndarray:
+    """(window, window) float32 separable weight: raised-cosine ramps of ``overlap`` px.
+
+    Every value is > 0; for ``overlap <= window / 2`` the ramps of two adjacent tiles sum to
+    exactly 1 (larger overlaps use ramps of window/2 px; the result is normalised anyway).
+    """
+    w = np.ones(window, dtype=np.float64)
+    n = min(overlap, window // 2)
+    if n > 0:
+        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
+        w[:n] = ramp
+        w[window - n :] = ramp[::-1]
+    return np.outer(w, w).astype(np.float32)
+
+
+def _check_image(image: np.ndarray, name: str = "image") -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise IrcrError(f"{name}: expected an (H, W, 3) RGB array, got shape {shape}")
+    if image.dtype != np.uint8:
+        raise IrcrError(f"{name}: expected uint8 RGB, got dtype {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise IrcrError(f"{name}: empty image {image.shape}")
+
+
+def _check_window(window: int, overlap: int, batch_size: int) -> None:
+    if window <= 0 or window % STRIDE_MULTIPLE:
+        raise IrcrError(f"inference: window must be a positive multiple of 8, got {window}")
+    if not 0 <= overlap < window:
+        raise IrcrError(f"inference: overlap must be in [0, window), got {overlap}")
+    if batch_size < 1:
+        raise IrcrError(f"inference: batch_size must be >= 1, got {batch_size}")
+
+
+def _tile_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window starts covering ``size`` (already padded to (n-1)*stride + window)."""
+    n = 1 if size <= window else math.ceil((size - window) / stride) + 1
+    return [i * stride for i in range(n)]
+
+
+def _forward(
+    model: nn.Module, batch: np.ndarray, device: torch.device, amp: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, H, W, 3) uint8 -> prob (B, H, W), hv (B, 2, H, W) float32 numpy."""
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+    x = x.permute(0, 3, 1, 2).float()
+    with _autocast(device, amp):
+        out = model(x)
+    prob = torch.softmax(out["np"].float(), dim=1)[:, 1]
+    hv = out["hv"].float()
+    return prob.cpu().numpy(), hv.cpu().numpy()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return _model_device(model)
+    dev = torch.device(device)
+    model.to(dev)
+    return dev
+
+
+def predict_maps(
+    model: nn.Module,
+    image: np.ndarray,
+    window: int = 256,
+    overlap: int = 64,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sliding-window NP/HV prediction for one image of any size.
+
+    Args:
+        model: HoVerNet-like module returning {"np": logits, "hv": maps} (moved to ``device``
+            when one is given; otherwise the model's own device is used).
+        image: (H, W, 3) uint8 RGB.
+        window: tile size (multiple of 8); overlap: pixels shared by adjacent tiles (< window).
+        batch_size: tiles per forward pass; amp: bf16 autocast (fp16 on CUDA without bf16).
+
+    Returns:
+        prob (H, W) float32 in [0, 1] (softmax channel 1) and hv (2, H, W) float32.
+    """
+    _check_image(image)
+    _check_window(window, overlap, batch_size)
+    dev = _resolve_device(model, device)
+    h, w = image.shape[:2]
+    stride = window - overlap
+    margin = overlap // 2
+    ys = _tile_starts(h + 2 * margin, window, stride)
+    xs = _tile_starts(w + 2 * margin, window, stride)
+    ph, pw = ys[-1] + window, xs[-1] + window
+    pads = ((margin, ph - h - margin), (margin, pw - w - margin), (0, 0))
+    padded = np.pad(image, pads, mode="reflect")
+    weight = blend_weight(window, overlap)
+    acc = np.zeros((3, ph, pw), dtype=np.float32)
+    norm = np.zeros((ph, pw), dtype=np.float32)
+    starts = [(y, x) for y in ys for x in xs]
+    with _eval_mode(model):
+        for i in range(0, len(starts), batch_size):
+            chunk = starts[i : i + batch_size]
+            tiles = np.stack([padded[y : y + window, x : x + window] for y, x in chunk])
+            prob, hv = _forward(model, tiles, dev, amp)
+            for j, (y, x) in enumerate(chunk):
+                acc[0, y : y + window, x : x + window] += prob[j] * weight
+                acc[1:, y : y + window, x : x + window] += hv[j] * weight
+                norm[y : y + window, x : x + window] += weight
+    acc /= norm
+    crop = acc[:, margin : margin + h, margin : margin + w]
+    return np.ascontiguousarray(crop[0]), np.ascontiguousarray(crop[1:])
+
+
+def predict_batch(
+    model: nn.Module,
+    patches: np.ndarray,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-patch prediction (no tiling) for a stack of equally sized patches.
+
+    Args:
+        patches: (N, H, W, 3) uint8; H, W that are not multiples of 8 are reflect-padded and
+            the outputs cropped back.
+
+    Returns:
+        probs (N, H, W) float32 and hvs (N, 2, H, W) float32.
+    """
+    if not isinstance(patches, np.ndarray) or patches.ndim != 4 or patches.shape[3] != 3:
+        shape = getattr(patches, "shape", None)
+        raise IrcrError(f"patches: expected (N, H, W, 3), got shape {shape}")
+    if patches.dtype != np.uint8:
+        raise IrcrError(f"patches: expected uint8 RGB, got dtype {patches.dtype}")
+    if batch_size < 1:
+        raise IrcrError(f"inference: batch_size must be >= 1, got {batch_size}")
+    dev = _resolve_device(model, device)
+    n, h, w = patches.shape[:3]
+    ph, pw = -(-h // STRIDE_MULTIPLE) * STRIDE_MULTIPLE, -(-w // STRIDE_MULTIPLE) * STRIDE_MULTIPLE
+    if (ph, pw) != (h, w):
+        patches = np.pad(patches, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
+    probs = np.zeros((n, h, w), dtype=np.float32)
+    hvs = np.zeros((n, 2, h, w), dtype=np.float32)
+    with _eval_mode(model):
+        for i in range(0, n, batch_size):
+            prob, hv = _forward(model, patches[i : i + batch_size], dev, amp)
+            probs[i : i + batch_size] = prob[:, :h, :w]
+            hvs[i : i + batch_size] = hv[:, :, :h, :w]
+    return probs, hvs
