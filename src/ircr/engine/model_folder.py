@@ -1,0 +1,222 @@
+"""The self-describing trained model folder (what ``ircr evaluate`` / ``ircr segment`` load).
+
+Layout::
+
+    <folder>/
+      weights.pt      state_dict only (torch.save, written atomically)
+      model.yaml      ircr_version, created, model (ModelConfig), mpp, patch_size, + extra keys
+                      (e.g. method, train); metrics/prior file names when present
+      postproc.yaml   WBIS parameters as a plain mapping
+      metrics.json    optional evaluation/validation metrics
+      prior.npz       optional morphological prior (copied)
+
+Loading uses ``torch.load(weights_only=True)``; every missing or corrupt file gives a one-line
+:class:`IrcrError` naming that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from ircr._version import __version__
+from ircr.config import from_dict, to_dict
+from ircr.errors import IrcrError
+from ircr.models import HoVerNet, ModelConfig, build_model
+
+WEIGHTS = "weights.pt"
+MODEL_YAML = "model.yaml"
+POSTPROC_YAML = "postproc.yaml"
+METRICS_JSON = "metrics.json"
+PRIOR_NPZ = "prior.npz"
+RESERVED = frozenset({"ircr_version", "created", "model", "mpp", "patch_size", "files"})
+
+
+@dataclass
+class LoadedModel:
+    """A model folder read back: the network (eval mode) and everything needed to use it."""
+
+    model: HoVerNet
+    model_cfg: ModelConfig
+    postproc: dict[str, Any]
+    mpp: float | None
+    patch_size: int
+    meta: dict[str, Any]
+    folder: Path
+    metrics: dict[str, Any] | None = None
+    prior_file: Path | None = field(default=None)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write via a temp file in the same folder, then os.replace (never a half-written file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda p: p.write_text(text))
+
+
+def save_model_folder(
+    out_dir: str | Path,
+    model: nn.Module,
+    model_cfg: ModelConfig,
+    postproc: dict[str, Any],
+    mpp: float | None,
+    patch_size: int,
+    metrics: dict[str, Any] | None = None,
+    prior_file: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a model folder and return its path.
+
+    Args:
+        out_dir: folder to create (or update).
+        model: trained network (its state dict is saved on CPU).
+        model_cfg: the architecture it was built from.
+        postproc: WBIS parameters as a plain dict (e.g. ``dataclasses.asdict(WBISParams())``).
+        mpp: microns per pixel of the training data (None = unknown).
+        patch_size: training patch size in px.
+        metrics: optional metrics -> metrics.json.
+        prior_file: optional prior .npz -> copied as prior.npz.
+        extra: extra top-level keys for model.yaml (method, training info, ...).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = dict(extra or {})
+    clash = sorted(RESERVED & set(extra))
+    if clash:
+        raise ValueError(f"extra keys {clash} are reserved in {MODEL_YAML}")
+    if prior_file is not None and not Path(prior_file).is_file():
+        raise IrcrError(f"{prior_file}: prior file not found")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(out / WEIGHTS, lambda p: torch.save(state, p))
+    files = {"weights": WEIGHTS, "postproc": POSTPROC_YAML}
+    if metrics is not None:
+        _write_text(out / METRICS_JSON, json.dumps(to_dict(metrics), indent=2) + "\n")
+        files["metrics"] = METRICS_JSON
+    if prior_file is not None:
+        _atomic_write(out / PRIOR_NPZ, lambda p: shutil.copyfile(prior_file, p))
+        files["prior"] = PRIOR_NPZ
+    meta = {
+        "ircr_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": to_dict(model_cfg),
+        "mpp": None if mpp is None else float(mpp),
+        "patch_size": int(patch_size),
+        "files": files,
+        **to_dict(extra),
+    }
+    _write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False))
+    _write_text(out / MODEL_YAML, yaml.safe_dump(meta, sort_keys=False))
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise IrcrError(f"{path}: missing from the model folder")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise IrcrError(f"{path}: corrupt YAML ({type(exc).__name__})") from exc
+    if not isinstance(data, dict):
+        raise IrcrError(f"{path}: expected a mapping")
+    return data
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise IrcrError(f"{path}: missing from the model folder")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means a corrupt file
+        raise IrcrError(f"{path}: corrupt or unreadable weights ({type(exc).__name__})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise IrcrError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise IrcrError(f"{path}: missing tensor '{key}' (does not match model.yaml)")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise IrcrError(
+                f"{path}: tensor '{key}' has shape {tuple(state[key].shape)}, model.yaml "
+                f"describes {tuple(value.shape)}"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise IrcrError(f"{path}: unexpected tensor '{extra[0]}' (does not match model.yaml)")
+    model.load_state_dict(state)
+
+
+def _read_meta(folder: Path) -> tuple[dict[str, Any], ModelConfig, float | None, int]:
+    yml = folder / MODEL_YAML
+    meta = _read_yaml(yml)
+    for key in ("model", "patch_size"):
+        if key not in meta:
+            raise IrcrError(f"{yml}: missing key '{key}'")
+    if not isinstance(meta["model"], dict):
+        raise IrcrError(f"{yml}: 'model' must be a mapping")
+    cfg = from_dict(ModelConfig, meta["model"], where=str(yml), prefix="model.")
+    mpp, patch = meta.get("mpp"), meta["patch_size"]
+    if mpp is not None and (not isinstance(mpp, (int, float)) or mpp <= 0):
+        raise IrcrError(f"{yml}: 'mpp' must be a positive number or null, got {mpp!r}")
+    if not isinstance(patch, int) or patch <= 0:
+        raise IrcrError(f"{yml}: 'patch_size' must be a positive integer, got {patch!r}")
+    return meta, cfg, None if mpp is None else float(mpp), patch
+
+
+def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read a folder written by :func:`save_model_folder`; the model is in eval mode.
+
+    Raises:
+        IrcrError: the folder or one of its files is missing or corrupt (names the file).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise IrcrError(f"{folder}: model folder not found")
+    meta, cfg, mpp, patch = _read_meta(folder)
+    postproc = _read_yaml(folder / POSTPROC_YAML)
+    metrics = None
+    if (folder / METRICS_JSON).is_file():
+        try:
+            metrics = json.loads((folder / METRICS_JSON).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IrcrError(f"{folder / METRICS_JSON}: corrupt JSON") from exc
+    weights = folder / WEIGHTS
+    state = _read_weights(weights)
+    model = build_model(cfg, load_pretrained=False)
+    _load_state(model, state, weights)
+    model.to(torch.device(device)).eval()
+    prior = folder / PRIOR_NPZ
+    return LoadedModel(
+        model=model,
+        model_cfg=cfg,
+        postproc=postproc,
+        mpp=mpp,
+        patch_size=patch,
+        meta=meta,
+        folder=folder,
+        metrics=metrics,
+        prior_file=prior if prior.is_file() else None,
+    )
