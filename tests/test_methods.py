@@ -113,7 +113,7 @@ def test_mt_consistency_is_gamma1_times_mse(tmp_path: Path) -> None:
     assert ft.shape == (2, 3, P, P)
     fs, _ = feature_maps({k: v[2:] for k, v in out.items()})
     assert logs["mse"] == pytest.approx(float(masked_mse(fs, ft)), rel=1e-4)
-    assert float(loss) == pytest.approx(logs["sup"] + 0.7 * logs["mse"], rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(logs["sup"] + 0.7 * logs["mse"], rel=1e-5)
 
 
 def test_masked_mse_by_hand() -> None:
@@ -151,3 +151,100 @@ def test_ircr_with_both_terms_off_equals_mean_teacher(tmp_path: Path) -> None:
     l2, g2 = ir.train_step(lab, unl)
     assert float(l1) == pytest.approx(float(l2), rel=1e-6)
     assert g2["miac"] == 0.0 and g1["mse"] == pytest.approx(g2["mse"], rel=1e-6)
+
+
+class _DarkIsNucleus(torch.nn.Module):
+    """A deterministic 'network': NP logits from darkness, HV from horizontal/vertical ramps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from scipy import ndimage as ndi
+
+        from ircr.data.targets import hover_targets
+
+        gray = x.mean(dim=1, keepdim=True)
+        dark = (115.0 - gray) / 5.0 * self.w
+        hv = []
+        for g in gray[:, 0].detach().numpy():
+            comp, _ = ndi.label(ndi.binary_opening(g < 115.0, iterations=2))
+            hv.append(hover_targets(comp.astype(np.int32))[1])
+        hv_t = torch.from_numpy(np.stack(hv)) * self.w
+        return {"np": torch.cat([-dark, dark], dim=1), "hv": hv_t}
+
+
+def _fake_ircr(tmp_path: Path, shift: int = 0, **opts):
+    from ircr.data.synthetic import make_tile
+
+    tr = _trainer(tmp_path)
+    tr.model = _DarkIsNucleus()
+    tr.cfg.data.patch_size = 64
+    m = get_method("ircr")(MethodConfig(name="ircr", **opts), tr)  # type: ignore[arg-type]
+    m.setup()
+    rng = np.random.default_rng(0)
+    imgs = np.stack([make_tile(rng, 64, touching=0.0)[0] for _ in range(2)])
+    weak = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+    lab, unl = _batches()
+    src = torch.arange(64 * 64).view(1, 64, 64).repeat(2, 1, 1)
+    lab = {k: (v[:, :, :64, :64] if k == "image" else v) for k, v in lab.items()}
+    lab["image"] = torch.nn.functional.pad(lab["image"], (0, 32, 0, 32))
+    lab["np"] = torch.nn.functional.pad(lab["np"], (0, 32, 0, 32))
+    lab["hv"] = torch.zeros(2, 2, 64, 64)
+    lab["valid"] = torch.ones(2, 64, 64, dtype=torch.bool)
+    unl = {"weak": weak, "strong": torch.roll(weak, shift, dims=3), "index": unl["index"],
+           "src_index": src, "valid": torch.ones(2, 64, 64, dtype=torch.bool)}
+    return m, lab, unl
+
+
+def test_ircr_identical_views_match_every_instance_at_distance_zero(tmp_path: Path) -> None:
+    m, lab, unl = _fake_ircr(tmp_path)
+    _, logs = m.train_step(lab, unl)
+    diag = m.epoch_end()
+    assert diag["pairs_per_image"] >= 2  # the tiles have nuclei, all matched
+    assert diag["match_dist_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert logs["piac"] == pytest.approx(0.0, abs=1e-10)
+    assert logs["miac"] == pytest.approx(0.0, abs=1e-10)
+    assert 0.0 <= diag["prior_reject_frac"] <= 1.0
+
+
+def test_ircr_match_radius_filters_shifted_instances(tmp_path: Path) -> None:
+    # student view shifted by 1 px: matched centroids 1 px apart -> kept at r = 1.5
+    m, lab, unl = _fake_ircr(tmp_path, shift=1)
+    _, logs = m.train_step(lab, unl)
+    d = m.epoch_end()
+    assert d["pairs_per_image"] >= 2
+    assert d["match_dist_mean"] == pytest.approx(1.0, abs=0.1)
+    assert logs["miac"] > 0.0
+    # ... and all dropped at r = 0.5 (Table 4's small radii keep fewer pairs)
+    m, lab, unl = _fake_ircr(tmp_path, shift=1, match_radius=0.5)
+    _, logs = m.train_step(lab, unl)
+    d = m.epoch_end()
+    assert d["pairs_per_image"] == 0 and logs["miac"] == 0.0
+
+
+def test_ircr_loss_is_sup_plus_weighted_terms(tmp_path: Path) -> None:
+    m, lab, unl = _fake_ircr(tmp_path, shift=1, gamma1=0.3, gamma2=7.0)
+    loss, logs = m.train_step(lab, unl)
+    want = logs["sup"] + 0.3 * logs["piac"] + 7.0 * logs["miac"]
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-5)
+    loss.backward()
+    assert m.trainer.model.w.grad is not None
+
+
+def test_ircr_previous_mask_source_is_zero_until_cached(tmp_path: Path) -> None:
+    m, lab, unl = _fake_ircr(tmp_path, mask_source="previous")
+    loss1, logs1 = m.train_step(lab, unl)
+    assert logs1["piac"] == 0.0 and logs1["miac"] == 0.0  # no cache entry yet
+    m.epoch_end()  # collects the masks computed during the first visit
+    assert set(m.cache) == {100, 101}
+    state = m.state_dict()
+    m2, _, _ = _fake_ircr(tmp_path, mask_source="previous")
+    m2.load_state_dict(state)
+    assert set(m2.cache) == {100, 101}
+    # second visit, student view shifted by 1 px: cached masks make both terms non-zero
+    unl["strong"] = torch.roll(unl["weak"], 1, dims=3)
+    _, logs2 = m2.train_step(lab, unl)
+    assert logs2["piac"] > 0.0 and logs2["miac"] > 0.0
+    assert m2.epoch_end()["pairs_per_image"] >= 2

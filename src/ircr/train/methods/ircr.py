@@ -124,8 +124,13 @@ class IRCR(MeanTeacher):
 
     # -- masks (run in the thread pool; numpy only, no autograd) ------------------------------
     def _wbis(self, probs: np.ndarray, hvs: np.ndarray) -> list[np.ndarray]:
-        from ircr.postproc.batch import wbis_batch
+        try:
+            from ircr.postproc.batch import wbis_batch
+        except ImportError:  # worker-pool module not installed yet: serial WBIS
+            from ircr.postproc.watershed import wbis
 
+            return [wbis(p, h, self.trainer.wbis_params).astype(np.int32)
+                    for p, h in zip(probs, hvs)]
         maps = wbis_batch(probs, hvs, self.trainer.wbis_params, workers=self.cfg.wbis_workers)
         return [np.asarray(m, dtype=np.int32) for m in maps]
 

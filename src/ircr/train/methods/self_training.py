@@ -72,7 +72,7 @@ class SelfTraining(Method):
         out_dir.mkdir(parents=True, exist_ok=True)
         ds = self.trainer.dataset
         unl = [int(i) for i in self.trainer.split.unlabelled]
-        names = sorted({ds.patch_image(i) for i in unl})
+        names = sorted({ds.names[ds.patches[i].image] for i in unl})
         inst_maps: dict[str, Path] = {}
         was_training = model.training
         model.eval()
