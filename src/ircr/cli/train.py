@@ -1,0 +1,45 @@
+"""``ircr train CONFIG [--set key=value ...] [--resume] [--out RUN_DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` subcommand."""
+    p = subparsers.add_parser(
+        "train", help="train a model from an experiment config (supervised, mean_teacher, "
+                      "self_training, ircr)",
+        description="Train one experiment. The run folder gets config.yaml, split.yaml, "
+                    "metrics.csv, checkpoints/last.pt and the final model/ folder.")
+    p.add_argument("config", metavar="CONFIG", type=Path, help="experiment YAML (configs/...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=10 (repeatable)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (default: runs/<config file stem>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Load and validate the config, then train; prints the model folder."""
+    from ircr.train.config import load_experiment
+    from ircr.train.trainer import Trainer
+
+    overrides = list(args.overrides)
+    if args.no_progress:
+        overrides.append("train.progress=false")
+    cfg = load_experiment(args.config, overrides)
+    out = args.out or Path("runs") / Path(args.config).stem
+    trainer = Trainer(cfg, out, resume=bool(args.resume), config_source=str(args.config))
+    model_dir = trainer.run()
+    print(f"model folder: {model_dir}")
+    row = getattr(trainer, "last_row", {})
+    vals = {k: v for k, v in row.items() if k.startswith("val_") and k.endswith("_aji")}
+    for k, v in vals.items():
+        print(f"{k}: {v:.4f}")
+    return 0

@@ -1,0 +1,223 @@
+"""Evaluate a model on whole images of a prepared dataset (paper §4.1.2 protocol).
+
+Per image: sliding-window inference over the whole image (``predict_maps``, windows blended),
+WBIS once on the whole image, then AJI, Dice, F1_obj, PQ (DQ, SQ) and AJI+ against the ground
+truth (whole images are not padded, so every pixel counts). The summary is the mean over
+images. The same code validates during training (``val_<model>_<metric>`` in metrics.csv).
+
+``ircr evaluate MODEL DATASET --split val|test|all|NAME``:
+
+* ``val``: the validation images of the split the model was trained with (recorded in the
+  model folder) or, failing that, of the dataset's only split file;
+* ``NAME`` (a split name or split file): that split's validation images;
+* ``all``: every labelled image of the dataset (e.g. a test set prepared on its own);
+* ``test``: the images whose metadata says ``split: test`` (readers of datasets with an
+  official test set); an error when there are none.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ircr.config import from_dict, to_dict
+from ircr.data.store import PreparedDataset
+from ircr.engine.infer import predict_maps
+from ircr.errors import IrcrError
+from ircr.metrics import aggregate, instance_metrics
+from ircr.postproc.watershed import WBISParams, wbis
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ircr.train.config import EvalConfig
+
+METRICS = ("aji", "dice", "f1", "pq", "dq", "sq", "aji_plus")
+
+
+@dataclass
+class EvalResult:
+    """Per-image rows (name, metrics, counts) and the mean over images."""
+
+    per_image: list[dict[str, Any]]
+    mean: dict[str, float]
+    split: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """Fixed-width text table: one row per image and a mean row."""
+        cols = ["image", *METRICS, "n_gt", "n_pred"]
+        width = max([5, *(len(str(r["image"])) for r in self.per_image)])
+        lines = [f"{'image':<{width}} " + " ".join(f"{c:>8}" for c in cols[1:])]
+        for r in [*self.per_image, {"image": "mean", **self.mean}]:
+            cells = []
+            for c in cols[1:]:
+                v = r.get(c, "")
+                cells.append(f"{v:>8.4f}" if isinstance(v, float) else f"{v!s:>8}")
+            lines.append(f"{str(r['image']):<{width}} " + " ".join(cells))
+        return "\n".join(lines)
+
+
+def _wbis_params(postproc: WBISParams | dict[str, Any] | None) -> WBISParams:
+    if postproc is None:
+        return WBISParams()
+    if isinstance(postproc, WBISParams):
+        return postproc
+    return from_dict(WBISParams, dict(postproc), where="postproc")
+
+
+def predict_whole(model: nn.Module, ds: PreparedDataset, name: str, cfg: EvalConfig,
+                  device: torch.device | str | None = None,
+                  amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-image prediction of dataset image ``name``: prob (H, W), hv (2, H, W) float32."""
+    image = ds.load_image(ds.index_of(name))
+    return predict_maps(model, np.asarray(image), window=cfg.window, overlap=cfg.overlap,
+                        batch_size=cfg.batch_size, device=device, amp=amp)
+
+
+def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg: EvalConfig,
+                   postproc: WBISParams | dict[str, Any] | None = None,
+                   device: torch.device | str | None = None, amp: bool = False,
+                   overlays: Path | None = None, progress: bool = False) -> EvalResult:
+    """Evaluate ``model`` on whole images ``names`` of ``ds`` (metrics averaged over images)."""
+    params = _wbis_params(postproc)
+    rows, results = [], []
+    it: Any = names
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(names, unit="image", dynamic_ncols=True)
+    for name in it:
+        idx = ds.index_of(name)
+        if not ds.images[idx].get("labelled"):
+            raise IrcrError(f"{ds.path}: image '{name}' has no labels; cannot evaluate it")
+        prob, hv = predict_whole(model, ds, name, cfg, device, amp)
+        pred = wbis(prob, hv, params)
+        gt = np.asarray(ds.load_inst(idx))
+        res = instance_metrics(gt, pred, f1_mode=cfg.f1_mode, radius=cfg.f1_radius)
+        results.append(res)
+        row: dict[str, Any] = {"image": name}
+        row.update({k: float(getattr(res, k)) for k in METRICS})
+        row["n_gt"] = int(np.unique(gt[gt > 0]).size)
+        row["n_pred"] = int(np.unique(pred[pred > 0]).size)
+        rows.append(row)
+        if overlays is not None:
+            _write_overlay(overlays / f"{name}.png", np.asarray(ds.load_image(idx)), gt, pred)
+    agg = aggregate(results, mode="mean") if results else {}
+    mean = {k: float(agg[k]) for k in METRICS if k in agg}
+    return EvalResult(per_image=rows, mean=mean)
+
+
+def evaluate_models(models: dict[str, nn.Module], ds: PreparedDataset, names: list[str],
+                    cfg: EvalConfig, postproc: WBISParams | dict[str, Any] | None,
+                    device: torch.device | str | None, amp: bool = False
+                    ) -> dict[str, dict[str, float]]:
+    """Mean metrics of each named model (validation during training; ``cfg.max_images``)."""
+    chosen = list(names)[: cfg.max_images] if cfg.max_images else list(names)
+    return {name: evaluate_model(m, ds, chosen, cfg, postproc, device, amp).mean
+            for name, m in models.items()}
+
+
+def _write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> None:
+    """Ground truth outlines in green, prediction outlines in yellow."""
+    from ircr.io.writers import overlay_image, write_png
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = overlay_image(image, gt, color=(0, 200, 0))
+    write_png(path, overlay_image(out, pred, color=(255, 230, 0)))
+
+
+def select_images(ds: PreparedDataset, split: str, meta: dict[str, Any] | None = None
+                  ) -> tuple[list[str], str]:
+    """Image names for ``--split`` (see the module docstring) and a label for reports."""
+    labelled = [m["name"] for m in ds.images if m.get("labelled")]
+    if split == "all":
+        if not labelled:
+            raise IrcrError(f"{ds.path}: the dataset has no labelled images to evaluate")
+        return labelled, "all"
+    if split == "test":
+        test = [m["name"] for m in ds.images if str(m.get("split", "")).lower() == "test"
+                and m.get("labelled")]
+        if not test:
+            raise IrcrError(f"{ds.path}: no test images in this prepared dataset (prepare the "
+                            "test set as its own dataset and use --split all)")
+        return test, "test"
+    name = split
+    if split == "val":
+        trained = str((meta or {}).get("train", {}).get("split") or "")
+        known = ds.split_names()
+        if trained and trained in known:
+            name = trained
+        elif len(known) == 1:
+            name = known[0]
+        elif not known:
+            raise IrcrError(f"{ds.path}: no split files, so no validation images; "
+                            "use --split all")
+        else:
+            raise IrcrError(f"{ds.path}: several splits ({', '.join(known)}); "
+                            "name one with --split NAME")
+    sp = ds.load_split(name)
+    vals = [ds.names[i] for i in sp.val_images]
+    if not vals:
+        raise IrcrError(f"{sp.path}: split '{sp.name}' has no validation images")
+    return vals, f"{sp.name}:val"
+
+
+def write_results(result: EvalResult, out: Path) -> list[Path]:
+    """Write ``metrics.json`` (mean + per image + info) and ``per_image.csv`` under ``out``."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    js = out / "metrics.json"
+    doc = {"split": result.split, "n_images": len(result.per_image), "mean": result.mean,
+           "per_image": result.per_image, **to_dict(result.info)}
+    js.write_text(json.dumps(doc, indent=2, default=_json_num) + "\n")
+    cs = out / "per_image.csv"
+    cols = ["image", *METRICS, "n_gt", "n_pred"]
+    with open(cs, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in result.per_image:
+            w.writerow(r)
+        w.writerow({"image": "mean", **result.mean})
+    return [js, cs]
+
+
+def _json_num(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    return str(v)
+
+
+def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "val",
+                    out: str | Path | None = None, overlays: bool = False,
+                    device: str = "auto", cfg: EvalConfig | None = None,
+                    progress: bool = True) -> EvalResult:
+    """Evaluate a model folder on a prepared dataset (the ``ircr evaluate`` backend)."""
+    from ircr.engine.model_folder import load_model_folder
+    from ircr.train.config import EvalConfig
+    from ircr.train.trainer import amp_dtype, select_device
+
+    cfg = cfg or EvalConfig()
+    dev = select_device(device)
+    loaded = load_model_folder(model_dir, device=dev)
+    ds = PreparedDataset(dataset)
+    names, label = select_images(ds, split, loaded.meta)
+    out_dir = Path(out) if out is not None else None
+    res = evaluate_model(loaded.model, ds, names, cfg, loaded.postproc, dev,
+                         amp=amp_dtype("auto", dev) is not None,
+                         overlays=(out_dir / "overlays") if (overlays and out_dir) else None,
+                         progress=progress)
+    res.split = label
+    res.info = {"model": str(Path(model_dir)), "dataset": str(Path(dataset)),
+                "eval": to_dict(cfg), "postproc": loaded.postproc}
+    if out_dir is not None:
+        write_results(res, out_dir)
+    return res

@@ -1,0 +1,256 @@
+"""Experiment config schema: data, model, loss, train, method, postproc, eval.
+
+An experiment is one YAML file validated by :func:`ircr.config.from_dict`: unknown keys and
+values of the wrong type are one-line :class:`~ircr.errors.IrcrError` s naming the file and the
+dotted key. :func:`load_experiment` adds two things on top:
+
+* ``base: other.yaml`` (or a list of files) includes other config files, resolved relative to
+  the including file; the including file's values override the included ones (nested mappings
+  merge key by key, lists and scalars replace). Includes may nest; cycles are errors. ``base``
+  is removed before validation, so every other unknown key is still an error.
+* ``--set key.sub=value`` overrides (values parsed as YAML) are applied last.
+
+Relative paths in a config (``data.dataset``, ``data.split`` when it is a file,
+``method.prior``, ``model.pretrained``) are relative to the current working directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ircr.config import apply_overrides, from_dict, read_yaml
+from ircr.data.augment import AugmentConfig
+from ircr.errors import IrcrError
+from ircr.losses import LossConfig
+from ircr.models.config import ModelConfig
+from ircr.postproc.watershed import WBISParams
+
+
+@dataclass
+class DataConfig:
+    """Training data.
+
+    Attributes:
+        dataset: folder of a prepared dataset (``ircr data prepare``). Required.
+        split: split name inside the prepared dataset (e.g. ``r1-8_s0``) or path of a split
+            file; it lists labelled / unlabelled patches and validation / test images.
+        patch_size: training patch side P (pixels).
+        context_margin: pixels read around each patch before the geometric augmentation, so
+            rotation/scaling bring in real tissue and HV targets of nuclei cut by the patch
+            border are right; targets are cropped back to P x P afterwards.
+        batch_size: labelled patches per iteration (paper: 4).
+        batch_size_unlabelled: unlabelled patches per iteration (paper: 4).
+        workers: DataLoader worker processes (0 = load in the main process).
+        augment: geometric + photometric augmentation (HoVer-Net ranges).
+    """
+
+    dataset: Path | None = None
+    split: str = "default"
+    patch_size: int = 256
+    context_margin: int = 100
+    batch_size: int = 4
+    batch_size_unlabelled: int = 4
+    workers: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule and run mechanics.
+
+    Attributes:
+        epochs: number of epochs.
+        iterations_per_epoch: iterations per epoch; None = one pass over the unlabelled
+            patches (methods using unlabelled data) or over the labelled patches (supervised),
+            ``floor(n / batch)`` and at least 1.
+        max_iterations: stop after this many iterations in total (tests, smoke runs).
+        lr: Adam learning rate. lr_steps: epochs after which lr is multiplied by lr_gamma.
+        optimizer: only "adam" (betas 0.9/0.999, no weight decay by default).
+        amp: "auto" = bf16 autocast on CUDA when supported, off elsewhere; "bf16"; "off".
+        seed: seeds model init, data order and augmentation.
+        deterministic: deterministic kernels (``torch.use_deterministic_algorithms``).
+        checkpoint_every: also write ``checkpoints/last.pt`` every this many iterations
+            (0 = only at epoch ends). keep_every: keep a copy ``epoch_NNNN.pt`` every this
+            many epochs (0 = never).
+        val_every: validate every this many epochs (0 = never; the last epoch always is
+            validated when there are validation images).
+        device: "auto" (cuda > mps > cpu), "cpu", "cuda", "mps".
+        progress: show a tqdm progress bar.
+        tensorboard: write TensorBoard events when tensorboard is installed.
+        grad_clip: clip the gradient norm to this value (None = no clipping).
+    """
+
+    epochs: int = 150
+    iterations_per_epoch: int | None = None
+    max_iterations: int | None = None
+    lr: float = 1e-4
+    lr_steps: list[int] = field(default_factory=lambda: [100])
+    lr_gamma: float = 0.1
+    optimizer: Literal["adam"] = "adam"
+    weight_decay: float = 0.0
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    seed: int = 10
+    deterministic: bool = False
+    checkpoint_every: int = 0
+    keep_every: int = 0
+    val_every: int = 1
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    progress: bool = True
+    tensorboard: bool = True
+    grad_clip: float | None = None
+
+
+@dataclass
+class MethodConfig:
+    """Training method and every option of every method (ircr-method.md defaults)."""
+
+    name: Literal["supervised", "mean_teacher", "self_training", "ircr"] = "supervised"
+    ema_alpha: float = 0.95
+    gamma1: float = 0.1
+    gamma2: float = 100.0
+    miac_boundary_beta: float = 0.5
+    match_radius: float = 1.5
+    prior_tau: float = 0.35
+    piac_weight: float = 2.0
+    prior: Path | None = None
+    prior_combine: Literal["mean", "geometric"] = "mean"
+    mask_source: Literal["current", "previous"] = "current"
+    piac: bool = True
+    miac: bool = True
+    weak_noise_std: float = 0.02
+    rounds: int = 1
+    wbis_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Whole-image evaluation (validation during training and ``ircr evaluate``).
+
+    Attributes:
+        window, overlap, batch_size: sliding-window inference (``predict_maps``).
+        f1_mode: "iou" (one-to-one at IoU > 0.5) or "centroid" (within f1_radius pixels).
+        max_images: validate on at most this many images (None = all; smoke tests).
+    """
+
+    window: int = 256
+    overlap: int = 64
+    batch_size: int = 8
+    f1_mode: Literal["iou", "centroid"] = "iou"
+    f1_radius: float = 12.0
+    max_images: int | None = None
+
+    def validate(self, where: str = "config") -> None:
+        """Window/overlap/batch checks (one-line IrcrError naming ``where``)."""
+        for ok, key, problem in (
+            (self.window >= 16, "eval.window", "must be >= 16"),
+            (0 <= self.overlap < self.window, "eval.overlap", "must be in [0, eval.window)"),
+            (self.batch_size >= 1, "eval.batch_size", "must be >= 1"),
+            (self.f1_radius > 0, "eval.f1_radius", "must be > 0"),
+            (self.max_images is None or self.max_images >= 1, "eval.max_images", "must be >= 1"),
+        ):
+            if not ok:
+                raise IrcrError(f"{where}: config key '{key}' {problem}")
+
+
+@dataclass
+class ExperimentConfig:
+    """One training experiment."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    postproc: WBISParams = field(default_factory=WBISParams)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self, where: str = "config") -> None:
+        """Cross-field checks with one-line errors naming ``where`` and the dotted key."""
+        d, t, m = self.data, self.train, self.method
+        if d.dataset is None:
+            raise IrcrError(f"{where}: missing required config key 'data.dataset' (a prepared "
+                            "dataset folder, see 'ircr data prepare')")
+        checks: list[tuple[bool, str, str]] = [
+            (d.patch_size >= 16, "data.patch_size", "must be >= 16"),
+            (d.context_margin >= 0, "data.context_margin", "must be >= 0"),
+            (d.batch_size >= 1, "data.batch_size", "must be >= 1"),
+            (d.batch_size_unlabelled >= 1, "data.batch_size_unlabelled", "must be >= 1"),
+            (d.workers >= 0, "data.workers", "must be >= 0"),
+            (t.epochs >= 1, "train.epochs", "must be >= 1"),
+            (t.iterations_per_epoch is None or t.iterations_per_epoch >= 1,
+             "train.iterations_per_epoch", "must be >= 1 or null"),
+            (t.max_iterations is None or t.max_iterations >= 1,
+             "train.max_iterations", "must be >= 1 or null"),
+            (t.lr > 0, "train.lr", "must be > 0"),
+            (0 < t.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]"),
+            (all(s >= 1 for s in t.lr_steps), "train.lr_steps", "epochs must be >= 1"),
+            (t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0"),
+            (t.keep_every >= 0, "train.keep_every", "must be >= 0"),
+            (t.val_every >= 0, "train.val_every", "must be >= 0"),
+            (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "must be > 0 or null"),
+            (0 <= m.ema_alpha <= 1, "method.ema_alpha", "must be in [0, 1]"),
+            (m.gamma1 >= 0 and m.gamma2 >= 0, "method.gamma1/gamma2", "must be >= 0"),
+            (m.miac_boundary_beta >= 0, "method.miac_boundary_beta", "must be >= 0"),
+            (m.match_radius >= 0, "method.match_radius", "must be >= 0"),
+            (0 <= m.prior_tau <= 1, "method.prior_tau", "must be in [0, 1]"),
+            (m.piac_weight >= 0, "method.piac_weight", "must be >= 0"),
+            (0 <= m.weak_noise_std <= 1, "method.weak_noise_std",
+             "must be in [0, 1] (fraction of the 0..255 range)"),
+            (m.rounds >= 1, "method.rounds", "must be >= 1"),
+            (m.wbis_workers >= 0, "method.wbis_workers", "must be >= 0"),
+        ]
+        for ok, key, problem in checks:
+            if not ok:
+                raise IrcrError(f"{where}: config key '{key}' {problem}")
+        try:
+            self.postproc.effective()  # validates post-processing parameters
+        except IrcrError as exc:
+            raise IrcrError(f"{where}: {exc}") from None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def resolve_includes(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config and resolve its ``base:`` includes (see module docstring)."""
+    p = Path(path).resolve()
+    if p in _stack:
+        chain = " -> ".join(s.name for s in (*_stack, p))
+        raise IrcrError(f"{path}: config 'base' includes form a cycle ({chain})")
+    data = read_yaml(path)
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise IrcrError(f"{path}: config key 'base' must be a file name or a list of them")
+    merged: dict[str, Any] = {}
+    for b in bases:
+        inc = Path(path).parent / b
+        if not inc.is_file():
+            raise IrcrError(f"{path}: config key 'base': included file not found: {inc}")
+        merged = _merge(merged, resolve_includes(inc, (*_stack, p)))
+    return _merge(merged, data)
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, include-resolve, override and validate an experiment config file."""
+    data = resolve_includes(path)
+    apply_overrides(data, list(overrides or []), where=f"{path} (--set)")
+    return from_dict(ExperimentConfig, data, where=str(path))
+
+
+def experiment_from_dict(data: dict[str, Any], where: str = "config") -> ExperimentConfig:
+    """Validate an already-read mapping (e.g. a run folder's ``config.yaml``)."""
+    return from_dict(ExperimentConfig, data, where=where)

@@ -1,0 +1,371 @@
+"""The one trainer: loop, AMP, lr schedule, NaN checks, checkpoints, exact resume, logging.
+
+The trainer owns the student model, the Adam optimiser, the step lr schedule, bf16 autocast,
+the data loaders, validation, ``metrics.csv``/TensorBoard and checkpoints; the method plug-in
+(:mod:`ircr.train.methods`) computes the loss of each iteration.
+
+Run folder::
+
+    config.yaml          the resolved experiment config
+    split.yaml           copy of the split file used (labelled/unlabelled patches, val images)
+    metrics.csv          one row per epoch (loss parts, val metrics per eval model, lr, it/s)
+    tensorboard/         events, when tensorboard is installed
+    checkpoints/last.pt  atomic; epoch_NNNN.pt copies every ``train.keep_every`` epochs
+    model/               final model folder (ircr.engine.model_folder), used by evaluate/segment
+
+Exact resume: the data of iteration ``i`` depends only on (seed, i) (see
+:mod:`ircr.train.loaders`), and checkpoints hold the model, optimiser, method state, RNG
+states, the iteration and the epoch's running loss sums, so an interrupted and resumed run
+equals an uninterrupted one (bit-exact in deterministic CPU mode, with any number of workers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ircr.config import to_dict, write_yaml
+from ircr.errors import IrcrError
+from ircr.losses import hovernet_loss
+from ircr.models import build_model
+from ircr.train import loaders
+from ircr.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from ircr.train.config import ExperimentConfig, experiment_from_dict
+from ircr.train.logging import MetricsLogger
+from ircr.train.methods import Method, get_method
+
+
+class TrainingInterrupted(Exception):
+    """Raised by the ``stop_after`` hook (tests of resume) after the given iteration."""
+
+
+def select_device(name: str) -> torch.device:
+    """Resolve ``auto|cpu|cuda|mps`` to a torch device (errors when not available)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise IrcrError("train.device: 'cuda' requested but no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise IrcrError("train.device: 'mps' requested but MPS is not available")
+    return torch.device(name)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for ``amp: bf16`` or (``auto`` on a CUDA device that supports it), else None."""
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def lr_at_epoch(base: float, steps: list[int], gamma: float, epoch: int) -> float:
+    """Step schedule: ``base * gamma ** #(steps <= epoch)`` (epoch is 0-based)."""
+    return base * gamma ** sum(1 for s in steps if epoch >= s)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python/numpy/torch and set (non-)deterministic backends."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+class Trainer:
+    """Train one experiment into ``run_dir``.
+
+    Args:
+        cfg: validated experiment config.
+        run_dir: output folder (created).
+        resume: True = continue from ``checkpoints/last.pt`` (error if absent); False = fresh
+            run (error if the folder already holds a checkpoint); "auto" = resume if present.
+        stop_after: raise :class:`TrainingInterrupted` right after this global iteration
+            (and its checkpoint, if one is due) — used by resume tests.
+        config_source: path of the config file (recorded in messages only).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool | str = False,
+                 stop_after: int | None = None, config_source: str | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.stop_after = stop_after
+        self.where = config_source or str(self.run_dir / "config.yaml")
+        self.device = select_device(cfg.train.device)
+        self.amp = amp_dtype(cfg.train.amp, self.device)
+        self.iteration = 0
+        self.epoch = 0
+        self._acc: dict[str, float] = {}
+        self._acc_n = 0
+        self._wall_offset = 0.0
+        self._t0 = time.time()
+        self.last_row: dict[str, Any] = {}
+        self._setup()
+
+    # -- construction ------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        last = self.run_dir / "checkpoints" / "last.pt"
+        if self.resume is True and not last.is_file():
+            raise IrcrError(f"{last}: no checkpoint to resume from")
+        if self.resume is False and last.is_file():
+            raise IrcrError(f"{self.run_dir}: run folder already holds a checkpoint; "
+                            "use --resume or another --out")
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        self.dataset = loaders.open_prepared(cfg.data.dataset, self.where)
+        self.split = loaders.resolve_split(self.dataset, cfg.data.split, self.where)
+        self.wbis_params = cfg.postproc
+        self.model: nn.Module = build_model(cfg.model).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
+                                          betas=(0.9, 0.999), weight_decay=cfg.train.weight_decay)
+        method_cls = get_method(cfg.method.name, self.where)
+        self.method: Method = method_cls(cfg.method, self)
+        self.method.setup()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_run_description()
+        self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
+        if last.is_file() and self.resume:
+            self._load(last)
+
+    def _write_run_description(self) -> None:
+        cfg_path = self.run_dir / "config.yaml"
+        if self.resume and cfg_path.is_file():
+            from ircr.config import read_yaml
+
+            old = experiment_from_dict(read_yaml(cfg_path), where=str(cfg_path))
+            for section in ("model", "method", "loss"):
+                if to_dict(getattr(old, section)) != to_dict(getattr(self.cfg, section)):
+                    raise IrcrError(f"{cfg_path}: config section '{section}' differs from the "
+                                    "run being resumed; resume with the same config")
+        write_yaml(cfg_path, self.cfg)
+        loaders.write_split_copy(self.split, self.run_dir)
+
+    # -- helpers for methods -----------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on the trainer's device when AMP is on, else a no-op context."""
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+    def supervised_loss(self, outputs: dict[str, Tensor],
+                        labelled: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """HoVer-Net L_sup (NP CE + Dice, HV MSE + MSGE) on valid pixels, in float32."""
+        out = {k: v.float() for k, v in outputs.items()}
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            loss, parts = hovernet_loss(out, labelled["np"], labelled["hv"], self.cfg.loss,
+                                        valid_mask=labelled["valid"])
+        parts.pop("total", None)
+        return loss, parts
+
+    def spawn(self, method: str, run_dir: str | Path,
+              overrides: dict[str, Any] | None = None) -> Trainer:
+        """A sub-training with this config but another method (resumes if interrupted)."""
+        data = to_dict(self.cfg)
+        data["method"]["name"] = method
+        for key, val in (overrides or {}).items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = val
+        sub_cfg = experiment_from_dict(data, where=f"{self.where} ({method} sub-training)")
+        return Trainer(sub_cfg, run_dir, resume="auto", config_source=self.where)
+
+    def predict_image(self, model: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Sliding-window prediction of one whole dataset image: prob (H, W), hv (2, H, W)."""
+        from ircr.engine.evaluate import predict_whole
+
+        return predict_whole(model, self.dataset, name, self.cfg.eval, self.device,
+                             amp=self.amp is not None)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": capture_rng(),
+            "acc": dict(self._acc),
+            "acc_n": self._acc_n,
+            "wall": float(self._wall()),
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self, keep_name: str | None = None) -> Path:
+        """Write ``checkpoints/last.pt`` atomically (and a kept copy when named)."""
+        last = self.run_dir / "checkpoints" / "last.pt"
+        save_checkpoint(last, self._state())
+        if keep_name:
+            shutil.copyfile(last, last.with_name(keep_name))
+        return last
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location="cpu")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.method.load_state_dict(state["method"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise IrcrError(f"{path}: checkpoint does not match this config "
+                            f"({type(exc).__name__})") from exc
+        self.iteration = int(state["iteration"])
+        self.epoch = int(state["epoch"])
+        self._acc = {k: float(v) for k, v in state["acc"].items()}
+        self._acc_n = int(state["acc_n"])
+        self._wall_offset = float(state["wall"])
+        restore_rng(state["rng"])
+
+    def _wall(self) -> float:
+        return self._wall_offset + (time.time() - self._t0)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Train to the end of the schedule; returns the final model folder."""
+        self._t0 = time.time()
+        self.method.before_training()
+        extra = self.method.extra_labelled()
+        self.data = loaders.IterationData(self.dataset, self.split, self.cfg, extra,
+                                          self.method.uses_unlabelled, self.where)
+        self.ipe = self.cfg.train.iterations_per_epoch or self.data.default_iterations()
+        self.total = self.cfg.train.epochs * self.ipe
+        if self.cfg.train.max_iterations is not None:
+            self.total = min(self.total, self.cfg.train.max_iterations)
+        if self.iteration < self.total:  # drop rows of epochs that will be re-run
+            self.logger.truncate(self.iteration // self.ipe)
+        bar = _progress(self.cfg.train.progress, self.total, self.iteration)
+        try:
+            while self.iteration < self.total:
+                self.epoch = self.iteration // self.ipe
+                self._run_epoch(bar)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.logger.close()
+        return self._finish()
+
+    def _run_epoch(self, bar: Any) -> None:
+        cfg = self.cfg.train
+        epoch = self.epoch
+        lr = lr_at_epoch(cfg.lr, cfg.lr_steps, cfg.lr_gamma, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if hasattr(self.model, "freeze_encoder"):
+            setattr(self.model, "freeze_encoder", epoch < self.cfg.model.freeze_encoder_epochs)
+        self.model.train()
+        end = min((epoch + 1) * self.ipe, self.total)
+        t0, it0 = time.time(), self.iteration
+        for batch in self.data.loader(self.iteration, end, self.device):
+            self._step(batch, bar)
+            if self.iteration < end and cfg.checkpoint_every and \
+                    self.iteration % cfg.checkpoint_every == 0:
+                self.save()
+            if self.stop_after is not None and self.iteration >= self.stop_after:
+                raise TrainingInterrupted(f"stopped after iteration {self.iteration}")
+        secs = max(time.time() - t0, 1e-9)
+        self._end_epoch(epoch, lr, (self.iteration - it0) / secs)
+
+    def _step(self, batch: dict[str, Any], bar: Any) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss, parts = self.method.train_step(batch["labelled"], batch.get("unlabelled"))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise IrcrError(
+                f"{self.run_dir}: loss became {value} at iteration {self.iteration + 1} "
+                f"(epoch {self.epoch}); training stopped, last good checkpoint kept at "
+                f"{self.run_dir / 'checkpoints' / 'last.pt'}")
+        loss.backward()
+        if self.cfg.train.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.method.after_optimizer_step()
+        self.iteration += 1
+        self._acc["loss"] = self._acc.get("loss", 0.0) + value
+        for k, v in parts.items():
+            self._acc[k] = self._acc.get(k, 0.0) + float(v)
+        self._acc_n += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(epoch=self.epoch, loss=f"{value:.4f}", refresh=False)
+
+    def _end_epoch(self, epoch: int, lr: float, its: float) -> None:
+        n = max(self._acc_n, 1)
+        row: dict[str, Any] = {f"train_{k}": v / n for k, v in self._acc.items()}
+        row.update({k: float(v) for k, v in self.method.epoch_end().items()})
+        row.update({"lr": lr, "iterations": self.iteration, "iter_per_s": its})
+        last_epoch = self.iteration >= self.total
+        every = self.cfg.train.val_every
+        if self.split.val_images and ((every and (epoch + 1) % every == 0) or last_epoch):
+            row.update(self.validate())
+        row["wall_s"] = self._wall()
+        self.logger.log(epoch, row)
+        self.last_row = row
+        self._acc, self._acc_n = {}, 0
+        keep = self.cfg.train.keep_every
+        self.save(f"epoch_{epoch:04d}.pt" if keep and (epoch + 1) % keep == 0 else None)
+
+    def validate(self) -> dict[str, float]:
+        """Whole-image val metrics of every eval model: ``val_<model>_<metric>`` floats."""
+        from ircr.engine.evaluate import evaluate_models
+
+        models = self.method.eval_models()
+        was = {name: m.training for name, m in models.items()}
+        try:
+            res = evaluate_models(models, self.dataset, self.split.val_images, self.cfg.eval,
+                                  self.cfg.postproc, self.device, amp=self.amp is not None)
+        finally:
+            for name, m in models.items():
+                m.train(was[name])
+        return {f"val_{name}_{k}": v for name, metrics in res.items() for k, v in metrics.items()}
+
+    def _finish(self) -> Path:
+        from ircr.engine.model_folder import save_model_folder
+
+        self.save()
+        metrics = {k: v for k, v in self.last_row.items() if k.startswith("val_")}
+        model = copy.deepcopy(self.method.final_model()).cpu().eval()
+        out = self.run_dir / "model"
+        mpps = [float(m["mpp"]) for m in self.dataset.images if m.get("mpp") is not None]
+        save_model_folder(out, model, self.cfg.model, to_dict(self.cfg.postproc),
+                          mpp=float(mpps[0]) if mpps else None,
+                          patch_size=self.cfg.data.patch_size, metrics=metrics, extra={
+                              "method": self.cfg.method.name,
+                              "train": {"dataset": str(self.cfg.data.dataset),
+                                        "split": self.split.name,
+                                        "iterations": self.iteration,
+                                        "epochs": self.cfg.train.epochs,
+                                        "run_dir": str(self.run_dir)}})
+        return out
+
+
+def _progress(enabled: bool, total: int, initial: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, leave=True)
+
