@@ -225,10 +225,10 @@ class PreparedDataset:
             win = image[y0 : y0 + h, x0 : x0 + w].copy()
             return win, None if inst is None else inst[y0 : y0 + h, x0 : x0 + w].copy()
         ry, rx = reflect_index(y0, h, height), reflect_index(x0, w, width)
-        win = image[ry[:, None], rx[None, :]]
+        win = image.take(ry, axis=0).take(rx, axis=1)
         if inst is None:
             return win, None
-        lab = inst[ry[:, None], rx[None, :]].astype(np.int64)
+        lab = inst.take(ry, axis=0).take(rx, axis=1).astype(np.int64)
         ty, tx = _copy_index(y0, h, height), _copy_index(x0, w, width)
         nx = int(tx.max() - tx.min()) + 1
         code = (ty - ty.min())[:, None] * nx + (tx - tx.min())[None, :]

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -87,9 +88,19 @@ class _Nucleus:
         return (slice(y0, y1), slice(x0, x1)), m
 
 
+def _blur(arr: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur (per channel) with reflect borders; float32 in, float32 out."""
+    return cv2.GaussianBlur(arr, (0, 0), sigmaX=float(sigma), borderType=cv2.BORDER_REFLECT)
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Gaussian-filtered white noise rescaled to zero mean, unit std; (H, W) float32."""
-    n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    if sigma >= 6:  # large scales: draw at 1/4 resolution and upsample (same statistics)
+        small = (max(shape[0] // 4, 4), max(shape[1] // 4, 4))
+        n = _blur(rng.standard_normal(small).astype(np.float32), sigma / 4)
+        n = cv2.resize(n, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    else:
+        n = _blur(rng.standard_normal(shape).astype(np.float32), sigma)
     return (n - n.mean()) / (n.std() + 1e-8)
 
 
@@ -97,9 +108,13 @@ def _fibres(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Streaky collagen-like texture in [0, 1]: anisotropic smoothing along one direction."""
     angle = rng.uniform(0, 180)
     noise = rng.standard_normal(shape).astype(np.float32)
-    big = ndimage.rotate(noise, angle, reshape=False, order=1, mode="reflect")
-    big = ndimage.gaussian_filter(big, (0.8, 7.0))
-    big = ndimage.rotate(big, -angle, reshape=False, order=1, mode="reflect")
+    centre = (shape[1] / 2.0, shape[0] / 2.0)
+    fwd = cv2.getRotationMatrix2D(centre, angle, 1.0)
+    back = cv2.getRotationMatrix2D(centre, -angle, 1.0)
+    size = (shape[1], shape[0])
+    big = cv2.warpAffine(noise, fwd, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    big = cv2.GaussianBlur(big, (0, 0), sigmaX=7.0, sigmaY=0.8, borderType=cv2.BORDER_REFLECT)
+    big = cv2.warpAffine(big, back, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     big = (big - big.mean()) / (big.std() + 1e-8)
     return np.clip(big, 0, None) / 3.0
 
@@ -210,7 +225,8 @@ def _render(rng: np.random.Generator, inst: np.ndarray, o: dict[str, float]) -> 
     od_e = _OD_EOSIN * rng.uniform(0.85, 1.15, size=3)
     od = haem[..., None].clip(0, None) * od_h + eosin[..., None].clip(0, None) * od_e
     rgb = 255.0 * np.power(10.0, -od)
-    rgb = ndimage.gaussian_filter(rgb, (o["blur"], o["blur"], 0))
+    if o["blur"] > 0:
+        rgb = _blur(rgb.astype(np.float32), o["blur"])
     rgb += rng.normal(0.0, o["noise"], size=rgb.shape)
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
