@@ -97,3 +97,25 @@ def test_bad_options_raise_at_call() -> None:
         iter_synthetic(density="lots")
     with pytest.raises(IrcrError, match="n_images"):
         iter_synthetic(n_images=0)
+
+
+def test_watershed_on_perfect_targets_separates_synthetic_nuclei(tiles) -> None:
+    """Perfect NP/HV targets -> WBIS recovers the touching synthetic nuclei as on real tiles
+    (measured: ~93-96 % at IoU > 0.5 on synthetic, 88-96 % on MoNuSeg 256 px crops)."""
+    from ircr.data.targets import hover_targets
+    from ircr.postproc.watershed import wbis
+
+    found = total = 0
+    for _, inst in tiles[:3]:
+        npt, hv = hover_targets(inst, min_px=1)
+        pred = wbis(npt.astype(np.float32), hv)
+        for i in range(1, int(inst.max()) + 1):
+            m = inst == i
+            ids, counts = np.unique(pred[m], return_counts=True)
+            best = max(
+                (c / np.count_nonzero(m | (pred == j)) for j, c in zip(ids, counts) if j),
+                default=0.0,
+            )
+            found += best > 0.5
+            total += 1
+    assert found / total > 0.85
