@@ -107,47 +107,72 @@ def _border_and_perimeter(lab: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
 _DIAMOND = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.int32)
 
 
-def _hull_pixel_count(pts2: np.ndarray, y0: int, y1: int) -> int:
-    """Pixel centres inside or on the convex hull of doubled-coordinate points.
+def _hull_edges(pts: np.ndarray, starts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Convex-hull vertices of every instance's pixel-edge midpoints (doubled coordinates).
 
-    pts2: (m, 2) int32 points (X = 2*col, Y = 2*row doubled coordinates, pixel-edge midpoints at odd
-    values); rows y0..y1-1 are the only candidates. Exact integer arithmetic, row spans.
+    Returns (vertices (V, 2) int64 X=2*col, Y=2*row, per-instance vertex counts (n,) int64).
     """
-    hull = cv2.convexHull(pts2).reshape(-1, 2).astype(np.int64)
-    nxt = np.roll(hull, -1, axis=0)
-    if np.sum(hull[:, 0] * nxt[:, 1] - nxt[:, 0] * hull[:, 1]) < 0:  # make counter-clockwise
-        hull = hull[::-1]
-        nxt = np.roll(hull, -1, axis=0)
-    ex, ey = (nxt - hull).T  # edge vectors
-    qy = 2 * np.arange(y0, y1, dtype=np.int64)[:, None]  # (rows, 1)
-    k = ex * (qy - hull[:, 1]) + ey * hull[:, 0]  # inside iff k - ey * qx >= 0
-    big = np.int64(1 << 40)
-    pos, neg = ey > 0, ey < 0
-    hi = np.where(pos, k // np.where(pos, 2 * ey, 1), big).min(axis=1)
-    lo = np.where(neg, -(k // np.where(neg, -2 * ey, 1)), -big).max(axis=1)
-    ok = np.where(ey == 0, k >= 0, True).all(axis=1)
-    return int(np.where(ok, np.maximum(hi - lo + 1, 0), 0).sum())
+    hulls: list[np.ndarray] = []
+    counts = np.zeros(n, dtype=np.int64)
+    for k in range(n):
+        seg = pts[starts[k]:starts[k + 1]]
+        if seg.shape[0] == 0:
+            continue
+        mids = (seg[:, None, :] + _DIAMOND[None]).reshape(-1, 2)
+        hull = cv2.convexHull(mids).reshape(-1, 2)
+        hulls.append(hull)
+        counts[k] = hull.shape[0]
+    if not hulls:
+        return np.zeros((0, 2), np.int64), counts
+    return np.concatenate(hulls).astype(np.int64), counts
 
 
 def _hull_areas(lab: np.ndarray, border: np.ndarray, boxes: np.ndarray, n: int) -> np.ndarray:
     """Convex-hull area per instance as skimage's ``area_convex``, (n,) float64.
 
     The hull is that of the midpoints of the pixel edges; its area is the number of pixel
-    centres inside or on it (what ``skimage.morphology.convex_hull_image`` rasterises).
+    centres inside or on it (what ``skimage.morphology.convex_hull_image`` rasterises),
+    counted exactly per bounding-box row from the hull's half-planes, for all instances at
+    once (integer arithmetic in doubled coordinates).
     """
     ys, xs = np.nonzero(border)
     labels = lab[ys, xs]
     order = np.argsort(labels, kind="stable")
     pts = np.stack([2 * xs[order], 2 * ys[order]], axis=1).astype(np.int32)
     starts = np.searchsorted(labels[order], np.arange(1, n + 2))
+    verts, vcount = _hull_edges(pts, starts, n)
     out = np.zeros(n, dtype=np.float64)
-    for k in range(n):
-        seg = pts[starts[k]:starts[k + 1]]
-        if seg.shape[0] == 0:
-            continue
-        mids = (seg[:, None, :] + _DIAMOND[None]).reshape(-1, 2)
-        out[k] = _hull_pixel_count(mids, int(boxes[k, 0]), int(boxes[k, 2]))
-    return out
+    if verts.shape[0] == 0:
+        return out
+    vstart = np.r_[0, np.cumsum(vcount)[:-1]]
+    inst_of_v = np.repeat(np.arange(n), vcount)
+    local = np.arange(verts.shape[0]) - vstart[inst_of_v]
+    nxt = verts[vstart[inst_of_v] + (local + 1) % vcount[inst_of_v]]
+    ex, ey = (nxt - verts).T
+    cross = verts[:, 0] * nxt[:, 1] - nxt[:, 0] * verts[:, 1]
+    sign = np.sign(np.bincount(inst_of_v, weights=cross, minlength=n))[inst_of_v]
+    ex, ey = ex * sign, ey * sign  # orient every hull counter-clockwise (positive area)
+    # one entry per (instance, bbox row); pair every row with every edge of its instance
+    nrows = boxes[:, 2] - boxes[:, 0]
+    row_inst = np.repeat(np.arange(n), nrows)
+    row_y = 2 * (boxes[row_inst, 0] + np.arange(row_inst.size) - np.r_[0, np.cumsum(nrows)[:-1]]
+                 [row_inst])
+    per_row = vcount[row_inst]
+    pair_row = np.repeat(np.arange(row_inst.size), per_row)
+    pair_start = np.r_[0, np.cumsum(per_row)[:-1]]
+    e = vstart[row_inst[pair_row]] + np.arange(pair_row.size) - pair_start[pair_row]
+    k = ex[e] * (row_y[pair_row] - verts[e, 1]) + ey[e] * verts[e, 0]  # inside iff k-ey*qx>=0
+    big = np.int64(1 << 40)
+    eye = ey[e]
+    pos, neg = eye > 0, eye < 0
+    hi = np.where(pos, k // np.where(pos, 2 * eye, 1), big)
+    lo = np.where(neg, -(k // np.where(neg, -2 * eye, 1)), -big)
+    bad = (eye == 0) & (k < 0)
+    hi_r = np.minimum.reduceat(hi, pair_start)
+    lo_r = np.maximum.reduceat(lo, pair_start)
+    bad_r = np.maximum.reduceat(bad.astype(np.int8), pair_start) > 0
+    count = np.where(bad_r, 0, np.maximum(hi_r - lo_r + 1, 0))
+    return np.bincount(row_inst, weights=count, minlength=n).astype(np.float64)
 
 
 def _moments(lab: np.ndarray, n: int) -> dict[str, np.ndarray]:
