@@ -112,10 +112,12 @@ def test_monuseg_png_xml_auto(tmp_path: Path) -> None:
     assert a.image.shape == (20, 30, 3) and a.inst is not None and a.inst.dtype == np.int32
     assert set(np.unique(a.inst)) == {0, 7, 300} and a.meta["mpp"] == 0.25
     assert b.inst is not None and b.meta["n_degenerate"] == 1
-    expected = np.zeros((20, 30), np.int32)
-    expected[2:7, 2:7] = 1
-    expected[10:16, 11:17] = 2
+    expected = np.zeros((20, 30), np.int32)  # vertices are 1-based by default: shift -1
+    expected[1:6, 1:6] = 1
+    expected[9:15, 10:16] = 2
     np.testing.assert_array_equal(b.inst, expected)
+    (_, raw) = list(open_dataset("monuseg", tmp_path, xml_one_based=False))
+    np.testing.assert_array_equal(raw.inst, np.roll(expected, (1, 1), axis=(0, 1)))
     xml = list(open_dataset("monuseg", tmp_path, labels="xml"))
     assert [s.meta["label_format"] for s in xml] == ["xml", "xml"]
     assert set(np.unique(xml[0].inst)) == {0, 1, 2}
