@@ -213,6 +213,20 @@ def test_overwrite_rules(tmp_path: Path) -> None:
         prepare_dataset("synthetic", None, foreign, options={"n_images": 1}, overwrite=True)
 
 
+def test_failure_midway_leaves_nothing(tmp_path: Path) -> None:
+    def broken():
+        yield from iter_synthetic(n_images=1, size=64)
+        raise IrcrError("reader: image 2 is corrupt")
+
+    with pytest.raises(IrcrError, match="image 2 is corrupt"):
+        prepare_samples(broken(), tmp_path / "out", source="t", patch=32)
+    assert list(tmp_path.iterdir()) == []
+    same = list(iter_synthetic(n_images=1, size=64)) * 2
+    with pytest.raises(IrcrError, match="duplicate image name 'synth_000'"):
+        prepare_samples(same, tmp_path / "out", source="t", patch=32)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_and_corrupt_dataset_files(tmp_path: Path) -> None:
     with pytest.raises(IrcrError, match="folder not found"):
         PreparedDataset(tmp_path / "nope")

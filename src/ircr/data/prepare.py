@@ -104,7 +104,8 @@ def _check_sample(sample: Sample, index: int) -> tuple[str, np.ndarray, np.ndarr
     return name, img, inst
 
 
-def _clear_output(out: Path, overwrite: bool) -> None:
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse a file, a foreign non-empty folder, or an existing dataset without overwrite."""
     if out.exists() and not out.is_dir():
         raise IrcrError(f"{out}: output exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -112,14 +113,22 @@ def _clear_output(out: Path, overwrite: bool) -> None:
             raise IrcrError(f"{out}: output folder is not empty and is not a prepared dataset")
         if not overwrite:
             raise IrcrError(f"{out}: a prepared dataset already exists (use --overwrite)")
-        for entry in _OUR_ENTRIES:
-            p = out / entry
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
+
+
+def _install(work: Path, out: Path) -> None:
+    """Move the finished dataset from ``work`` to ``out`` (replacing our entries there)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in _OUR_ENTRIES:
+        p = out / entry
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    for entry in _OUR_ENTRIES:
+        if entry != "dataset.json" and (work / entry).exists():
+            (work / entry).replace(out / entry)
+    (work / "dataset.json").replace(out / "dataset.json")  # last: marks the dataset complete
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _write_sample(out: Path, stem: str, img: np.ndarray, inst: np.ndarray | None) -> str | None:
@@ -182,14 +191,53 @@ def prepare_samples(
     if not 0.0 <= float(val_fraction) < 1.0:
         raise IrcrError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
     out = Path(out)
-    _clear_output(out, overwrite)
+    _check_output(out, overwrite)
+    # Build in a hidden sibling folder; an error leaves nothing behind.
+    work = out.parent / f".{out.name}.preparing"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "images").mkdir(parents=True)
+    (work / "labels").mkdir()
+    try:
+        entries, patches = _write_images(samples, work, source, int(patch), stride, progress)
+        if not entries:
+            raise IrcrError(f"{out}: the dataset '{source}' yielded no images")
+        names = [e["name"] for e in entries]
+        _write_patches(work / "patches.csv", patches, names)
+        plan = make_split([e["labelled"] for e in entries], patches, r, seed, val_fraction)
+        rel = Path("splits") / f"{split_name(r, seed, val_fraction)}.yaml"
+        write_split(work / rel, plan, names, int(patch), stride, source)
+        index = {
+            "format": FORMAT, "version": 1, "ircr_version": __version__, "source": source,
+            "patch": int(patch), "stride": stride, "n_images": len(entries),
+            "n_patches": len(patches), **(extra or {}), "images": entries,
+        }
+        (work / "dataset.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+        _install(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return PrepareResult(
+        out, len(entries), sum(e["labelled"] for e in entries), len(patches),
+        sum(e["nuclei"] for e in entries), [out / rel],
+    )
+
+
+def _write_images(
+    samples: Iterable[Sample], work: Path, source: str, patch: int, stride: int,
+    progress: Callable[[int, str], None] | None,
+) -> tuple[list[dict[str, Any]], list[Patch]]:
+    """Write every sample's image and labels under ``work``; returns index entries, patches."""
     entries: list[dict[str, Any]] = []
     patches: list[Patch] = []
     taken: set[str] = set()
+    seen: set[str] = set()
     for i, sample in enumerate(samples):
         name, img, inst = _check_sample(sample, i)
+        if name in seen:
+            raise IrcrError(f"{sample.meta.get('path') or name}: duplicate image name '{name}'")
+        seen.add(name)
         stem = _safe_stem(name, taken)
-        label_rel = _write_sample(out, stem, img, inst)
+        label_rel = _write_sample(work, stem, img, inst)
         h, w = img.shape[:2]
         n_nuclei = 0 if inst is None else int(np.unique(inst).size - (inst.min() == 0))
         meta = _json_safe(sample.meta)
@@ -199,35 +247,10 @@ def prepare_samples(
             image=f"images/{stem}.png", labels=label_rel, nuclei=n_nuclei,
         )
         entries.append(meta)
-        patches.extend(patch_grid(i, h, w, int(patch), stride))
+        patches.extend(patch_grid(i, h, w, patch, stride))
         if progress is not None:
             progress(i, name)
-    if not entries:
-        raise IrcrError(f"{out}: the dataset '{source}' yielded no images")
-    names = [e["name"] for e in entries]
-    _write_patches(out / "patches.csv", patches, names)
-    plan = make_split([e["labelled"] for e in entries], patches, r, seed, val_fraction)
-    split_path = out / "splits" / f"{split_name(r, seed, val_fraction)}.yaml"
-    write_split(split_path, plan, names, int(patch), stride, source)
-    index = {
-        "format": FORMAT,
-        "version": 1,
-        "ircr_version": __version__,
-        "source": source,
-        "patch": int(patch),
-        "stride": stride,
-        "n_images": len(entries),
-        "n_patches": len(patches),
-        **(extra or {}),
-        "images": entries,
-    }
-    tmp = out / "dataset.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
-    tmp.replace(out / "dataset.json")
-    return PrepareResult(
-        out, len(entries), sum(e["labelled"] for e in entries), len(patches),
-        sum(e["nuclei"] for e in entries), [split_path],
-    )
+    return entries, patches
 
 
 def prepare_dataset(
