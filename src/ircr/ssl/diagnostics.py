@@ -87,6 +87,11 @@ def _outline(inst: np.ndarray) -> np.ndarray:
     return edge & (inst > 0)
 
 
+def _up(a: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling by an integer factor along the first two axes."""
+    return np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)
+
+
 def _centroids(inst: np.ndarray, ids: Sequence[int]) -> dict[int, tuple[float, float]]:
     """Mean (row, col) of each listed id of ``inst``."""
     if len(ids) == 0:
@@ -122,14 +127,11 @@ def instance_overlay(
     kept = (teacher > 0) & ~rej
     for mask, colour in ((kept, KEPT), (rej, REJECTED)):
         img[mask] = 0.6 * img[mask] + 0.4 * np.asarray(colour, np.float32)
-    out = img.clip(0, 255).astype(np.uint8)
-    out = cv2.resize(out, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    t_big = cv2.resize(teacher.astype(np.int32), None, fx=scale, fy=scale,
-                       interpolation=cv2.INTER_NEAREST)
+    out = np.ascontiguousarray(_up(img.clip(0, 255).astype(np.uint8), scale))
+    t_big = _up(teacher, scale)
     out[_outline(t_big)] = np.asarray(KEPT) // 2
     if student is not None:
-        s_big = cv2.resize(np.asarray(student).astype(np.int32), None, fx=scale, fy=scale,
-                           interpolation=cv2.INTER_NEAREST)
+        s_big = _up(np.asarray(student), scale)
         out[_outline(s_big)] = STUDENT
     if pairs and student is not None:
         tc = _centroids(teacher, [p[0] for p in pairs])

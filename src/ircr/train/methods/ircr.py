@@ -34,6 +34,7 @@ import torch
 from scipy import ndimage as ndi
 from torch import Tensor
 
+from ircr.postproc.batch import wbis_batch
 from ircr.ssl import matching
 from ircr.ssl.diagnostics import save_overlays
 from ircr.ssl.piac import piac_loss, rejected_ids
@@ -124,13 +125,6 @@ class IRCR(MeanTeacher):
 
     # -- masks (run in the thread pool; numpy only, no autograd) ------------------------------
     def _wbis(self, probs: np.ndarray, hvs: np.ndarray) -> list[np.ndarray]:
-        try:
-            from ircr.postproc.batch import wbis_batch
-        except ImportError:  # worker-pool module not installed yet: serial WBIS
-            from ircr.postproc.watershed import wbis
-
-            return [wbis(p, h, self.trainer.wbis_params).astype(np.int32)
-                    for p, h in zip(probs, hvs)]
         maps = wbis_batch(probs, hvs, self.trainer.wbis_params, workers=self.cfg.wbis_workers)
         return [np.asarray(m, dtype=np.int32) for m in maps]
 
