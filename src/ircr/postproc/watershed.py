@@ -329,11 +329,11 @@ def _flood(dist: np.ndarray, idx: np.ndarray, mval: np.ndarray, blab: np.ndarray
     rep[comp] = mval
     multi = np.zeros(nb, bool)
     multi[comp[mval != rep[comp]]] = True
-    rep[multi] = 0
-    out = rep[blab]
     if not multi.any():
-        return out
-    fmask = multi[blab]
+        return rep[blab]
+    rep[multi] = -1
+    out = rep[blab]
+    fmask = out < 0
     rows = np.flatnonzero(fmask.any(axis=1))
     cols = np.flatnonzero(fmask.any(axis=0))
     sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
