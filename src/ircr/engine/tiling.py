@@ -33,7 +33,7 @@ grow with the image height.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,7 +136,8 @@ class Stitcher:
     """Pastes the owned instances of tiles, given in raster order, into a label buffer.
 
     With ``streaming=True`` the buffer is a band of ``tile + margin`` rows and finished rows are
-    handed out by :meth:`pop_final`; otherwise it is the whole (height, width) image.
+    handed out by :meth:`pop_final`; otherwise it is the whole (height, width) image
+    (:meth:`flush`).
     """
 
     height: int
@@ -152,28 +153,28 @@ class Stitcher:
         self.buf_y0 = 0
         self.next_id = 1
 
-    def pop_final(self, upto: int) -> np.ndarray:
-        """Hand out finished rows ``[buf_y0, upto)`` and shift the band (streaming only).
+    def pop_final(self, upto: int) -> Iterator[np.ndarray]:
+        """Hand out the finished rows ``[buf_y0, upto)`` as bands (streaming only).
 
-        Call before pasting the first tile of the core row that starts at ``upto``; rows above
-        it can no longer change.
+        Call before pasting the first tile of the core row that starts at ``upto`` (and with
+        ``upto = height`` at the end); rows above it can no longer change. Rows of skipped
+        tiles come out as zeros, in bands of at most the buffer's height.
         """
-        n = upto - self.buf_y0
-        if n <= 0:
-            return np.zeros((0, self.width), np.int32)
-        if n > self.buf.shape[0]:
-            raise ValueError("pop_final: rows were skipped")
         rows = self.buf.shape[0]
-        out = self.buf[:n].copy()
-        if n < rows:
-            self.buf[: rows - n] = self.buf[n:].copy()
-        self.buf[rows - n:] = 0
-        self.buf_y0 = upto
-        return out
+        while self.buf_y0 < upto:
+            n = min(upto - self.buf_y0, rows)
+            out = self.buf[:n].copy()
+            if n < rows:
+                self.buf[: rows - n] = self.buf[n:].copy()
+            self.buf[rows - n:] = 0
+            self.buf_y0 += n
+            yield out
 
     def flush(self) -> np.ndarray:
-        """All rows not yet handed out (the whole image when not streaming)."""
-        return self.pop_final(self.height) if self.streaming else self.buf
+        """The whole (height, width) map (in-memory mode)."""
+        if self.streaming:
+            raise ValueError("flush: use pop_final(height) when streaming")
+        return self.buf
 
     def add(self, tile: Tile, local: np.ndarray) -> TileResult:
         """Paste the instances of ``local`` (the tile's read-window map) that the tile owns.
@@ -197,7 +198,9 @@ class Stitcher:
         window = self.buf[cy0 - self.buf_y0: ry1 - self.buf_y0, rx0:rx1]
         first_new = self.next_id
         truncated = 0
-        for k in np.flatnonzero(owned):
+        sel = np.flatnonzero(owned)
+        # paste in raster order of the anchors: global ids do not depend on local ids
+        for k in sel[np.lexsort((gx[sel], gy[sel]))]:
             sy, sx = boxes[k]
             if ((sy.start == 0 and ry0 > 0) or (sx.start == 0 and rx0 > 0)
                     or (sy.stop == local.shape[0] and ry1 < self.height)

@@ -1,0 +1,124 @@
+"""``ircr segment MODEL INPUT... -o OUTDIR``: segment tiles, folders and whole-slide images.
+
+INPUT is any mix of image files (PNG, JPEG, TIFF), folders (their image files; ``--recursive``
+for sub-folders, mirrored under OUTDIR) and whole-slide images (SVS, NDPI, pyramidal
+TIFF/OME-TIFF, ...). Per input, ``--outputs`` chooses among: ``labels`` (``<name>_labels.tif``),
+``geojson`` (``<name>.geojson``, QuPath detections), ``csv`` (``<name>.csv``), ``overlay``
+(``<name>_overlay.png``) and ``summary`` (``<name>_summary.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ircr.errors import IrcrError
+
+DEFAULT_OUTPUTS = "labels,geojson,csv,overlay,summary"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``ircr segment``."""
+    p = subparsers.add_parser(
+        "segment", help="segment nuclei in images, folders and whole-slide images",
+        description="Run a trained model folder on image files, folders and whole slides; "
+                    "writes label TIFF, QuPath GeoJSON, CSV, overlay PNG and a JSON summary.")
+    p.add_argument("model", type=Path, metavar="MODEL", help="trained model folder")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                   help="image files, folders or whole-slide images")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="OUTDIR",
+                   help="output folder (created)")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--outputs", default=DEFAULT_OUTPUTS,
+                   help=f"comma-separated outputs (default {DEFAULT_OUTPUTS})")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="microns per pixel of the inputs (overrides the files' metadata)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, default=8, help="network windows per batch (8)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16)")
+    p.add_argument("--tile", type=int, default=1024,
+                   help="stitching tile size in px at the model's resolution (1024)")
+    p.add_argument("--margin", type=int, default=None,
+                   help="context margin in px; must exceed the largest nucleus (default 24 µm)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="post-processing threads on whole slides (2)")
+    p.add_argument("--no-tissue", action="store_true",
+                   help="segment the whole slide (no tissue detection)")
+    p.add_argument("--prior", type=Path, default=None,
+                   help="prior .npz for the prior_score column (default: the model's, else "
+                        "the packaged one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=handler)
+
+
+def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
+    """(file, output sub-folder) for every input; folders are expanded.
+
+    Raises:
+        IrcrError: an input is missing, a folder holds no supported file, or two inputs would
+            write the same output names.
+    """
+    from ircr.engine.segment import IMAGE_SUFFIXES, check_input_file, output_stem
+    from ircr.io.wsi import SLIDE_SUFFIXES, TIFF_SUFFIXES
+
+    suffixes = IMAGE_SUFFIXES | SLIDE_SUFFIXES | TIFF_SUFFIXES
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        if item.is_dir():
+            pattern = item.rglob("*") if recursive else item.glob("*")
+            files = sorted(f for f in pattern if f.is_file() and f.suffix.lower() in suffixes
+                           and not f.name.startswith("."))
+            if not files:
+                raise IrcrError(f"{item}: folder has no supported image files"
+                                + ("" if recursive else " (use --recursive for sub-folders)"))
+            found += [(f, f.parent.relative_to(item)) for f in files]
+        else:
+            check_input_file(item)
+            found.append((item, Path(".")))
+    seen: dict[Path, Path] = {}
+    for f, sub in found:
+        key = sub / output_stem(f)
+        if key in seen:
+            raise IrcrError(f"{f}: output names clash with {seen[key]} (same name in the same "
+                            "output folder); rename one or run them separately")
+        seen[key] = f
+    return found
+
+
+def _fmt_rate(summary: dict[str, Any]) -> str:
+    rate = summary.get("nuclei_per_mm2")
+    return f" ({rate:.0f}/mm²)" if rate else ""
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Run ``ircr segment``."""
+    from ircr.engine.segment import OUTPUTS, load_model
+
+    outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
+    bad = [o for o in outputs if o not in OUTPUTS]
+    if bad or not outputs:
+        raise IrcrError(f"--outputs: unknown output '{bad[0] if bad else args.outputs}' "
+                        f"(choose from {', '.join(OUTPUTS)})")
+    if args.mpp is not None and not args.mpp > 0:
+        raise IrcrError(f"--mpp: must be a positive number, got {args.mpp}")
+    files = collect_inputs(list(args.inputs), args.recursive)
+    seg = load_model(args.model, device=args.device, batch_size=args.batch_size, amp=args.amp,
+                     tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers)
+    print(f"ircr segment: {seg.describe()}", file=sys.stderr)
+    print(f"ircr segment: {len(files)} input(s) -> {args.out}", file=sys.stderr)
+    for path, sub in files:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            summary = seg.process(path, args.out / sub, outputs=outputs, mpp=args.mpp,
+                                  tissue=not args.no_tissue, progress=not args.quiet,
+                                  log=lambda msg: print(f"ircr segment: {msg}", file=sys.stderr))
+        for w in caught:
+            print(f"ircr: warning: {w.message}", file=sys.stderr)
+        print(f"{path}: {summary['n_nuclei']} nuclei{_fmt_rate(summary)} in "
+              f"{time.perf_counter() - t0:.1f} s -> {args.out / sub}")
+    return 0
