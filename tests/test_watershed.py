@@ -55,6 +55,7 @@ def test_params_scale_and_validation() -> None:
         (np.zeros((8, 8), np.float32), np.zeros((8, 8, 2), np.float32), "shape"),
         (np.full((8, 8), np.nan, np.float32), np.zeros((2, 8, 8), np.float32), "NaN"),
         (np.zeros((8, 8), "U1"), np.zeros((2, 8, 8), np.float32), "numeric"),
+        (np.zeros((0, 8), np.float32), np.zeros((2, 0, 8), np.float32), "empty"),
     ],
 )
 def test_bad_inputs(prob: np.ndarray, hv: np.ndarray, msg: str) -> None:
