@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -96,22 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{head:<44} {'ref wall':>8} {'ref cpu':>8} "
           f"{'fastwall':>8} {'fast cpu':>8}")
     for kind, (prob, h) in inputs.items():
-        ref = _time(lambda p=prob, x=h: wbis_reference(p, x), max(3, n // 3))
-        fast = _time(lambda p=prob, x=h: wbis(p, x), n)
+        ref = _time(partial(wbis_reference, prob, h), max(3, n // 3))
+        fast = _time(partial(wbis, prob, h), n)
         print(_row(f"WBIS 1000x1000 tile, {kind}", ref, fast))
         crops = [(y, x) for y in (0, 372, 744) for x in (0, 372, 744)]
         rs, fs = [], []
         for y, x in crops:
             pp, hh = prob[y:y + 256, x:x + 256].copy(), h[:, y:y + 256, x:x + 256].copy()
-            rs.append(_time(lambda p=pp, x=hh: wbis_reference(p, x), n))
-            fs.append(_time(lambda p=pp, x=hh: wbis(p, x), n))
+            rs.append(_time(partial(wbis_reference, pp, hh), n))
+            fs.append(_time(partial(wbis, pp, hh), n))
         med = lambda v: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))  # noqa: E731
         print(_row(f"WBIS 256x256 patch, {kind}", med(rs), med(fs)))
     prob, h = inputs["network-like"]
     probs = np.stack([prob[y:y + 256, x:x + 256] for y, x in crops[:8]])
     hvs = np.stack([h[:, y:y + 256, x:x + 256] for y, x in crops[:8]])
     for workers, backend in ((0, "thread"), (2, "thread"), (2, "process")):
-        t = _time(lambda w=workers, b=backend: wbis_batch(probs, hvs, workers=w, backend=b), n)
+        t = _time(partial(wbis_batch, probs, hvs, workers=workers, backend=backend), n)
         print(_row(f"wbis_batch 8 x 256x256, workers={workers} {backend}", None, t))
     shutdown_pools()
     pred = _perturbed(gt)

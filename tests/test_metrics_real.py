@@ -30,7 +30,7 @@ def labels(monuseg_root: Path) -> dict[str, np.ndarray]:
 
 def _areas(m: np.ndarray) -> dict[int, int]:
     c = np.bincount(m.ravel().astype(np.int64))
-    return {i: int(c[i]) for i in np.flatnonzero(c) if i}
+    return {int(i): int(c[i]) for i in np.flatnonzero(c) if i}
 
 
 def test_identity_gives_one_everywhere(monuseg_root: Path) -> None:
