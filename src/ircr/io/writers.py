@@ -291,6 +291,8 @@ class LabelPyramidWriter:
             while pending.shape[0] >= self.tile:
                 yield from self._tiles_of(pending[: self.tile])
                 pending = pending[self.tile:]
+        if self._rows != self.height:
+            raise ValueError(f"bands cover {self._rows} rows, expected {self.height}")
         if pending.shape[0]:
             yield from self._tiles_of(pending)
 
