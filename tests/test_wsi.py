@@ -103,7 +103,8 @@ def test_corrupt_and_unsupported_files(tmp_path) -> None:
 
 def test_tissue_mask_separates_glass() -> None:
     rng = np.random.default_rng(0)
-    thumb = np.full((200, 300, 3), 242, np.uint8) + rng.integers(0, 6, (200, 300, 3), dtype=np.uint8)
+    noise = rng.integers(0, 6, (200, 300, 3), dtype=np.uint8)
+    thumb = np.full((200, 300, 3), 242, np.uint8) + noise
     tissue = np.zeros((200, 300), bool)
     tissue[40:160, 60:200] = True
     pink = np.array([200, 120, 170]) + rng.normal(0, 12, (200, 300, 3))
