@@ -316,7 +316,9 @@ class IRCR(MeanTeacher):
         if self.overlay_items:
             save_overlays(Path(self.trainer.run_dir) / "diagnostics", self.overlay_items)
             self.overlay_items = []
-        return super().epoch_end()
+        out = {k: float("nan") for k in ("pairs_per_image", "match_dist_mean", "prior_reject_frac")}
+        out.update(super().epoch_end())  # NaN = nothing counted (e.g. no cache entries yet)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Teacher plus (``previous`` mode) the compressed mask cache."""
