@@ -246,7 +246,7 @@ class LabelPyramidWriter:
     """
 
     def __init__(self, path: str | Path, height: int, width: int, mpp: float | None = None,
-                 tile: int = 256, min_size: int = 512) -> None:
+                 tile: int = 256, min_size: int = 256) -> None:
         self.path, self.height, self.width = Path(path), height, width
         self.mpp, self.tile = mpp, tile
         self.factors: list[int] = []
