@@ -236,7 +236,9 @@ def _slide_summary(seg: NucleusSegmenter, path: Path, out: Path, stem: str,
         nuclei_per_mm2=(n / tissue_mm2) if tissue_mm2 else None,
         seconds_per_mm2_tissue=(st["total"] / tissue_mm2) if tissue_mm2 else None,
         tiles={"total": len(st["tiles"]), "processed": len(st["todo"]),
-               "skipped_background": len(st["tiles"]) - len(st["todo"])},
+               "skipped_background": len(st["tiles"]) - len(st["todo"]),
+               "processed_megapixels": sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1])
+                                           for t in st["todo"]) * 1e-6},
         timings_s=timings, stitching=st["stitcher"].stats.as_dict(), outputs=files,
         warnings=[],
     )
