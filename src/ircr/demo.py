@@ -50,8 +50,8 @@ class DemoSettings:
     lr: float
 
 
-FULL = DemoSettings(n_images=24, image_size=256, patch_size=128, ratio=0.125, iterations=240,
-                    epochs=6, batch=4, width=0.25, lr=1e-3)
+FULL = DemoSettings(n_images=20, image_size=256, patch_size=96, ratio=0.125, iterations=200,
+                    epochs=5, batch=4, width=0.25, lr=1e-3)
 QUICK = DemoSettings(n_images=6, image_size=128, patch_size=64, ratio=0.25, iterations=4,
                      epochs=2, batch=2, width=0.125, lr=1e-3)
 
