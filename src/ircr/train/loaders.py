@@ -18,6 +18,7 @@ each view pixel back to the un-augmented patch (see :mod:`ircr.train.methods.bas
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -128,6 +129,16 @@ class IterationSet(Dataset[dict[str, Any]]):
 
     def __len__(self) -> int:  # items are addressed by iteration number; no natural length
         return 2**62
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle for worker processes: the dataset by path (no image cache), no caches."""
+        state = dict(self.__dict__)
+        state.update(ds=str(self.ds.path), _perm={}, _maps={})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["ds"] = PreparedDataset(state["ds"])
+        self.__dict__.update(state)
 
     def _pick(self, stream: int, pool: list[int], key: int) -> int:
         cycle, pos = divmod(key, len(pool))
@@ -256,11 +267,21 @@ class IterationData:
         return max(1, len(self.set.lab_pool) // self.cfg.data.batch_size)
 
     def loader(self, start: int, stop: int, device: torch.device) -> Iterator[dict[str, Any]]:
-        """Batches of iterations ``start .. stop-1`` on ``device``."""
+        """Batches of iterations ``start .. stop-1`` on ``device`` (one loader for the run).
+
+        Workers are started with the ``forkserver`` method (``spawn`` where unavailable): a
+        plain ``fork`` of a process that already ran OpenMP/OpenCV thread pools can deadlock.
+        """
         workers = int(self.cfg.data.workers)
+        ctx = None
+        if workers:
+            methods = mp.get_all_start_methods()
+            ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+            if "forkserver" in methods:
+                ctx.set_forkserver_preload(["ircr.train.loaders"])
         dl: DataLoader[dict[str, Any]] = DataLoader(
             self.set, batch_size=None, sampler=range(start, stop), num_workers=workers,
             pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=4 if workers else None, persistent_workers=False)
+            prefetch_factor=4 if workers else None, multiprocessing_context=ctx)
         for batch in dl:
             yield to_device(batch, device)

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,29 +258,34 @@ class Trainer:
         if self.iteration < self.total:  # drop rows of epochs that will be re-run
             self.logger.truncate(self.iteration // self.ipe)
         bar = _progress(self.cfg.train.progress, self.total, self.iteration)
+        batches = self.data.loader(self.iteration, self.total, self.device)
         try:
             while self.iteration < self.total:
                 self.epoch = self.iteration // self.ipe
-                self._run_epoch(bar)
+                self._run_epoch(batches, bar)
         finally:
             if bar is not None:
                 bar.close()
             self.logger.close()
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
         return self._finish()
 
-    def _run_epoch(self, bar: Any) -> None:
+    def _run_epoch(self, batches: Iterator[dict[str, Any]], bar: Any) -> None:
         cfg = self.cfg.train
         epoch = self.epoch
         lr = lr_at_epoch(cfg.lr, cfg.lr_steps, cfg.lr_gamma, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if hasattr(self.model, "freeze_encoder"):
-            setattr(self.model, "freeze_encoder", epoch < self.cfg.model.freeze_encoder_epochs)
+        model: Any = self.model
+        if hasattr(model, "freeze_encoder"):
+            model.freeze_encoder = epoch < self.cfg.model.freeze_encoder_epochs
         self.model.train()
         end = min((epoch + 1) * self.ipe, self.total)
         t0, it0 = time.time(), self.iteration
-        for batch in self.data.loader(self.iteration, end, self.device):
-            self._step(batch, bar)
+        while self.iteration < end:
+            self._step(next(batches), bar)
             if self.iteration < end and cfg.checkpoint_every and \
                     self.iteration % cfg.checkpoint_every == 0:
                 self.save()
