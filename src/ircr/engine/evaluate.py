@@ -103,8 +103,7 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
         results.append(res)
         row: dict[str, Any] = {"image": name}
         row.update({k: float(getattr(res, k)) for k in METRICS})
-        row["n_gt"] = int(np.unique(gt[gt > 0]).size)
-        row["n_pred"] = int(np.unique(pred[pred > 0]).size)
+        row["n_gt"], row["n_pred"] = int(res.n_gt), int(res.n_pred)
         rows.append(row)
         if overlays is not None:
             _write_overlay(overlays / f"{name}.png", np.asarray(ds.load_image(idx)), gt, pred)

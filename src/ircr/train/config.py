@@ -104,9 +104,13 @@ class TrainConfig:
 
 @dataclass
 class MethodConfig:
-    """Training method and every option of every method (ircr-method.md defaults)."""
+    """Training method and every option of every method (ircr-method.md defaults).
 
-    name: Literal["supervised", "mean_teacher", "self_training", "ircr"] = "supervised"
+    ``name`` is a built-in method (supervised, mean_teacher, self_training, ircr) or one
+    registered with :func:`ircr.train.methods.register_method` before the config is loaded.
+    """
+
+    name: str = "supervised"
     ema_alpha: float = 0.95
     gamma1: float = 0.1
     gamma2: float = 100.0
@@ -204,6 +208,12 @@ class ExperimentConfig:
         for ok, key, problem in checks:
             if not ok:
                 raise IrcrError(f"{where}: config key '{key}' {problem}")
+        from ircr.train.methods import BUILTIN, METHODS
+
+        if m.name not in BUILTIN and m.name not in METHODS:
+            known = ", ".join(sorted(set(BUILTIN) | set(METHODS)))
+            raise IrcrError(f"{where}: config key 'method.name' must be one of {known}, "
+                            f"got {m.name!r}")
         try:
             self.postproc.effective()  # validates post-processing parameters
         except IrcrError as exc:
