@@ -32,8 +32,52 @@ def _type_name(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " | ".join(_type_name(a) for a in get_args(tp))
     if origin is not None:
-        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+        inner = ", ".join(_type_name(a) for a in get_args(tp))
+        return f"{getattr(origin, '__name__', origin)}[{inner}]"
     return getattr(tp, "__name__", str(tp))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Scalar types: (accept(value), convert(value)).
+_SCALARS: dict[Any, tuple[Any, Any]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), lambda v: v),
+    float: (_is_number, float),
+    str: (lambda v: isinstance(v, str), lambda v: v),
+    Path: (lambda v: isinstance(v, (str, Path)), Path),
+}
+
+
+def _convert_union(value: Any, tp: Any, key: str, where: str, bad: IrcrError) -> Any:
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, key, where)
+        except IrcrError:
+            continue
+    raise bad
+
+
+def _convert_container(value: Any, tp: Any, key: str, where: str, bad: IrcrError) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        vtp = args[1] if args else Any
+        return {str(k): _convert(v, vtp, f"{key}.{k}", where) for k, v in value.items()}
+    if not isinstance(value, (list, tuple)):
+        raise bad
+    item_tp = args[0] if args else Any
+    items = [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    return items if origin is list else tuple(items)
 
 
 def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
@@ -43,63 +87,30 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key, where)
-            except IrcrError:
-                continue
-        raise bad
+        return _convert_union(value, tp, key, where, bad)
     if origin is Literal:
         if value in get_args(tp):
             return value
         raise bad
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        args = get_args(tp)
-        item_tp = args[0] if args else Any
-        items = [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        vtp = get_args(tp)[1] if get_args(tp) else Any
-        return {str(k): _convert(v, vtp, f"{key}.{k}", where) for k, v in value.items()}
+    if origin in (list, tuple, dict):
+        return _convert_container(value, tp, key, where, bad)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):  # type: ignore[arg-type]
             return value
         if not isinstance(value, dict):
             raise bad
         return from_dict(tp, value, where=where, prefix=f"{key}.")  # type: ignore[arg-type]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
+    if tp in _SCALARS:
+        accept, conv = _SCALARS[tp]
+        if accept(value):
+            return conv(value)
         raise bad
     raise IrcrError(f"{where}: config key '{key}' has unsupported type {_type_name(tp)}")
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config", prefix: str = "") -> T:
+def from_dict(
+    cls: type[T], data: dict[str, Any] | None, where: str = "config", prefix: str = ""
+) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise IrcrError.
 
     Args:
@@ -111,14 +122,15 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config", 
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise IrcrError(f"{where}: config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+        section = prefix.rstrip(".") or "<root>"
+        raise IrcrError(f"{where}: config section '{section}' must be a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         valid = ", ".join(sorted(fields))
         raise IrcrError(f"{where}: unknown config key '{prefix}{unknown[0]}' (valid keys: {valid})")
-    kwargs = {name: _convert(value, hints[name], prefix + name, where) for name, value in data.items()}
+    kwargs = {n: _convert(v, hints[n], prefix + n, where) for n, v in data.items()}
     missing = [
         n
         for n, f in fields.items()
@@ -171,7 +183,9 @@ def write_yaml(path: str | Path, data: Any) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(data), sort_keys=False))
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "--set") -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], where: str = "--set"
+) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested mapping in place."""
     for item in overrides:
         if "=" not in item:
