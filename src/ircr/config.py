@@ -38,6 +38,12 @@ def _type_name(tp: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
+    if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return value.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity")
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
