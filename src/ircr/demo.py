@@ -113,7 +113,7 @@ def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int
         "train": {"epochs": s.epochs, "iterations_per_epoch": ipe, "lr": s.lr,
                   "lr_steps": [max(1, s.epochs - 1)], "seed": seed, "device": "cpu",
                   "amp": "off", "progress": False, "tensorboard": False, "val_every": 0},
-        "method": {"name": method},
+        "method": {"name": method, "diagnostic_overlays": 2 if method == "ircr" else 0},
         "eval": {"window": s.patch_size, "overlap": s.patch_size // 4, "batch_size": 4},
     }
     return experiment_from_dict(data, where=f"demo ({method})")
@@ -128,8 +128,6 @@ def train(out: Path, folder: Path, split: str, s: DemoSettings, method: str, see
     if done.is_file():
         return done.parent
     trainer = Trainer(experiment(folder, split, s, method, seed), run_dir, resume="auto")
-    if method == "ircr":  # overlay PNGs of a few unlabelled patches per epoch (diagnostics/)
-        setattr(trainer.method.cfg, "diagnostic_overlays", 2)  # noqa: B010
     return trainer.run()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ircr.cli.data import parse_options
 from ircr.data.sample import Sample
 from ircr.errors import IrcrError
 
@@ -65,21 +66,6 @@ def _rule_args(p: argparse.ArgumentParser) -> None:
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 0
-
-
-def _parse_options(items: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise IrcrError(f"--option: expected KEY=VALUE, got '{item}'")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
 
 
 def _prepared_samples(root: Path) -> Iterator[Sample]:
@@ -131,7 +117,7 @@ def _build(args: argparse.Namespace) -> int:
 
     from ircr.ssl.prior import MorphPrior
 
-    options = _parse_options(args.option)
+    options = parse_options(args.option)
     bw = _bandwidth(args.bandwidth)
     streams = [open_dataset_spec(spec, options) for spec in args.datasets]
     prior = MorphPrior.build(chain(*streams), bandwidth=bw, grid=args.grid,

@@ -126,6 +126,7 @@ class MethodConfig:
     weak_noise_std: float = 0.02
     rounds: int = 1
     wbis_workers: int = 0
+    diagnostic_overlays: int = 0  # ircr: overlay PNGs of this many unlabelled patches per epoch
 
 
 @dataclass

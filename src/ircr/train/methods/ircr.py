@@ -299,7 +299,7 @@ class IRCR(MeanTeacher):
     def _keep_overlays(self, weak_np: np.ndarray, t: TeacherSide, s: StudentSide,
                        index: Tensor) -> None:
         """Keep the first few unlabelled patches of the epoch for the overlay PNGs."""
-        want = int(getattr(self.cfg, "diagnostic_overlays", 0) or 0)
+        want = int(self.cfg.diagnostic_overlays)
         for k in range(len(t.inst)):
             if len(self.overlay_items) >= want:
                 return
