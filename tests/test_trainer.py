@@ -75,6 +75,21 @@ def test_run_folder_is_self_describing(synth: Path, tmp_path: Path) -> None:
         assert torch.equal(v, state[k])
 
 
+def test_tensorboard_events_hold_the_epoch_scalars(synth: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")  # in the dev extra, so CI always runs this test
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer(tiny(synth, tensorboard=True), tmp_path / "run").run()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert any("train_loss" in t for t in tags) and any("val_student_aji" in t for t in tags)
+    loss_tag = next(t for t in tags if t.endswith("train_loss"))
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    logged = [e.value for e in events.Scalars(loss_tag)]
+    assert logged == pytest.approx([float(r["train_loss"]) for r in rows], rel=1e-5)
+
+
 def test_lr_schedule_and_default_epoch_length(synth: Path, tmp_path: Path) -> None:
     data = tiny(synth, epochs=3, iterations_per_epoch=None, lr=1e-3, lr_steps=[1, 2],
                 val_every=0)
