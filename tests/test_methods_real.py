@@ -88,7 +88,6 @@ def test_method_trains_resumes_and_logs(prepared: Path, tmp_path: Path, method: 
             assert float(last["pairs_per_image"]) >= 0.0
 
 
-@pytest.mark.slow  # sub-training + whole-image pseudo-labels: ~1-2 min on 2 shared cores
 def test_self_training_pseudo_labels_then_student(prepared: Path, tmp_path: Path) -> None:
     run = tmp_path / "st"
     last = _train_interrupted_then_resume(_cfg(prepared, "self_training"), run)
