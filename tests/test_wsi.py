@@ -167,7 +167,9 @@ def test_slide_streaming_memory_is_bounded(tmp_path, monkeypatch) -> None:
     seg = NucleusSegmenter(_DarkBlobs(), WBISParams(), model_mpp=0.25, device="cpu", tile=64,
                            margin=24, window=64, overlap=16, prior=None)
     peaks, counts = [], []
-    for h in (384, 1536):
+    # 1536 and 3072 rows: both past the few tile rows the pipeline keeps in flight (a slide
+    # of only 3 tile rows never fills it and would measure low), 2x the area between them.
+    for h in (1536, 3072):
         img = np.concatenate([make_tile(np.random.default_rng(i), (128, 256))[0]
                               for i in range(h // 128)])
         write_pyramid(tmp_path / f"s{h}.tif", img, 0.25, levels=1)
@@ -181,6 +183,6 @@ def test_slide_streaming_memory_is_bounded(tmp_path, monkeypatch) -> None:
         assert labels.shape == (h, 256)
         assert summary["n_nuclei"] == len(rows) == len(np.unique(labels)) - 1
         counts.append(summary["n_nuclei"])
-    assert counts[1] > 3 * counts[0] > 0  # 4x the area, ~4x the nuclei ...
+    assert counts[1] > 1.7 * counts[0] > 0  # 2x the area, ~2x the nuclei ...
     # ... but not more memory: a whole-slide label buffer alone would add 1.5 MB (int32)
     assert peaks[1] < peaks[0] + 0.5 * 2**20, peaks
