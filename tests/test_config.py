@@ -57,6 +57,19 @@ def test_bad_config_is_one_line_error_naming_file_and_key(data: dict, needle: st
     assert msg.startswith("cfg.yaml: ") and needle in msg and "\n" not in msg
 
 
+@dataclass
+class Switch:
+    amp: Literal["auto", "bf16", "off"] = "auto"
+
+
+def test_unquoted_yaml_off_means_the_word_off() -> None:
+    data = apply_overrides({}, ["amp=off"])  # YAML 1.1: off -> False
+    assert data["amp"] is False
+    assert from_dict(Switch, data).amp == "off"
+    with pytest.raises(IrcrError, match="'amp' must be"):
+        from_dict(Switch, {"amp": True}, where="cfg.yaml")  # no "on" among the choices
+
+
 def test_overrides_parse_yaml_values() -> None:
     data = apply_overrides({"inner": {"lr": 1.0}}, ["inner.lr=0.5", "inner.steps=[3, 4]", "name=b"])
     cfg = from_dict(Outer, data)

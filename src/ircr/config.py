@@ -57,6 +57,17 @@ _SCALARS: dict[Any, tuple[Any, Any]] = {
 }
 
 
+def _convert_literal(value: Any, choices: tuple[Any, ...], bad: IrcrError) -> Any:
+    # YAML 1.1 reads unquoted on/off/yes/no as booleans: map them back to the word choices.
+    if isinstance(value, bool):
+        for word in (("on", "yes", "true") if value else ("off", "no", "false")):
+            if word in choices:
+                return word
+    if value in choices and not (isinstance(value, bool) and True in choices):
+        return value
+    raise bad
+
+
 def _convert_union(value: Any, tp: Any, key: str, where: str, bad: IrcrError) -> Any:
     args = get_args(tp)
     if value is None and type(None) in args:
@@ -95,9 +106,7 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     if origin in (Union, types.UnionType):
         return _convert_union(value, tp, key, where, bad)
     if origin is Literal:
-        if value in get_args(tp):
-            return value
-        raise bad
+        return _convert_literal(value, get_args(tp), bad)
     if origin in (list, tuple, dict):
         return _convert_container(value, tp, key, where, bad)
     if dataclasses.is_dataclass(tp):
