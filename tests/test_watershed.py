@@ -166,3 +166,20 @@ def test_batch_errors() -> None:
         wbis_batch(p, np.zeros((2, 2, 16, 16), np.float32), workers=-1)
     with pytest.raises(IrcrError, match="backend"):
         wbis_batch(p, np.zeros((2, 2, 16, 16), np.float32), workers=2, backend="gpu")
+
+
+def test_flood_without_skimage_raw_flood(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert W._RAW_WS is not None  # skimage 0.2x: the raveled flood passes the import probe
+    monkeypatch.setattr(W, "_RAW_WS", None)  # another skimage: the public watershed call
+    rng = np.random.default_rng(5)
+    for k in range(3):
+        prob, hv = _noisy(rng, _random_inst(rng), (0.0, 0.05, 0.2)[k])
+        assert np.array_equal(wbis(prob, hv), wbis_reference(prob, hv))
+    done = 0
+    for i in range(60):
+        ref, args = _flood_case(rng, (300, 3000)[i % 2])
+        out = W._flood(*args)
+        if out is not None:
+            done += 1
+            assert np.array_equal(out, ref)
+    assert done >= 5

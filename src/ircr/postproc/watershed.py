@@ -35,6 +35,7 @@ call is always used.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -204,11 +205,16 @@ def _energy(hv: np.ndarray, ksize: int) -> np.ndarray:
 
 
 def _elevation(energy: np.ndarray, blb: np.ndarray) -> np.ndarray:
-    """Step 6: D = -GaussianBlur((1 - E) * B) as float64 (H, W)."""
+    """Step 6: D = -GaussianBlur((1 - E) * B) as float64 with a zero border, (H+2, W+2)."""
     d = np.subtract(1.0, energy, dtype=np.float64)
     np.multiply(d, blb, out=d)
-    d = cv2.GaussianBlur(d, (3, 3), 0)
-    return np.negative(d, out=d)
+    h, w = d.shape
+    dpad = np.zeros((h + 2, w + 2))
+    inner = dpad[1:-1, 1:-1]
+    if cv2.GaussianBlur(d, (3, 3), 0, dst=inner) is not inner:  # pragma: no cover
+        inner[...] = cv2.GaussianBlur(d, (3, 3), 0)
+    np.negative(inner, out=inner)
+    return dpad
 
 
 def _fill_holes(m: np.ndarray) -> np.ndarray:
@@ -228,16 +234,6 @@ def _marker_labels(energy: np.ndarray, blb: np.ndarray, p: WBISParams) -> tuple[
     opened = cv2.morphologyEx(filled, cv2.MORPH_OPEN, _ellipse(p.open_ksize))
     lab, n = ndi.label(opened, structure=_FOUR)
     return lab, int(n)
-
-
-def _push_free(marker_px: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Marker pixels with a 4-neighbour that the flood can still reach (bool, same shape)."""
-    nb = np.zeros_like(free)
-    nb[1:] |= free[:-1]
-    nb[:-1] |= free[1:]
-    nb[:, 1:] |= free[:, :-1]
-    nb[:, :-1] |= free[:, 1:]
-    return marker_px & nb
 
 
 _MAX_TIE_GROUPS = 16
@@ -295,25 +291,6 @@ def _tie_harmless(rc: np.ndarray, v: float, free: np.ndarray, d: np.ndarray) -> 
     return bool(np.unique(allv).size == allv.size)
 
 
-def _ties_ok(comp: np.ndarray, rc: np.ndarray, vals: np.ndarray, blab: np.ndarray,
-             is_mk: np.ndarray, dist: np.ndarray) -> bool:
-    """True if every group of equal-valued seeds of one component is harmless."""
-    groups = _tie_groups(comp, vals)
-    if len(groups) > _MAX_TIE_GROUPS:
-        return False
-    boxes = ndi.find_objects(blab) if groups else []
-    for g in groups:
-        c = int(comp[g[0]])
-        box = boxes[c - 1]
-        if box is None:
-            return False
-        r0, c0 = box[0].start, box[1].start
-        free = (blab[box] == c) & ~is_mk[box]
-        if not _tie_harmless(rc[g] - (r0, c0), float(vals[g[0]]), free, dist[box]):
-            return False
-    return True
-
-
 def _seeds(markers: np.ndarray, n: int, blb: np.ndarray,
            mms: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices of kept marker pixels inside B and their ids remapped to 1..K (int32)."""
@@ -329,14 +306,46 @@ def _seeds(markers: np.ndarray, n: int, blb: np.ndarray,
     return idx, lut[v]
 
 
+def _ties_ok(comp: np.ndarray, sidx: np.ndarray, vals: np.ndarray, blab: np.ndarray,
+             free: np.ndarray, dist: np.ndarray) -> bool:
+    """True if every group of equal-valued seeds of one component is harmless.
+
+    ``sidx`` are the seeds' flat indices into (H, W); ``free`` is the (H+2, W+2) padded map
+    of floodable pixels.
+    """
+    groups = _tie_groups(comp, vals)
+    if len(groups) > _MAX_TIE_GROUPS:
+        return False
+    boxes = ndi.find_objects(blab) if groups else []
+    w = blab.shape[1]
+    for g in groups:
+        c = int(comp[g[0]])
+        box = boxes[c - 1]
+        if box is None:
+            return False
+        r0, c0 = box[0].start, box[1].start
+        fbox = free[box[0].start + 1:box[0].stop + 1, box[1].start + 1:box[1].stop + 1]
+        fr = (blab[box] == c) & fbox
+        rc = np.stack(np.divmod(sidx[g], w), axis=1) - (r0, c0)
+        if not _tie_harmless(rc, float(vals[g[0]]), fr, dist[box]):
+            return False
+    return True
+
+
+def _pad_index(idx: np.ndarray, w: int) -> np.ndarray:
+    """Flat indices into (H, W) -> flat indices into the (H+2, W+2) zero-bordered array."""
+    return idx + 2 * (idx // w) + (w + 3)
+
+
 def _flood(dist: np.ndarray, idx: np.ndarray, mval: np.ndarray, blab: np.ndarray,
-           nb: int) -> np.ndarray | None:
+           nb: int, dpad: np.ndarray | None = None) -> np.ndarray | None:
     """Step 8, identical to ``watershed(D, markers, mask=B)``; None when that is not certain.
 
     A B component holding one marker is that marker's region whatever the flooding order, so
     only components with two or more markers are flooded, and only from marker pixels that
     touch floodable pixels. skimage pops seeds of equal (value, age) in heap order, so this
     is exact when no two seeds of one component share a value; otherwise None is returned.
+    ``dpad`` is D with a one-pixel border, (H+2, W+2) float64, if the caller has it.
     """
     comp = blab.ravel()[idx]
     rep = np.zeros(nb, np.int32)
@@ -344,28 +353,44 @@ def _flood(dist: np.ndarray, idx: np.ndarray, mval: np.ndarray, blab: np.ndarray
     multi = np.zeros(nb, bool)
     multi[comp[mval != rep[comp]]] = True
     if not multi.any():
-        return rep[blab]
+        return np.take(rep, blab)
     rep[multi] = -1
-    out = rep[blab]
-    fmask = out < 0
-    rows = np.flatnonzero(fmask.any(axis=1))
-    cols = np.flatnonzero(fmask.any(axis=0))
-    sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    h, w = blab.shape
+    wp = w + 2
+    outp = np.zeros((h + 2, wp), np.int32)  # the flood's label image, zero border
+    inner = outp[1:-1, 1:-1]
+    np.take(rep, blab, out=inner, mode="clip")
+    free = outp < 0  # pixels of multi-marker components (markers removed below)
+    np.maximum(outp, 0, out=outp)
     sel = multi[comp]
-    mk = np.zeros(blab.shape, np.int32)
-    mk.ravel()[idx[sel]] = mval[sel]
-    mk_c, f_c, d_c = mk[sl], fmask[sl], dist[sl]
-    is_mk = mk_c > 0
-    seeds = _push_free(is_mk, f_c & ~is_mk)
-    rc = np.argwhere(seeds)
-    b_c = blab[sl]
-    if not _ties_ok(b_c[seeds], rc, d_c[seeds], b_c, is_mk, d_c):
+    midx = idx[sel]
+    pm = _pad_index(midx, w)
+    of, ff = outp.ravel(), free.ravel()
+    of[pm] = mval[sel]
+    ff[pm] = False
+    nbr = np.zeros_like(ff)  # pixels with a free 4-neighbour
+    nbr[1:] = ff[:-1]
+    nbr[:-1] |= ff[1:]
+    nbr[wp:] |= ff[:-wp]
+    nbr[:-wp] |= ff[wp:]
+    touch = nbr[pm]
+    seeds = pm[touch]  # raster order, as skimage's flatnonzero(markers)
+    sidx = midx[touch]
+    if not _ties_ok(comp[sel][touch], sidx, dist.ravel()[sidx], blab, free, dist):
         return None
-    interior = is_mk & ~seeds
-    ws = watershed(d_c, markers=np.where(seeds, mk_c, 0), mask=f_c & ~interior)
-    np.copyto(ws, mk_c, where=interior)
-    np.copyto(out[sl], ws, where=f_c, casting="unsafe")
-    return out
+    if _RAW_WS is not None:
+        if dpad is None:
+            dpad = np.zeros((h + 2, wp))
+            dpad[1:-1, 1:-1] = dist
+        _RAW_WS(dpad.ravel(), seeds, np.array([-wp, -1, 1, wp], np.intp), ff.view(np.int8),
+                np.array([wp, 1], np.intp), 0.0, of, False)
+    else:  # public call: markers on the seeds only, mask = floodable pixels and seeds
+        mk = np.zeros((h, w), np.int32)
+        mk.ravel()[sidx] = of[seeds]
+        fi = free[1:-1, 1:-1]
+        ws = watershed(dist, markers=mk, mask=fi | (mk > 0))
+        np.copyto(inner, ws, where=fi, casting="unsafe")
+    return np.ascontiguousarray(inner)
 
 
 def wbis(prob: np.ndarray, hv: np.ndarray, params: WBISParams | None = None) -> np.ndarray:
@@ -377,10 +402,11 @@ def wbis(prob: np.ndarray, hv: np.ndarray, params: WBISParams | None = None) -> 
     p = (params or WBISParams()).effective()
     blb, blab, nb = _foreground(prob, p)
     energy = _energy(hv, p.ksize)
-    dist = _elevation(energy, blb)
+    dpad = _elevation(energy, blb)
+    dist = dpad[1:-1, 1:-1]
     markers, nm = _marker_labels(energy, blb, p)
     idx, mval = _seeds(markers, nm, blb, p.marker_min_size)
-    out = None if _SEEDS_BY_VALUE is False else _flood(dist, idx, mval, blab, nb)
+    out = None if _SEEDS_BY_VALUE is False else _flood(dist, idx, mval, blab, nb, dpad)
     if out is None:  # equal-valued seeds: let the plain call decide, exactly as the spec
         mk = np.zeros(markers.shape, np.int32)
         mk.ravel()[idx] = mval
@@ -396,3 +422,39 @@ def _seed_order_probe() -> bool:
 
 
 _SEEDS_BY_VALUE = _seed_order_probe()
+
+
+def _raw_watershed() -> Callable[..., None] | None:
+    """skimage's heap flood on raveled, zero-bordered arrays, if it matches the public call.
+
+    The public ``watershed`` converts, pads and crops its inputs (about 5 ms at 1000x1000);
+    :func:`_flood` builds them in that form itself. This private skimage function is only
+    used if it exists with the expected signature and reproduces the public call on a probe
+    with ties and several labels; otherwise :func:`_flood` calls ``watershed``.
+    """
+    try:
+        from skimage.segmentation._watershed_cy import watershed_raveled as raw
+    except ImportError:  # pragma: no cover - depends on the skimage version
+        return None
+    rng = np.random.default_rng(0)
+    img = np.round(rng.random((9, 13)) * 4)
+    mk = np.zeros(img.shape, np.int32)
+    mk[rng.random(img.shape) < 0.15] = rng.integers(1, 4, size=1)[0]
+    mk[0, 0], mk[8, 12], mk[4, 6] = 1, 2, 3
+    mask = rng.random(img.shape) < 0.9
+    mask[mk > 0] = True
+    want = watershed(img, markers=mk, mask=mask)
+    wp = img.shape[1] + 2
+    dpad = np.pad(img, 1)
+    out = np.pad(mk, 1)
+    free = np.pad(mask & (mk == 0), 1)
+    try:
+        raw(dpad.ravel(), np.flatnonzero(out), np.array([-wp, -1, 1, wp], np.intp),
+            free.view(np.int8).ravel(), np.array([wp, 1], np.intp), 0.0, out.ravel(), False)
+    except Exception:  # pragma: no cover - another signature
+        return None
+    got = np.where(mask, out[1:-1, 1:-1], 0)
+    return raw if np.array_equal(got, want) else None  # type: ignore[no-any-return]
+
+
+_RAW_WS = _raw_watershed()
