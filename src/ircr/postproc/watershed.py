@@ -337,6 +337,25 @@ def _pad_index(idx: np.ndarray, w: int) -> np.ndarray:
     return idx + 2 * (idx // w) + (w + 3)
 
 
+def _flood_each(raw: Callable[..., None], dpad: np.ndarray, seeds: np.ndarray, scomp: np.ndarray, free: np.ndarray,
+                out: np.ndarray) -> None:
+    """``raw`` (skimage's raveled flood) once per component (small heaps); in place on ``out``.
+
+    ``dpad`` (H+2, W+2) float64; ``seeds`` flat indices into it (raster order) with their
+    components ``scomp``; ``free`` flat bool, the pixels to flood; ``out`` flat int32 labels.
+    Components never touch, and within one the pops keep their relative (value, age) order,
+    so this equals one call with all seeds, at half the cost (the heap stays in cache).
+    """
+    wp = dpad.shape[1]
+    order = np.argsort(scomp, kind="stable")
+    seeds, cs = seeds[order], scomp[order]
+    cuts = np.flatnonzero(cs[1:] != cs[:-1]) + 1
+    img, mask = dpad.ravel(), free.view(np.int8)
+    offs, strides = np.array([-wp, -1, 1, wp], np.intp), np.array([wp, 1], np.intp)
+    for part in np.split(seeds, cuts):
+        raw(img, part, offs, mask, strides, 0.0, out, False)
+
+
 def _flood(dist: np.ndarray, idx: np.ndarray, mval: np.ndarray, blab: np.ndarray,
            nb: int, dpad: np.ndarray | None = None) -> np.ndarray | None:
     """Step 8, identical to ``watershed(D, markers, mask=B)``; None when that is not certain.
@@ -376,14 +395,14 @@ def _flood(dist: np.ndarray, idx: np.ndarray, mval: np.ndarray, blab: np.ndarray
     touch = nbr[pm]
     seeds = pm[touch]  # raster order, as skimage's flatnonzero(markers)
     sidx = midx[touch]
-    if not _ties_ok(comp[sel][touch], sidx, dist.ravel()[sidx], blab, free, dist):
+    scomp = comp[sel][touch]
+    if not _ties_ok(scomp, sidx, dist.ravel()[sidx], blab, free, dist):
         return None
     if _RAW_WS is not None:
         if dpad is None:
             dpad = np.zeros((h + 2, wp))
             dpad[1:-1, 1:-1] = dist
-        _RAW_WS(dpad.ravel(), seeds, np.array([-wp, -1, 1, wp], np.intp), ff.view(np.int8),
-                np.array([wp, 1], np.intp), 0.0, of, False)
+        _flood_each(_RAW_WS, dpad, seeds, scomp, ff, of)
     else:  # public call: markers on the seeds only, mask = floodable pixels and seeds
         mk = np.zeros((h, w), np.int32)
         mk.ravel()[sidx] = of[seeds]
