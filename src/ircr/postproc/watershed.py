@@ -337,8 +337,8 @@ def _pad_index(idx: np.ndarray, w: int) -> np.ndarray:
     return idx + 2 * (idx // w) + (w + 3)
 
 
-def _flood_each(raw: Callable[..., None], dpad: np.ndarray, seeds: np.ndarray, scomp: np.ndarray, free: np.ndarray,
-                out: np.ndarray) -> None:
+def _flood_each(raw: Callable[..., None], dpad: np.ndarray, seeds: np.ndarray,
+                scomp: np.ndarray, free: np.ndarray, out: np.ndarray) -> None:
     """``raw`` (skimage's raveled flood) once per component (small heaps); in place on ``out``.
 
     ``dpad`` (H+2, W+2) float64; ``seeds`` flat indices into it (raster order) with their
