@@ -190,9 +190,8 @@ def plot_curves(out: Path) -> Path:
 
 def segment_tile(out: Path, folder: Path, split: str, model_dirs: dict[str, Path]) -> list[Path]:
     """Segment the first validation image with each model; write side-by-side overlays."""
-    import cv2
-
     import ircr
+    from ircr.io.writers import overlay_image, write_png
     from ircr.train import loaders
 
     ds = loaders.open_prepared(folder, "demo")
@@ -200,25 +199,16 @@ def segment_tile(out: Path, folder: Path, split: str, model_dirs: dict[str, Path
     idx = ds.index_of(sp.val_images[0])
     image, gt = np.asarray(ds.load_image(idx)), np.asarray(ds.load_inst(idx))
     paths = []
-    panels = [_outline(image, gt, (0, 200, 0))]
+    panels = [overlay_image(image, gt, (0, 200, 0))]
     for m in METHODS:
         seg = ircr.load_model(model_dirs[m], device="cpu").segment(image, mpp=0.25)
         inst = np.asarray(seg.inst)
-        panels.append(_outline(image, inst, (255, 40, 40)))
+        panels.append(overlay_image(image, inst, (255, 40, 40)))
     strip = np.concatenate(panels, axis=1)
     path = out / "segmentation.png"
-    cv2.imwrite(str(path), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+    write_png(path, strip)
     paths.append(path)
     return paths
-
-
-def _outline(image: np.ndarray, inst: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-    """Image with instance outlines drawn in ``colour``."""
-    from skimage.segmentation import find_boundaries
-
-    out = image.copy()
-    out[find_boundaries(inst, mode="inner")] = colour
-    return out
 
 
 def write_report(res: DemoResult, s: DemoSettings, split: str, quick: bool) -> None:

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from ircr.io.writers import outline_mask
+
 KEPT = (40, 200, 60)
 REJECTED = (230, 40, 40)
 STUDENT = (40, 120, 255)
@@ -76,17 +78,6 @@ class EpochStats:
         self.__init__()  # type: ignore[misc]
 
 
-def _outline(inst: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels of an instance map whose 4-neighbourhood holds another id."""
-    inst = np.asarray(inst)
-    edge = np.zeros(inst.shape, dtype=bool)
-    edge[:-1, :] |= inst[:-1, :] != inst[1:, :]
-    edge[1:, :] |= inst[1:, :] != inst[:-1, :]
-    edge[:, :-1] |= inst[:, :-1] != inst[:, 1:]
-    edge[:, 1:] |= inst[:, 1:] != inst[:, :-1]
-    return edge & (inst > 0)
-
-
 def _up(a: np.ndarray, scale: int) -> np.ndarray:
     """Nearest-neighbour upscaling by an integer factor along the first two axes."""
     return np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)
@@ -129,10 +120,10 @@ def instance_overlay(
         img[mask] = 0.6 * img[mask] + 0.4 * np.asarray(colour, np.float32)
     out = np.ascontiguousarray(_up(img.clip(0, 255).astype(np.uint8), scale))
     t_big = _up(teacher, scale)
-    out[_outline(t_big)] = np.asarray(KEPT) // 2
+    out[outline_mask(t_big)] = np.asarray(KEPT) // 2
     if student is not None:
         s_big = _up(np.asarray(student), scale)
-        out[_outline(s_big)] = STUDENT
+        out[outline_mask(s_big)] = STUDENT
     if pairs and student is not None:
         tc = _centroids(teacher, [p[0] for p in pairs])
         sc = _centroids(np.asarray(student), [p[1] for p in pairs])
