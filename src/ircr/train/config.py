@@ -127,6 +127,16 @@ class MethodConfig:
     rounds: int = 1
     wbis_workers: int = 0
     diagnostic_overlays: int = 0  # ircr: overlay PNGs of this many unlabelled patches per epoch
+    # Training from scratch (docs/method.md "Stability from scratch"): the unsupervised terms
+    # are 0 for warmup_iterations, then ramped up by exp(-5 (1 - t)^2) over rampup_iterations;
+    # the teacher's HV maps are clamped to [-1, 1] (the range of HV targets) before they are
+    # used as consistency targets. The paper: warmup_iterations 0, rampup_iterations 0,
+    # clamp_teacher_hv false. guard_ratio: warn when the weighted unsupervised terms exceed
+    # this multiple of the supervised loss (0 = never).
+    warmup_iterations: int = 100
+    rampup_iterations: int = 200
+    clamp_teacher_hv: bool = True
+    guard_ratio: float = 100.0
 
 
 @dataclass
@@ -205,6 +215,9 @@ class ExperimentConfig:
              "must be in [0, 1] (fraction of the 0..255 range)"),
             (m.rounds >= 1, "method.rounds", "must be >= 1"),
             (m.wbis_workers >= 0, "method.wbis_workers", "must be >= 0"),
+            (m.warmup_iterations >= 0, "method.warmup_iterations", "must be >= 0"),
+            (m.rampup_iterations >= 0, "method.rampup_iterations", "must be >= 0"),
+            (m.guard_ratio >= 0, "method.guard_ratio", "must be >= 0 (0 = no warnings)"),
         ]
         for ok, key, problem in checks:
             if not ok:

@@ -211,8 +211,12 @@ class IRCR(MeanTeacher):
         if unlabelled is None:
             raise RuntimeError("ircr needs an unlabelled batch")
         self._collect(block=False)
+        w = self.unsup_weight()
+        name = "piac" if self.cfg.piac else "mse"
+        if w == 0.0:  # supervised warm-up: no teacher forward, no WBIS
+            return self.warmup_step(labelled, unlabelled["strong"], (name, "miac"))
         out_t = self.teacher_forward(unlabelled["weak"])
-        ft, bt = feature_maps(out_t)
+        ft, bt = self.teacher_maps(out_t)
         weak_np = to_uint8_images(unlabelled["weak"])
         pt_np, hvt_np = bt[:, 0].cpu().numpy(), ft[:, 1:].cpu().numpy()
         n = int(unlabelled["weak"].shape[0])
@@ -221,8 +225,10 @@ class IRCR(MeanTeacher):
             sup, _ = self.trainer.supervised_loss(out_l, labelled)
             fs, bs = feature_maps(out_u)
             cons = masked_mse(fs, ft, unlabelled["valid"].float())
-            return sup + self.cfg.gamma1 * cons, {"sup": float(sup.detach()),
-                                                  "mse": float(cons.detach()), "miac": 0.0}
+            weighted = self.cfg.gamma1 * w * cons
+            self.check_balance(sup, {"mse": weighted})
+            return sup + weighted, {"sup": float(sup.detach()), "mse": float(cons.detach()),
+                                    "miac": 0.0, "unsup_weight": w}
         current = self.cfg.mask_source == "current"
         fut_t = self.pool.submit(self._teacher_side, pt_np, hvt_np, weak_np) if current else None
         out_l, out_u = self.student_forward(labelled, unlabelled["strong"])
@@ -245,10 +251,10 @@ class IRCR(MeanTeacher):
             s_side = self._match(t_side.inst, s_inst, active)
         miac = self._miac_term(fs, ft, bs, bt, s_side, sum(active))
         self._keep_overlays(weak_np, t_side, s_side, unlabelled["index"])
-        loss = sup + self.cfg.gamma1 * cons + self.cfg.gamma2 * miac
-        name = "piac" if self.cfg.piac else "mse"
-        return loss, {"sup": float(sup.detach()), name: float(cons.detach()),
-                      "miac": float(miac.detach())}
+        w_cons, w_miac = self.cfg.gamma1 * w * cons, self.cfg.gamma2 * w * miac
+        self.check_balance(sup, {name: w_cons, "miac": w_miac})
+        return sup + w_cons + w_miac, {"sup": float(sup.detach()), name: float(cons.detach()),
+                                       "miac": float(miac.detach()), "unsup_weight": w}
 
     # -- previous-visit cache ----------------------------------------------------------------
     def _cached_masks(self, unlabelled: dict[str, Tensor]

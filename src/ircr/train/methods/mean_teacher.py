@@ -6,6 +6,13 @@ the strong view of the unlabelled batch (one forward of both); the teacher sees 
 of the same geometric augmentation (no grad, eval-mode BN). F = concat(NP prob, HV), the
 consistency is the mean of squares over pixels and channels of each image (restricted to valid
 pixels), averaged over the batch — i.e. PIAC with U ≡ 1.
+
+Stability from scratch (docs/method.md): the unsupervised weight is
+``γ1 · consistency_weight(iteration, warmup_iterations, rampup_iterations)`` — 0 during the
+supervised warm-up, when the teacher is not run at all — and the teacher's HV maps are clamped
+to [-1, 1] (``clamp_teacher_hv``) before they serve as targets. A :class:`ConsistencyGuard`
+warns when the weighted unsupervised terms run away and logs ``teacher_max_abs`` and
+``unsup_sup_ratio`` per epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from torch import Tensor, nn
 
 from ircr.ssl.diagnostics import EpochStats
 from ircr.ssl.ema import ema_update, make_teacher
+from ircr.ssl.guard import ConsistencyGuard
+from ircr.ssl.ramp import consistency_weight
 from ircr.train.methods import register_method
 from ircr.train.methods.base import Method
 
@@ -58,14 +67,46 @@ class MeanTeacher(Method):
         """Build the EMA teacher (a frozen copy of the student)."""
         self.teacher: nn.Module = make_teacher(self.trainer.model)
         self.stats = EpochStats()
+        self.guard = ConsistencyGuard(ratio=self.cfg.guard_ratio)
+        self._teacher_max: float | None = None
+
+    def unsup_weight(self) -> float:
+        """Ramp multiplier in [0, 1] of the unsupervised terms at this iteration."""
+        return consistency_weight(self.trainer.iteration, self.cfg.warmup_iterations,
+                                  self.cfg.rampup_iterations)
 
     # -- forward passes ----------------------------------------------------------------------
     def teacher_forward(self, weak: Tensor) -> dict[str, Tensor]:
-        """Teacher output on the weak view: no grad, eval-mode BN."""
+        """Teacher output on the weak view: no grad, eval-mode BN (max |output| recorded)."""
         self.teacher.eval()
         with torch.no_grad():
             out = self.teacher(weak)
-        return {k: v.detach() for k, v in out.items()}
+        out = {k: v.detach() for k, v in out.items()}
+        self._teacher_max = float(max(out["np"].abs().max(), out["hv"].abs().max()))
+        return out
+
+    def teacher_maps(self, out_t: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Teacher F (HV clamped to [-1, 1] when ``clamp_teacher_hv``) and B, float32."""
+        ft, bt = feature_maps(out_t)
+        if self.cfg.clamp_teacher_hv:
+            ft = torch.cat([ft[:, :1], ft[:, 1:].clamp(-1.0, 1.0)], dim=1)
+        return ft, bt
+
+    def check_balance(self, sup: Tensor, weighted: dict[str, Tensor]) -> None:
+        """Feed this iteration's supervised and weighted unsupervised terms to the guard."""
+        self.guard.check(self.trainer.iteration + 1, float(sup.detach()),
+                         {k: float(v.detach()) for k, v in weighted.items()},
+                         self._teacher_max)
+        self._teacher_max = None
+
+    def warmup_step(self, labelled: dict[str, Tensor], strong: Tensor,
+                    names: tuple[str, ...]) -> tuple[Tensor, dict[str, float]]:
+        """Warm-up iteration: the same student forward, L_sup only, the teacher not run."""
+        out_l, _ = self.student_forward(labelled, strong)
+        sup, _ = self.trainer.supervised_loss(out_l, labelled)
+        self.check_balance(sup, {})
+        logs = {"sup": float(sup.detach()), **{k: 0.0 for k in names}, "unsup_weight": 0.0}
+        return sup, logs
 
     def student_forward(
         self, labelled: dict[str, Tensor], strong: Tensor
@@ -81,14 +122,19 @@ class MeanTeacher(Method):
         """L_sup + γ1·MSE(F_s, F_t) on valid pixels of the unlabelled batch."""
         if unlabelled is None:
             raise RuntimeError("mean_teacher needs an unlabelled batch")
+        w = self.unsup_weight()
+        if w == 0.0:
+            return self.warmup_step(labelled, unlabelled["strong"], ("mse",))
         out_t = self.teacher_forward(unlabelled["weak"])
         out_l, out_u = self.student_forward(labelled, unlabelled["strong"])
         sup, _ = self.trainer.supervised_loss(out_l, labelled)
         fs, _ = feature_maps(out_u)
-        ft, _ = feature_maps(out_t)
+        ft, _ = self.teacher_maps(out_t)
         cons = masked_mse(fs, ft, unlabelled["valid"].float())
-        loss = sup + self.cfg.gamma1 * cons
-        return loss, {"sup": float(sup.detach()), "mse": float(cons.detach())}
+        weighted = self.cfg.gamma1 * w * cons
+        self.check_balance(sup, {"mse": weighted})
+        return sup + weighted, {"sup": float(sup.detach()), "mse": float(cons.detach()),
+                                "unsup_weight": w}
 
     def after_optimizer_step(self) -> None:
         """θ_t ← α·θ_t + (1 − α)·θ_s (weights and BN buffers)."""
@@ -98,6 +144,7 @@ class MeanTeacher(Method):
         """Per-epoch means of the iteration diagnostics."""
         out = self.stats.means()
         self.stats.reset()
+        out.update(self.guard.epoch_values())
         return out
 
     def eval_models(self) -> dict[str, nn.Module]:
