@@ -113,7 +113,10 @@ def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int
         "train": {"epochs": s.epochs, "iterations_per_epoch": ipe, "lr": s.lr,
                   "lr_steps": [max(1, s.epochs - 1)], "seed": seed, "device": "cpu",
                   "amp": "off", "progress": False, "tensorboard": False, "val_every": 0},
-        "method": {"name": method, "diagnostic_overlays": 2 if method == "ircr" else 0},
+        # warm-up and ramp-up scaled to the demo's short budget (defaults: 100 + 200 iterations)
+        "method": {"name": method, "diagnostic_overlays": 2 if method == "ircr" else 0,
+                   "warmup_iterations": s.iterations // 8,
+                   "rampup_iterations": max(1, s.iterations // 4)},
         "eval": {"window": s.patch_size, "overlap": s.patch_size // 4, "batch_size": 4},
     }
     return experiment_from_dict(data, where=f"demo ({method})")
