@@ -181,7 +181,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise IrcrError(f"{p}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise IrcrError(f"{p}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IrcrError(f"{p}: not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset "
+                        f"{exc.start}); save the config as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
@@ -194,8 +203,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def write_yaml(path: str | Path, data: Any) -> None:
-    """Write ``data`` (dataclass or plain objects) to ``path`` as YAML."""
-    Path(path).write_text(yaml.safe_dump(to_dict(data), sort_keys=False))
+    """Write ``data`` (dataclass or plain objects) to ``path`` as YAML (atomically)."""
+    from ircr.io.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(data), sort_keys=False))
 
 
 def apply_overrides(

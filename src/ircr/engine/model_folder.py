@@ -3,13 +3,15 @@
 Layout::
 
     <folder>/
-      weights.pt      state_dict only (torch.save, written atomically)
+      weights.pt      state_dict only (torch.save); refused when a tensor holds NaN/inf
       model.yaml      ircr_version, created, model (ModelConfig), mpp, patch_size, + extra keys
                       (e.g. method, train); metrics/prior file names when present
       postproc.yaml   WBIS parameters as a plain mapping
       metrics.json    optional evaluation/validation metrics
       prior.npz       optional morphological prior (copied)
 
+Every file is written atomically with the umask's permissions (:mod:`ircr.io.atomic`);
+``model.yaml`` is removed first and written last, so a folder without it is incomplete.
 Loading uses ``torch.load(weights_only=True)``; every missing or corrupt file gives a one-line
 :class:`IrcrError` naming that file.
 """
@@ -17,10 +19,7 @@ Loading uses ``torch.load(weights_only=True)``; every missing or corrupt file gi
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +32,11 @@ from torch import nn
 from ircr._version import __version__
 from ircr.config import from_dict, to_dict
 from ircr.errors import IrcrError
+from ircr.io.atomic import atomic_write, atomic_write_text, clean_stale_temps
+from ircr.io.paths import ensure_dir
+from ircr.io.wsi import MPP_RANGE
 from ircr.models import HoVerNet, ModelConfig, build_model
+from ircr.train.checkpoint import first_nonfinite
 
 WEIGHTS = "weights.pt"
 MODEL_YAML = "model.yaml"
@@ -58,20 +61,8 @@ class LoadedModel:
     prior_file: Path | None = field(default=None)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write via a temp file in the same folder, then os.replace (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text))
+    atomic_write_text(path, text)
 
 
 def save_model_folder(
@@ -99,7 +90,6 @@ def save_model_folder(
         extra: extra top-level keys for model.yaml (method, training info, ...).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     extra = dict(extra or {})
     clash = sorted(RESERVED & set(extra))
     if clash:
@@ -107,13 +97,20 @@ def save_model_folder(
     if prior_file is not None and not Path(prior_file).is_file():
         raise IrcrError(f"{prior_file}: prior file not found")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS, lambda p: torch.save(state, p))
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise IrcrError(f"{out / WEIGHTS}: not written, model tensor '{bad}' holds NaN or inf")
+    ensure_dir(out, "model folder")
+    clean_stale_temps(out)
+    # model.yaml is written last: while it is missing the folder is incomplete
+    (out / MODEL_YAML).unlink(missing_ok=True)
+    atomic_write(out / WEIGHTS, lambda p: torch.save(state, p))
     files = {"weights": WEIGHTS, "postproc": POSTPROC_YAML}
     if metrics is not None:
         _write_text(out / METRICS_JSON, json.dumps(to_dict(metrics), indent=2) + "\n")
         files["metrics"] = METRICS_JSON
     if prior_file is not None:
-        _atomic_write(out / PRIOR_NPZ, lambda p: shutil.copyfile(prior_file, p))
+        atomic_write(out / PRIOR_NPZ, lambda p: shutil.copyfile(prior_file, p))
         files["prior"] = PRIOR_NPZ
     meta = {
         "ircr_version": __version__,
@@ -179,8 +176,10 @@ def _read_meta(folder: Path) -> tuple[dict[str, Any], ModelConfig, float | None,
         raise IrcrError(f"{yml}: 'model' must be a mapping")
     cfg = from_dict(ModelConfig, meta["model"], where=str(yml), prefix="model.")
     mpp, patch = meta.get("mpp"), meta["patch_size"]
-    if mpp is not None and (not isinstance(mpp, (int, float)) or mpp <= 0):
-        raise IrcrError(f"{yml}: 'mpp' must be a positive number or null, got {mpp!r}")
+    if mpp is not None and (not isinstance(mpp, (int, float)) or isinstance(mpp, bool)
+                            or not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]):
+        raise IrcrError(f"{yml}: 'mpp' must be a number of microns per pixel in "
+                        f"[{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}] or null, got {mpp!r}")
     if not isinstance(patch, int) or patch <= 0:
         raise IrcrError(f"{yml}: 'patch_size' must be a positive integer, got {patch!r}")
     return meta, cfg, None if mpp is None else float(mpp), patch

@@ -1,14 +1,15 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)``.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no pickled
-objects), written to a temporary file in the same folder and moved into place with
-:func:`os.replace`, so a crash never leaves a half-written ``last.pt``. RNG states (python,
-numpy, torch CPU and CUDA) are converted to tensors/lists so they survive ``weights_only``.
+objects), written with :func:`ircr.io.atomic.atomic_write` (temp file + fsync +
+:func:`os.replace`), so a crash never leaves a half-written ``last.pt``. A state holding a
+non-finite floating-point tensor is never written (:func:`first_nonfinite`): a checkpoint on
+disk is always a good one. RNG states (python, numpy, torch CPU and CUDA) are converted to
+tensors/lists so they survive ``weights_only``.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,24 +18,53 @@ import numpy as np
 import torch
 
 from ircr.errors import IrcrError
+from ircr.io.atomic import atomic_write
+from ircr.io.paths import ensure_dir
 
 FORMAT_VERSION = 1
 
 
+def first_nonfinite(obj: Any, prefix: str = "") -> str | None:
+    """Dotted key of the first floating-point tensor in ``obj`` holding NaN/inf, else None.
+
+    ``obj`` is a tensor, a module (its parameters *and* buffers) or nested dicts/lists of them.
+    """
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+            return prefix or "tensor"
+        return None
+    if isinstance(obj, dict):
+        items: Any = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = first_nonfinite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+class NonFiniteState(IrcrError):
+    """A state to be saved holds NaN/inf (nothing was written)."""
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace)."""
+    """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace).
+
+    Raises:
+        NonFiniteState: a tensor of ``state`` holds NaN/inf; nothing is written.
+        IrcrError: the folder cannot be created or written (names the file).
+    """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save({"format_version": FORMAT_VERSION, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise NonFiniteState(f"{p}: not written, tensor '{bad}' holds NaN or inf")
+    ensure_dir(p.parent, "checkpoint folder")
+    atomic_write(p, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -40,7 +40,15 @@ from ircr.errors import IrcrError
 from ircr.losses import hovernet_loss
 from ircr.models import build_model
 from ircr.train import loaders
-from ircr.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from ircr.io.atomic import atomic_write, clean_stale_temps
+from ircr.io.paths import ensure_dir
+from ircr.train.checkpoint import (
+    NonFiniteState,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from ircr.train.config import ExperimentConfig, experiment_from_dict
 from ircr.train.logging import MetricsLogger
 from ircr.train.methods import Method, get_method
@@ -123,6 +131,9 @@ class Trainer:
         self._wall_offset = 0.0
         self._t0 = time.time()
         self.last_row: dict[str, Any] = {}
+        self._saved_iteration: int | None = None  # iteration of the checkpoint on disk
+        self._finished_schedule: dict[str, Any] | None = None  # set when resuming a done run
+        self.already_finished = False
         self._setup()
 
     # -- construction ------------------------------------------------------------------------
@@ -144,7 +155,9 @@ class Trainer:
         method_cls = get_method(cfg.method.name, self.where)
         self.method: Method = method_cls(cfg.method, self)
         self.method.setup()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.run_dir, "run folder")
+        for sub in ("checkpoints", "model"):  # leftovers of a killed atomic write
+            clean_stale_temps(self.run_dir / sub)
         self._write_run_description()
         self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
         if last.is_file() and self.resume:
@@ -214,15 +227,34 @@ class Trainer:
             "acc_n": self._acc_n,
             "wall": float(self._wall()),
             "config": to_dict(self.cfg),
+            "last_row": {k: float(v) for k, v in self.last_row.items()
+                         if isinstance(v, (int, float))},
+            "finished": self._finished_schedule is not None,
         }
 
     def save(self, keep_name: str | None = None) -> Path:
         """Write ``checkpoints/last.pt`` atomically (and a kept copy when named)."""
         last = self.run_dir / "checkpoints" / "last.pt"
-        save_checkpoint(last, self._state())
+        try:
+            save_checkpoint(last, self._state())
+        except NonFiniteState as exc:
+            problem = "tensor " + str(exc).split("tensor ", 1)[-1]
+            raise IrcrError(self._stop_message(problem, self.iteration)) from None
+        self._saved_iteration = self.iteration
         if keep_name:
-            shutil.copyfile(last, last.with_name(keep_name))
+            atomic_write(last.with_name(keep_name), lambda tmp: shutil.copyfile(last, tmp))
         return last
+
+    def _stop_message(self, problem: str, iteration: int) -> str:
+        """One line: what went wrong where, and the last good checkpoint (if one exists)."""
+        last = self.run_dir / "checkpoints" / "last.pt"
+        if self._saved_iteration is not None and last.is_file():
+            kept = (f"last good checkpoint: {last} (iteration {self._saved_iteration}); "
+                    "resume with --resume after lowering train.lr")
+        else:
+            kept = "no checkpoint was written (lower train.lr and start again)"
+        return (f"{self.run_dir}: {problem} at iteration {iteration} (epoch "
+                f"{self.epoch}); training stopped, {kept}")
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
@@ -238,6 +270,10 @@ class Trainer:
         self._acc = {k: float(v) for k, v in state["acc"].items()}
         self._acc_n = int(state["acc_n"])
         self._wall_offset = float(state["wall"])
+        self.last_row = dict(state.get("last_row") or {})
+        self._saved_iteration = self.iteration
+        if state.get("finished"):
+            self._finished_schedule = _schedule(state.get("config") or {})
         restore_rng(state["rng"])
 
     def _wall(self) -> float:
@@ -245,7 +281,17 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Path:
-        """Train to the end of the schedule; returns the final model folder."""
+        """Train to the end of the schedule; returns the final model folder.
+
+        Resuming a finished run (same schedule, complete model folder) changes nothing and
+        sets :attr:`already_finished`.
+        """
+        out = self.run_dir / "model"
+        if (self._finished_schedule == _schedule(to_dict(self.cfg))
+                and (out / "model.yaml").is_file()):
+            self.already_finished = True
+            self.logger.close()
+            return out
         self._t0 = time.time()
         self.method.before_training()
         extra = self.method.extra_labelled()
@@ -300,10 +346,7 @@ class Trainer:
             loss, parts = self.method.train_step(batch["labelled"], batch.get("unlabelled"))
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise IrcrError(
-                f"{self.run_dir}: loss became {value} at iteration {self.iteration + 1} "
-                f"(epoch {self.epoch}); training stopped, last good checkpoint kept at "
-                f"{self.run_dir / 'checkpoints' / 'last.pt'}")
+            raise IrcrError(self._stop_message(f"loss became {value}", self.iteration + 1))
         loss.backward()
         if self.cfg.train.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
@@ -351,8 +394,9 @@ class Trainer:
     def _finish(self) -> Path:
         from ircr.engine.model_folder import save_model_folder
 
+        self._finished_schedule = _schedule(to_dict(self.cfg))
         self.save()
-        metrics = {k: v for k, v in self.last_row.items() if k.startswith("val_")}
+        metrics = {k: v for k, v in self.last_row.items() if k.startswith("val_")} or None
         model = copy.deepcopy(self.method.final_model()).cpu().eval()
         out = self.run_dir / "model"
         mpps = [float(m["mpp"]) for m in self.dataset.images if m.get("mpp") is not None]
@@ -366,6 +410,12 @@ class Trainer:
                                         "epochs": self.cfg.train.epochs,
                                         "run_dir": str(self.run_dir)}})
         return out
+
+
+def _schedule(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a config that fix where training ends (to recognise a finished run)."""
+    train = config.get("train") or {}
+    return {k: train.get(k) for k in ("epochs", "iterations_per_epoch", "max_iterations")}
 
 
 def _progress(enabled: bool, total: int, initial: int) -> Any:

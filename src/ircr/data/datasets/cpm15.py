@@ -99,10 +99,10 @@ def _load_pairs(pairs: Mapping[str, str] | str | Path) -> tuple[dict[str, str], 
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise file_error(path, "pairs mapping file not found") from None
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise file_error(path, f"cannot read pairs mapping ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise file_error(path, "pairs mapping must be a YAML mapping 'image name: mask name'")
