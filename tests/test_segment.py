@@ -287,7 +287,8 @@ def test_bad_input_one_line_errors(model_dir, tmp_path, capsys, case) -> None:
 def test_api_errors(seg) -> None:
     with pytest.raises(IrcrError, match="expected \\(H, W, 3\\) uint8"):
         seg.segment(np.zeros((10, 10), np.float32))
-    with pytest.raises(IrcrError, match="--mpp: must be a positive number"):
+    with pytest.raises(IrcrError, match="--mpp: -1.0 µm/px is not a plausible pixel size; "
+                       "expected 0.05 to 50"):
         seg.segment(np.zeros((64, 64, 3), np.uint8), mpp=-1.0)
 
 

@@ -5,15 +5,23 @@ for sub-folders, mirrored under OUTDIR) and whole-slide images (SVS, NDPI, pyram
 TIFF/OME-TIFF, ...). Per input, ``--outputs`` chooses among: ``labels`` (``<name>_labels.tif``),
 ``geojson`` (``<name>.geojson``, QuPath detections), ``csv`` (``<name>.csv``), ``overlay``
 (``<name>_overlay.png``) and ``summary`` (``<name>_summary.json``).
+
+Each output is written under a temporary name and renamed when complete; the summary is
+written last and marks an input done. Existing outputs are refused unless ``--overwrite``;
+``--skip-done`` skips inputs whose outputs are complete and redoes the others (batch jobs).
+SIGTERM is handled like Ctrl-C: the unfinished temporary files are removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from ircr.errors import IrcrError
@@ -52,6 +60,11 @@ def register(subparsers: Any) -> None:
                    help="prior .npz for the prior_score column (default: the model's, else "
                         "the packaged one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace existing outputs (default: refuse)")
+    again.add_argument("--skip-done", action="store_true",
+                       help="skip inputs whose outputs are complete; redo unfinished ones")
     p.set_defaults(func=handler)
 
 
@@ -103,22 +116,51 @@ def handler(args: argparse.Namespace) -> int:
     if bad or not outputs:
         raise IrcrError(f"--outputs: unknown output '{bad[0] if bad else args.outputs}' "
                         f"(choose from {', '.join(OUTPUTS)})")
-    if args.mpp is not None and not args.mpp > 0:
-        raise IrcrError(f"--mpp: must be a positive number, got {args.mpp}")
+    if args.mpp is not None:
+        from ircr.io.wsi import check_mpp
+
+        check_mpp(args.mpp)
     files = collect_inputs(list(args.inputs), args.recursive)
+    from ircr.io.paths import ensure_dir
+
+    ensure_dir(args.out)
     seg = load_model(args.model, device=args.device, batch_size=args.batch_size, amp=args.amp,
                      tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers)
     print(f"ircr segment: {seg.describe()}", file=sys.stderr)
     print(f"ircr segment: {len(files)} input(s) -> {args.out}", file=sys.stderr)
-    for path, sub in files:
-        t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            summary = seg.process(path, args.out / sub, outputs=outputs, mpp=args.mpp,
-                                  tissue=not args.no_tissue, progress=not args.quiet,
-                                  log=lambda msg: print(f"ircr segment: {msg}", file=sys.stderr))
-        for w in caught:
-            print(f"ircr: warning: {w.message}", file=sys.stderr)
-        print(f"{path}: {summary['n_nuclei']} nuclei{_fmt_rate(summary)} in "
-              f"{time.perf_counter() - t0:.1f} s -> {args.out / sub}")
+    with _sigterm_as_interrupt():
+        for path, sub in files:
+            t0 = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                summary = seg.process(
+                    path, args.out / sub, outputs=outputs, mpp=args.mpp,
+                    tissue=not args.no_tissue, progress=not args.quiet,
+                    log=lambda msg: print(f"ircr segment: {msg}", file=sys.stderr),
+                    overwrite=args.overwrite, skip_done=args.skip_done)
+            for w in caught:
+                print(f"ircr: warning: {w.message}", file=sys.stderr)
+            if summary.get("skipped"):
+                print(f"{path}: done before, skipped (--skip-done) -> {args.out / sub}")
+                continue
+            print(f"{path}: {summary['n_nuclei']} nuclei{_fmt_rate(summary)} in "
+                  f"{time.perf_counter() - t0:.1f} s -> {args.out / sub}")
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so unfinished outputs are cleaned up."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -31,6 +31,8 @@ from ircr.engine.device import describe_device, select_device
 from ircr.engine.tiling import Tile, stitch_image
 from ircr.errors import IrcrError, file_error
 from ircr.features import nucleus_features
+from ircr.io.atomic import clean_stale_temps
+from ircr.io.paths import child_path, ensure_dir
 from ircr.io.writers import TABLE_COLUMNS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -246,9 +248,9 @@ class NucleusSegmenter:
     def _resolve_mpp(self, source: str, file_mpp: float | None, mpp: float | None,
                      slide: bool = False) -> tuple[float | None, str]:
         if mpp is not None:
-            if not (mpp > 0 and math.isfinite(mpp)):
-                raise IrcrError(f"--mpp: must be a positive number, got {mpp}")
-            return float(mpp), "--mpp"
+            from ircr.io.wsi import check_mpp
+
+            return check_mpp(mpp), "--mpp"
         if file_mpp is not None:
             return file_mpp, "file"
         if self.model_mpp is None:
@@ -311,6 +313,8 @@ class NucleusSegmenter:
         f = rescale_factor(in_mpp, self.model_mpp)
         proc_mpp = (in_mpp / f) if in_mpp else self.model_mpp
         ph, pw = max(1, round(h * f)), max(1, round(w * f))
+        check_processing_size(source, (w, h), (pw, ph), max(MAX_INMEMORY_PIXELS, h * w),
+                              in_mpp, self.model_mpp)
         with timer("resize"):
             work = resize_image(image, ph, pw)
         prob_full = np.zeros((ph, pw), np.float32)
@@ -341,15 +345,20 @@ class NucleusSegmenter:
     # ---- files -------------------------------------------------------------------------------
     def process(self, path: str | Path, out_dir: str | Path, outputs: Sequence[str] = OUTPUTS,
                 mpp: float | None = None, stem: str | None = None, tissue: bool = True,
-                progress: bool = False, log: Callable[[str], None] | None = None
-                ) -> dict[str, Any]:
+                progress: bool = False, log: Callable[[str], None] | None = None,
+                overwrite: bool = False, skip_done: bool = False) -> dict[str, Any]:
         """Segment one file and write the selected ``outputs`` into ``out_dir``.
 
         Whole-slide images (see :func:`ircr.io.wsi.is_slide`) are streamed; other images are
         segmented in memory. Returns the summary dict (also written as JSON when selected).
+
+        Every output is written under a temporary name and renamed when complete; the summary
+        comes last and marks the input done. Existing outputs are refused unless
+        ``overwrite``; with ``skip_done`` a done input is skipped (the returned dict has
+        ``skipped: True``) and an unfinished one is redone.
         """
         from ircr.engine.slide import run_slide
-        from ircr.io.wsi import is_slide
+        from ircr.io.wsi import check_mpp, is_slide
 
         path = Path(path)
         check_input_file(path)
@@ -357,9 +366,22 @@ class NucleusSegmenter:
         if bad:
             raise IrcrError(f"--outputs: unknown output '{bad[0]}' "
                             f"(choose from {', '.join(OUTPUTS)})")
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        if mpp is not None:
+            mpp = check_mpp(mpp)
+        out = ensure_dir(out_dir)
         stem = stem or output_stem(path)
+        files = output_files(out, stem, outputs)
+        clean_stale_temps(out)
+        if skip_done:
+            done = finished_summary(files)
+            if done is not None:
+                return {**done, "skipped": True}
+        elif not overwrite:
+            for f in files.values():
+                if f.exists():
+                    raise file_error(f, "output exists (pass --overwrite to replace it or "
+                                        "--skip-done to skip finished inputs)")
+        files.get("summary", out / ".none").unlink(missing_ok=True)  # not done until rewritten
         if is_slide(path):
             return run_slide(self, path, out, stem, outputs, mpp, tissue, progress, log)
         return self._write_tile_outputs(path, out, stem, outputs, mpp)
@@ -459,6 +481,44 @@ def versions() -> dict[str, str]:
     return out
 
 
+def output_files(out: Path, stem: str, outputs: Sequence[str]) -> dict[str, Path]:
+    """Final path of each selected output of input ``stem`` (checked to stay in ``out``)."""
+    names = {"labels": f"{stem}_labels.tif", "geojson": f"{stem}.geojson",
+             "csv": f"{stem}.csv", "overlay": f"{stem}_overlay.png",
+             "summary": f"{stem}_summary.json"}
+    return {k: child_path(out, names[k]) for k in OUTPUTS if k in outputs}
+
+
+def finished_summary(files: dict[str, Path]) -> dict[str, Any] | None:
+    """The summary of a finished earlier run with these outputs, or None when not done.
+
+    Done means: every selected output exists (each is renamed into place only when complete)
+    and, when a summary is selected, it is readable JSON (it is written last).
+    """
+    import json
+
+    if not files or not all(f.is_file() for f in files.values()):
+        return None
+    if "summary" not in files:
+        return {"n_nuclei": None, "outputs": {k: str(v) for k, v in files.items()}}
+    try:
+        doc = json.loads(files["summary"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def check_processing_size(source: str, size: tuple[int, int], proc: tuple[int, int],
+                          limit: int, mpp: float | None, model_mpp: float | None) -> None:
+    """Refuse (before allocating) an input that rescaling would blow up beyond ``limit`` px."""
+    if proc[0] * proc[1] <= limit:
+        return
+    raise IrcrError(
+        f"{source}: at {mpp:g} µm/px the {size[0]}x{size[1]} px input would be enlarged to "
+        f"{proc[0]}x{proc[1]} px for the model's {model_mpp:g} µm/px "
+        f"({proc[0] * proc[1] / 1e6:.0f} Mpx, limit {limit / 1e6:.0f} Mpx); check --mpp")
+
+
 def output_stem(path: Path) -> str:
     """File name without its extension(s) (``a.ome.tif`` -> ``a``)."""
     name = path.name
@@ -511,9 +571,10 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     prior_path = prior if prior is not None else loaded.prior_file
     try:
         morph = load_prior(prior_path)
-    except IrcrError:
-        if prior is not None:
-            raise
+    except IrcrError as exc:
+        if prior_path is not None:  # --prior or the folder's prior.npz: never ignored
+            raise IrcrError(f"{exc} (pass --prior to use another prior)") from None
+        warnings.warn(f"packaged prior unusable, prior_score will be empty: {exc}", stacklevel=2)
         morph = None
     seg = NucleusSegmenter(
         loaded.model, params, model_mpp=loaded.mpp, device=device, batch_size=batch_size,

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ircr.engine.segment import (
+    MAX_INMEMORY_PIXELS,
     Timer,
+    check_processing_size,
     geojson_features,
     nucleus_table,
     rescale_factor,
@@ -136,6 +138,12 @@ class _Sinks:
             if w is not None:
                 w.close()
 
+    def abort(self) -> None:
+        """Drop the unfinished files (interrupted or failed slide)."""
+        for w in (self.csv, self.geo):
+            if w is not None:
+                w.abort()
+
 
 def _measure(seg: NucleusSegmenter, res: Any, t: Tile, window: np.ndarray, prob: np.ndarray,
              geo: _Geometry) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
@@ -157,12 +165,14 @@ def run_slide(seg: NucleusSegmenter, path: Path, out: Path, stem: str, outputs: 
     with open_slide(path, mpp=mpp) as slide:
         in_mpp, src = seg._resolve_mpp(str(path), slide.mpp, mpp, slide=True)
         geo = _Geometry(slide, in_mpp, seg.model_mpp)
+        w0, h0 = slide.dimensions
+        check_processing_size(str(path), (w0, h0), (geo.width, geo.height),
+                              max(MAX_INMEMORY_PIXELS, 4 * w0 * h0), in_mpp, seg.model_mpp)
         with timer("tissue"):
             thumb, tscale = slide.thumbnail(THUMB_SIZE)
             mask = tissue_mask(thumb) if use_tissue else np.ones(thumb.shape[:2], bool)
         tiles = tile_grid(geo.height, geo.width, seg.tile, seg.margin)
         todo = [t for t in tiles if region_has_tissue(mask, tscale * geo.s, *t.core)]
-        w0, h0 = slide.dimensions
         if log:
             log(f"{path}: {w0}x{h0} px, {in_mpp} µm/px ({src}); level {geo.level}, processing "
                 f"{geo.width}x{geo.height} px at {geo.proc_mpp} µm/px; tissue "
@@ -197,8 +207,10 @@ def run_slide(seg: NucleusSegmenter, path: Path, out: Path, stem: str, outputs: 
             else:
                 for _ in bands():
                     pass
-        finally:
-            sinks.close()
+        except BaseException:
+            sinks.abort()  # an interrupted slide leaves no complete-looking CSV/GeoJSON
+            raise
+        sinks.close()
         t0 = time.perf_counter()
         if sinks.canvas is not None:
             wr.write_png(out / f"{stem}_overlay.png", sinks.canvas)

@@ -13,6 +13,11 @@
 * Overlay PNG: instance outlines drawn on the image (or on a slide thumbnail).
 * JSON summary.
 
+Every file is written under a temporary name and renamed when complete
+(:mod:`ircr.io.atomic`): a file with its final name is always complete. The streaming writers
+commit on :meth:`close` and remove their temporary file on :meth:`abort` (or when their
+``with`` block ends with an exception). Write errors are one-line IrcrErrors naming the file.
+
 Polygons: the outline through the centres of the nucleus' boundary pixels (OpenCV contour,
 shifted by half a pixel into the corner-origin frame). A polygon is always a simple closed
 ring: an outline that touches itself (a 1-pixel neck or a diagonal pinch) is replaced by that of
@@ -22,11 +27,12 @@ the largest 4-connected piece, then by the convex hull, then by the bounding box
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
@@ -36,6 +42,7 @@ import numpy as np
 import tifffile
 
 from ircr.errors import file_error
+from ircr.io.atomic import AtomicPath, atomic_write, atomic_write_bytes, atomic_write_text
 
 TABLE_COLUMNS = (
     "id", "centroid_x_px", "centroid_y_px", "centroid_x_um", "centroid_y_um",
@@ -148,37 +155,80 @@ def detection_feature(ring: np.ndarray, measurements: Mapping[str, float],
     }
 
 
-class GeoJSONWriter:
-    """Streams a GeoJSON FeatureCollection to disk, one feature at a time."""
+class _StreamFile:
+    """A text file written under a temporary name, renamed onto ``path`` by :meth:`close`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, newline: str | None = None) -> None:
         self.path = Path(path)
         self.count = 0
-        self._fh: TextIO | None = self.path.open("w", encoding="utf-8")
-        self._fh.write('{"type": "FeatureCollection", "features": [\n')
+        self._atomic = AtomicPath(self.path)
+        try:
+            self._fh: TextIO | None = self._atomic.tmp.open("w", encoding="utf-8",
+                                                             newline=newline)
+        except OSError as exc:
+            raise file_error(self.path, f"cannot write ({exc.strerror or exc})") from None
 
-    def add(self, features: Iterable[Mapping[str, Any]]) -> None:
-        """Append features (GeoJSON dicts)."""
+    def _write(self, text: str) -> None:
         assert self._fh is not None, "writer is closed"
-        for feat in features:
-            if self.count:
-                self._fh.write(",\n")
-            self._fh.write(json.dumps(feat, separators=(",", ":"), ensure_ascii=False))
-            self.count += 1
+        try:
+            self._fh.write(text)
+        except OSError as exc:
+            self.abort()
+            raise file_error(self.path, f"cannot write ({exc.strerror or exc})") from None
+
+    def _footer(self) -> str:
+        return ""
 
     def close(self) -> None:
-        """Finish the collection and close the file."""
-        if self._fh is not None:
-            self._fh.write("\n]}\n")
+        """Finish the file and give it its final name."""
+        if self._fh is None:
+            return
+        try:
+            self._fh.write(self._footer())
             self._fh.close()
-            self._fh = None
+        except OSError as exc:
+            self.abort()
+            raise file_error(self.path, f"cannot write ({exc.strerror or exc})") from None
+        self._fh = None
+        self._atomic.commit()
 
-    def __enter__(self) -> GeoJSONWriter:
-        return self
+    def abort(self) -> None:
+        """Drop the unfinished file (an existing file at ``path`` is left as it was)."""
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            self._fh = None
+        self._atomic.abort()
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        if et is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class GeoJSONWriter(_StreamFile):
+    """Streams a GeoJSON FeatureCollection to disk, one feature at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._write('{"type": "FeatureCollection", "features": [\n')
+
+    def add(self, features: Iterable[Mapping[str, Any]]) -> None:
+        """Append features (GeoJSON dicts)."""
+        for feat in features:
+            sep = ",\n" if self.count else ""
+            self._write(sep + json.dumps(feat, separators=(",", ":"), ensure_ascii=False))
+            self.count += 1
+
+    def _footer(self) -> str:
+        return "\n]}\n"
+
+    def __enter__(self) -> GeoJSONWriter:
+        return self
 
 
 def _fmt(v: Any) -> str:
@@ -190,36 +240,28 @@ def _fmt(v: Any) -> str:
     return f"{f:.6g}" if abs(f) < 1e5 else f"{f:.2f}"
 
 
-class CSVWriter:
+class CSVWriter(_StreamFile):
     """Streams the per-nucleus table (columns :data:`TABLE_COLUMNS`) to a CSV file."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.count = 0
-        self._fh: TextIO | None = self.path.open("w", newline="", encoding="utf-8")
-        self._w = csv.writer(self._fh)
-        self._w.writerow(TABLE_COLUMNS)
+        super().__init__(path, newline="")
+        self._write(_csv_rows([TABLE_COLUMNS]))
 
     def add(self, table: Mapping[str, np.ndarray]) -> None:
         """Append the rows of a columnar table (every column of :data:`TABLE_COLUMNS`)."""
         cols = [np.asarray(table[c]) for c in TABLE_COLUMNS]
         n = len(cols[0])
-        for i in range(n):
-            self._w.writerow([_fmt(c[i]) for c in cols])
+        self._write(_csv_rows([_fmt(c[i]) for c in cols] for i in range(n)))
         self.count += n
-
-    def close(self) -> None:
-        """Close the file."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
 
     def __enter__(self) -> CSVWriter:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
+
+def _csv_rows(rows: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
 
 
 def _resolution(mpp: float | None) -> dict[str, Any]:
@@ -232,8 +274,9 @@ def write_label_tiff(path: str | Path, inst: np.ndarray, mpp: float | None = Non
     """Write an (H, W) instance map as a deflate-compressed int32 TIFF (tiled when large)."""
     inst = np.ascontiguousarray(inst, dtype=np.int32)
     tile = (256, 256) if inst.shape[0] * inst.shape[1] > 2048 * 2048 else None
-    tifffile.imwrite(str(path), inst, compression="zlib", tile=tile, photometric="minisblack",
-                     metadata=None, **_resolution(mpp))
+    atomic_write(path, lambda tmp: tifffile.imwrite(
+        str(tmp), inst, compression="zlib", tile=tile, photometric="minisblack", metadata=None,
+        **_resolution(mpp)))
 
 
 class LabelPyramidWriter:
@@ -303,7 +346,7 @@ class LabelPyramidWriter:
         self._rows = 0
         band_iter = iter(bands)
         try:
-            with tifffile.TiffWriter(str(self.path), bigtiff=True) as tif:
+            with AtomicPath(self.path) as tmp, tifffile.TiffWriter(str(tmp), bigtiff=True) as tif:
                 tif.write(self._base_tiles(band_iter), shape=(self.height, self.width),
                           subifds=len(self.factors), **_resolution(self.mpp), **opts)
                 # tifffile stops pulling after the last tile: run the band producer to its end
@@ -356,9 +399,10 @@ def draw_polygons(canvas: np.ndarray, rings: Iterable[np.ndarray], scale: float,
 
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
     """Write an (H, W, 3) uint8 RGB image as PNG."""
-    ok = cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:
-        raise file_error(path, "cannot write PNG")
+        raise file_error(path, "cannot encode PNG")
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _json_default(o: Any) -> Any:
@@ -375,4 +419,4 @@ def _json_default(o: Any) -> Any:
 
 def write_summary_json(path: str | Path, summary: Mapping[str, Any]) -> None:
     """Write the run summary as indented JSON (numpy scalars and paths converted)."""
-    Path(path).write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(summary, indent=2, default=_json_default) + "\n")

@@ -30,6 +30,24 @@ MPP_RANGE = (0.05, 50.0)
 SLIDE_MIN_PIXELS = 8192 * 8192
 
 
+def check_mpp(value: float, key: str = "--mpp") -> float:
+    """``value`` as float if it is a plausible pixel size (:data:`MPP_RANGE` µm), else an error.
+
+    Raises:
+        IrcrError: ``"<key>: ... expected 0.05 to 50 µm per pixel"``.
+    """
+    from ircr.errors import IrcrError
+
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and MPP_RANGE[0] <= v <= MPP_RANGE[1]):
+        raise IrcrError(f"{key}: {value!r} µm/px is not a plausible pixel size; expected "
+                        f"{MPP_RANGE[0]:g} to {MPP_RANGE[1]:g} µm per pixel")
+    return v
+
+
 def _plausible(mpp: float | None) -> float | None:
     if mpp is None or not math.isfinite(mpp) or not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
         return None
