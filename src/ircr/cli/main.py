@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IrcrError as exc:
         print(f"ircr: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a write/read error the library did not name: still one line
+        where = exc.filename or "ircr"
+        print(f"ircr: error: {where}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ircr: interrupted", file=sys.stderr)
         return 130

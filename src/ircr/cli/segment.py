@@ -20,8 +20,8 @@ import signal
 import sys
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ircr.errors import IrcrError

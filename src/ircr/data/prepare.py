@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from ircr.data.splits import (
     write_split,
 )
 from ircr.errors import IrcrError
+from ircr.io.atomic import AtomicPath, atomic_write, atomic_write_bytes, atomic_write_text
+from ircr.io.paths import ensure_dir, unique_name
 
 __all__ = ["prepare_dataset", "prepare_samples", "add_split", "PrepareResult", "FORMAT"]
 
@@ -59,20 +60,11 @@ class PrepareResult:
     split_paths: list[Path]
 
 
-def _safe_stem(name: str, taken: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
-    base, k = stem, 2
-    while stem.lower() in taken:
-        stem, k = f"{base}_{k}", k + 1
-    taken.add(stem.lower())
-    return stem
-
-
 def _write_png(path: Path, arr: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:
         raise IrcrError(f"{path}: could not encode PNG")
-    path.write_bytes(buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +109,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
 
 def _install(work: Path, out: Path) -> None:
     """Move the finished dataset from ``work`` to ``out`` (replacing our entries there)."""
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     for entry in _OUR_ENTRIES:
         p = out / entry
         if p.is_dir():
@@ -140,12 +132,12 @@ def _write_sample(out: Path, stem: str, img: np.ndarray, inst: np.ndarray | None
         _write_png(out / rel, inst.astype(np.uint16))
     else:
         rel = f"labels/{stem}.npy"
-        np.save(out / rel, inst.astype(np.int32))
+        atomic_write(out / rel, lambda tmp: np.save(tmp, inst.astype(np.int32)))
     return rel
 
 
 def _write_patches(path: Path, patches: Sequence[Patch], names: Sequence[str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with AtomicPath(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "image", "name", "y0", "x0", "h", "w"])
         for k, p in enumerate(patches):
@@ -192,11 +184,12 @@ def prepare_samples(
         raise IrcrError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
     out = Path(out)
     _check_output(out, overwrite)
+    ensure_dir(out)  # a read-only place fails here, naming the folder, before any work
     # Build in a hidden sibling folder; an error leaves nothing behind.
     work = out.parent / f".{out.name}.preparing"
     shutil.rmtree(work, ignore_errors=True)
-    (work / "images").mkdir(parents=True)
-    (work / "labels").mkdir()
+    ensure_dir(work / "images", "work folder")
+    ensure_dir(work / "labels", "work folder")
     try:
         entries, patches = _write_images(samples, work, source, int(patch), stride, progress)
         if not entries:
@@ -211,7 +204,7 @@ def prepare_samples(
             "patch": int(patch), "stride": stride, "n_images": len(entries),
             "n_patches": len(patches), **(extra or {}), "images": entries,
         }
-        (work / "dataset.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+        atomic_write_text(work / "dataset.json", json.dumps(index, indent=1))
         _install(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -236,7 +229,7 @@ def _write_images(
         if name in seen:
             raise IrcrError(f"{sample.meta.get('path') or name}: duplicate image name '{name}'")
         seen.add(name)
-        stem = _safe_stem(name, taken)
+        stem = unique_name(name, taken)  # never a path: names come from the data
         label_rel = _write_sample(work, stem, img, inst)
         h, w = img.shape[:2]
         n_nuclei = 0 if inst is None else int(np.unique(inst).size - (inst.min() == 0))

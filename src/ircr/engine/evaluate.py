@@ -31,6 +31,8 @@ from ircr.config import from_dict, to_dict
 from ircr.data.store import PreparedDataset
 from ircr.engine.infer import predict_maps
 from ircr.errors import IrcrError
+from ircr.io.atomic import atomic_write_text
+from ircr.io.paths import child_path, ensure_dir, unique_name
 from ircr.metrics import aggregate, instance_metrics
 from ircr.postproc.watershed import WBISParams, wbis
 
@@ -87,6 +89,9 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
     """Evaluate ``model`` on whole images ``names`` of ``ds`` (metrics averaged over images)."""
     params = _wbis_params(postproc)
     rows, results = [], []
+    taken: set[str] = set()
+    if overlays is not None:
+        ensure_dir(overlays, "overlay folder")
     it: Any = names
     if progress:
         from tqdm import tqdm
@@ -105,8 +110,9 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
         row.update({k: float(getattr(res, k)) for k in METRICS})
         row["n_gt"], row["n_pred"] = int(res.n_gt), int(res.n_pred)
         rows.append(row)
-        if overlays is not None:
-            _write_overlay(overlays / f"{name}.png", np.asarray(ds.load_image(idx)), gt, pred)
+        if overlays is not None:  # the name comes from dataset.json: never a path
+            png = child_path(overlays, unique_name(name, taken) + ".png")
+            _write_overlay(png, np.asarray(ds.load_image(idx)), gt, pred)
     agg = aggregate(results, mode="mean") if results else {}
     mean = {k: float(agg[k]) for k in METRICS if k in agg}
     return EvalResult(per_image=rows, mean=mean)
@@ -126,7 +132,6 @@ def _write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarr
     """Ground truth outlines in green, prediction outlines in yellow."""
     from ircr.io.writers import overlay_image, write_png
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = overlay_image(image, gt, color=(0, 200, 0))
     write_png(path, overlay_image(out, pred, color=(255, 230, 0)))
 
@@ -169,21 +174,23 @@ def select_images(ds: PreparedDataset, split: str, meta: dict[str, Any] | None =
 
 def write_results(result: EvalResult, out: Path) -> list[Path]:
     """Write ``metrics.json`` (mean + per image + info) and ``per_image.csv`` under ``out``."""
+    import io
     import json
 
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     js = out / "metrics.json"
     doc = {"split": result.split, "n_images": len(result.per_image), "mean": result.mean,
            "per_image": result.per_image, **to_dict(result.info)}
-    js.write_text(json.dumps(doc, indent=2, default=_json_num) + "\n")
     cs = out / "per_image.csv"
     cols = ["image", *METRICS, "n_gt", "n_pred"]
-    with open(cs, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in result.per_image:
-            w.writerow(r)
-        w.writerow({"image": "mean", **result.mean})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in result.per_image:
+        w.writerow(r)
+    w.writerow({"image": "mean", **result.mean})
+    atomic_write_text(cs, buf.getvalue())
+    atomic_write_text(js, json.dumps(doc, indent=2, default=_json_num) + "\n")  # last
     return [js, cs]
 
 
@@ -210,6 +217,8 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     ds = PreparedDataset(dataset)
     names, label = select_images(ds, split, loaded.meta)
     out_dir = Path(out) if out is not None else None
+    if out_dir is not None:  # fail before the (long) inference, not after
+        ensure_dir(out_dir)
     res = evaluate_model(loaded.model, ds, names, cfg, loaded.postproc, dev,
                          amp=amp_dtype("auto", dev) is not None,
                          overlays=(out_dir / "overlays") if (overlays and out_dir) else None,

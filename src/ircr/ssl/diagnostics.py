@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from ircr.io.paths import child_path, safe_name
 from ircr.io.writers import outline_mask
 
 KEPT = (40, 200, 60)
@@ -164,7 +165,7 @@ def save_overlays(
             it.get("pairs", ()),  # type: ignore[arg-type]
         )
         name = str(it.get("name", k))
-        path = folder / f"{prefix}_{name}.png"
+        path = child_path(folder, safe_name(f"{prefix}_{name}") + ".png")  # name from data
         cv2.imwrite(str(path), cv2.cvtColor(ov, cv2.COLOR_RGB2BGR))
         paths.append(path)
     return paths

@@ -37,11 +37,11 @@ from torch import Tensor, nn
 
 from ircr.config import to_dict, write_yaml
 from ircr.errors import IrcrError
+from ircr.io.atomic import atomic_write, clean_stale_temps
+from ircr.io.paths import ensure_dir
 from ircr.losses import hovernet_loss
 from ircr.models import build_model
 from ircr.train import loaders
-from ircr.io.atomic import atomic_write, clean_stale_temps
-from ircr.io.paths import ensure_dir
 from ircr.train.checkpoint import (
     NonFiniteState,
     capture_rng,

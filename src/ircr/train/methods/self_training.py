@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from ircr.io.paths import child_path, unique_name
 from ircr.postproc.batch import wbis_batch
 from ircr.train.methods import register_method
 from ircr.train.methods.base import ExtraLabelled, Method
@@ -74,13 +75,14 @@ class SelfTraining(Method):
         unl = [int(i) for i in self.trainer.split.unlabelled]
         names = sorted({ds.names[ds.patches[i].image] for i in unl})
         inst_maps: dict[str, Path] = {}
+        taken: set[str] = set()  # image names come from dataset.json: never paths
         was_training = model.training
         model.eval()
         for name in names:
             prob, hv = self.trainer.predict_image(model, name)
             inst = wbis_batch(prob[None], hv[None], self.trainer.wbis_params,
                               workers=0)[0].astype(np.int32)
-            path = out_dir / f"{name}.npy"
+            path = child_path(out_dir, unique_name(name, taken) + ".npy")
             np.save(path, inst)
             inst_maps[name] = path
         model.train(was_training)
