@@ -39,7 +39,7 @@ from ircr.data.splits import (
     write_split,
 )
 from ircr.errors import IrcrError
-from ircr.io.atomic import AtomicPath, atomic_write, atomic_write_bytes, atomic_write_text
+from ircr.io.atomic import AtomicPath, atomic_write_bytes, atomic_write_text
 from ircr.io.paths import ensure_dir, unique_name
 
 __all__ = ["prepare_dataset", "prepare_samples", "add_split", "PrepareResult", "FORMAT"]
@@ -132,7 +132,8 @@ def _write_sample(out: Path, stem: str, img: np.ndarray, inst: np.ndarray | None
         _write_png(out / rel, inst.astype(np.uint16))
     else:
         rel = f"labels/{stem}.npy"
-        atomic_write(out / rel, lambda tmp: np.save(tmp, inst.astype(np.int32)))
+        with AtomicPath(out / rel) as tmp, tmp.open("wb") as fh:  # np.save(path) adds .npy
+            np.save(fh, inst.astype(np.int32))
     return rel
 
 
@@ -184,7 +185,9 @@ def prepare_samples(
         raise IrcrError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
     out = Path(out)
     _check_output(out, overwrite)
-    ensure_dir(out)  # a read-only place fails here, naming the folder, before any work
+    # a read-only place fails here, naming the folder, before any work (creates nothing new)
+    ensure_dir(out if out.is_dir() else out.parent, "output folder" if out.is_dir() else
+               "parent of the output folder")
     # Build in a hidden sibling folder; an error leaves nothing behind.
     work = out.parent / f".{out.name}.preparing"
     shutil.rmtree(work, ignore_errors=True)

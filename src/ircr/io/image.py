@@ -21,6 +21,11 @@ Conversion rules of :func:`read_image` (applied in this order):
     [0, 255] are cast; anything else (negative, > 255, NaN, fractional > 1) is refused
     because its intensity range cannot be known.
   - other integer types with negative values or values above 65535 are refused.
+* Size: an image above :func:`max_image_pixels` pixels (by default Pillow's own
+  decompression-bomb limit, 2 x ``PIL.Image.MAX_IMAGE_PIXELS`` = 178,956,970 px) is refused
+  from its header, before decoding, for TIFF (tifffile) and Pillow formats (PNG, JPEG, ...)
+  alike; the environment variable ``IRCR_MAX_IMAGE_PIXELS`` sets another limit. Whole-slide
+  images are read region by region (:mod:`ircr.io.wsi`) and are not limited.
 * Channels: grayscale (H, W) or (H, W, 1) is replicated to 3 channels; gray+alpha and RGBA
   drop the alpha channel, compositing onto white where alpha < 255
   (``out = rgb * a/255 + 255 * (1 - a/255)``, rounded); a fully opaque alpha is simply
@@ -29,6 +34,8 @@ Conversion rules of :func:`read_image` (applied in this order):
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +44,7 @@ from ircr.errors import IrcrError, file_error
 
 _TIFF_SUFFIXES = {".tif", ".tiff"}
 _INT32_MAX = np.iinfo(np.int32).max
+ENV_MAX_PIXELS = "IRCR_MAX_IMAGE_PIXELS"
 
 
 def _check_file(path: Path) -> None:
@@ -48,6 +56,35 @@ def _check_file(path: Path) -> None:
         raise file_error(path, "file is empty (0 bytes)")
 
 
+def max_image_pixels() -> int:
+    """Largest image (pixels) decoded into memory: ``IRCR_MAX_IMAGE_PIXELS`` or Pillow's limit.
+
+    Raises:
+        IrcrError: the environment variable is not a positive integer.
+    """
+    raw = os.environ.get(ENV_MAX_PIXELS, "").strip()
+    if not raw:
+        from PIL import Image
+
+        return 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise IrcrError(f"{ENV_MAX_PIXELS}: must be a positive number of pixels, got {raw!r}")
+    return value
+
+
+def check_pixels(path: str | Path, width: int, height: int) -> None:
+    """Refuse (before decoding) an image larger than :func:`max_image_pixels`."""
+    limit = max_image_pixels()
+    if int(width) * int(height) > limit:
+        raise file_error(path, f"image of {width}x{height} px ({width * height / 1e6:.0f} Mpx) "
+                               f"is over the {limit / 1e6:.0f} Mpx limit for decoding into memory "
+                               f"(decompression-bomb guard; set {ENV_MAX_PIXELS} to raise it)")
+
+
 def _read_with_tifffile(path: Path) -> np.ndarray:
     import tifffile
 
@@ -55,6 +92,7 @@ def _read_with_tifffile(path: Path) -> np.ndarray:
         if not tif.pages:
             raise ValueError("TIFF has no pages")
         page = tif.pages[0]
+        check_pixels(path, page.imagewidth, page.imagelength)  # type: ignore[union-attr]
         arr = np.asarray(page.asarray())  # type: ignore[union-attr]
         axes = str(getattr(page, "axes", ""))
         if arr.ndim == 3 and axes.startswith("S"):
@@ -65,7 +103,16 @@ def _read_with_tifffile(path: Path) -> np.ndarray:
 def _pil_to_array(path: Path, for_labels: bool) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(str(path)) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS  # our limit (checked below) replaces Pillow's
+        Image.MAX_IMAGE_PIXELS = max(old or 0, max_image_pixels()) or None
+        try:
+            im: Image.Image = Image.open(str(path))
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    with im:
+        check_pixels(path, *im.size)
         im.load()
         mode = im.mode
         if mode == "1":
@@ -89,6 +136,8 @@ def _load_raw(path: Path, for_labels: bool = False) -> np.ndarray:
     if path.suffix.lower() in _TIFF_SUFFIXES:
         try:
             return _read_with_tifffile(path)
+        except IrcrError:  # too large: do not let Pillow try
+            raise
         except Exception as exc:  # tifffile raises many types; fall back to Pillow
             errors.append(f"tifffile: {exc}")
     try:

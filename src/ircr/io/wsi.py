@@ -12,8 +12,10 @@ in pixels of the level read. Every error names the file in one line.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +30,30 @@ TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8"}
 MPP_RANGE = (0.05, 50.0)
 # A plain (single-level, untiled) TIFF above this many pixels is still read as a slide.
 SLIDE_MIN_PIXELS = 8192 * 8192
+
+
+class _ZarrTaskNoise(logging.Filter):
+    """Drops asyncio's reports about zarr's read tasks (tiffslide reads through zarr).
+
+    When one tile of a region fails to decode, zarr's ``asyncio.gather`` raises the first error
+    (turned into one IrcrError by :meth:`Slide.read_region`) and leaves its sibling tasks to
+    be reported one by one ("Task exception was never retrieved", "Task was destroyed but it
+    is pending!"), hundreds of tracebacks for one bad slide. Other asyncio reports pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is not ours to judge
+            return True
+        return "zarr" not in text and "concurrent_map" not in text
+
+
+def _quiet_zarr_tasks() -> None:
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _ZarrTaskNoise) for f in log.filters):
+        log.addFilter(_ZarrTaskNoise())
+    warnings.filterwarnings("ignore", message="coroutine 'concurrent_map", category=RuntimeWarning)
 
 
 def check_mpp(value: float, key: str = "--mpp") -> float:
@@ -160,6 +186,7 @@ class Slide:
             try:
                 import tiffslide
 
+                _quiet_zarr_tasks()
                 self._handle = tiffslide.TiffSlide(str(self.path))
                 self.backend = "tiffslide"
             except Exception as exc:
