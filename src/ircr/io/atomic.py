@@ -121,6 +121,9 @@ class AtomicPath:
         except OSError as exc:
             self.abort()
             raise write_error(self.path, exc) from None
+        except BaseException:  # interrupted while committing
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Remove the temporary file (the destination is untouched)."""
