@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -178,44 +177,59 @@ sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
 import ircr.engine.segment as engine
+import ircr.io.atomic as atomic
 from test_segment_faults import dark_segmenter
-engine.load_model = lambda *a, **k: dark_segmenter()
+
+
+def report(event):
+    print(event, flush=True)
+
+
+seg = dark_segmenter()
+predict, commit = seg.predict, atomic.commit
+seg.predict = lambda window: (report("tile"), predict(window))[1]
+atomic.commit = lambda tmp, path: (report("commit"), commit(tmp, path))[1]
+engine.load_model = lambda *a, **k: seg
 from ircr.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def run_cli(args: list[str]) -> subprocess.Popen[bytes]:
-    """``ircr segment`` with the tiny network, in its own process."""
+def run_cli(args: list[str]) -> subprocess.Popen[str]:
+    """``ircr segment`` with the tiny network in its own process; it prints "tile" before each
+    network call and "commit" before each output is renamed into place."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]))
     return subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=str(TESTS)),
-                             "segment", "MODEL", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "segment", "MODEL", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def kill_at(proc: subprocess.Popen[str], event: str, k: int) -> None:
+    """SIGKILL ``proc`` as soon as it reports its k-th ``event`` (it runs on meanwhile)."""
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        seen += line.strip() == event
+        if seen == k:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
 
 
 def test_kill9_at_random_points_then_rerun_equals_uninterrupted(slide: Path, reference: Path,
                                                                 tmp_path: Path) -> None:
     ref = comparable(reference)
     out = tmp_path / "out"
-    out.mkdir()
     args = [str(slide), "-o", str(out), "--no-tissue", "--quiet", "--skip-done"]
-    t0 = time.perf_counter()
-    dark_segmenter().process(slide, tmp_path / "timing", tissue=False)
-    seconds = time.perf_counter() - t0  # how long the writing part of a run lasts
     rng = np.random.default_rng(9)
-    midway = 0
-    for delay in rng.uniform(0.0, seconds, size=2):
+    for event, k in (("tile", int(rng.integers(1, 36))), ("commit", int(rng.integers(1, 5)))):
         proc = run_cli(args)
-        t0 = time.time()
-        while not any(out.iterdir()) and proc.poll() is None and time.time() - t0 < 60:
-            time.sleep(0.005)  # writing has started once a (temporary) output appears
-        time.sleep(float(delay))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        midway += proc.returncode == -signal.SIGKILL and not (out / "slide_summary.json").exists()
-    assert midway >= 1  # at least one process really died with its outputs unfinished
+        kill_at(proc, event, k)
+        assert proc.returncode == -signal.SIGKILL
+        assert not (out / "slide_summary.json").exists()  # killed before it was done
+    assert leftovers(out)  # kill -9 left temporary files behind ...
     dark_segmenter().process(slide, out, tissue=False, skip_done=True)
-    assert leftovers(out) == []  # temporaries of the killed processes were removed
+    assert leftovers(out) == []  # ... which the rerun removed
     assert_same(ref, comparable(out))
 
 

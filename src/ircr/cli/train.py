@@ -37,6 +37,8 @@ def handler(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / Path(args.config).stem
     trainer = Trainer(cfg, out, resume=bool(args.resume), config_source=str(args.config))
     model_dir = trainer.run()
+    if trainer.already_finished:
+        print(f"{out}: run already finished at iteration {trainer.iteration}; nothing to do")
     print(f"model folder: {model_dir}")
     row = getattr(trainer, "last_row", {})
     vals = {k: v for k, v in row.items() if k.startswith("val_") and k.endswith("_aji")}

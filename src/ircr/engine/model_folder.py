@@ -36,7 +36,7 @@ from ircr.io.atomic import atomic_write, atomic_write_text, clean_stale_temps
 from ircr.io.paths import ensure_dir
 from ircr.io.wsi import MPP_RANGE
 from ircr.models import HoVerNet, ModelConfig, build_model
-from ircr.train.checkpoint import first_nonfinite
+from ircr.train.checkpoint import first_nonfinite, torch_save
 
 WEIGHTS = "weights.pt"
 MODEL_YAML = "model.yaml"
@@ -104,7 +104,7 @@ def save_model_folder(
     clean_stale_temps(out)
     # model.yaml is written last: while it is missing the folder is incomplete
     (out / MODEL_YAML).unlink(missing_ok=True)
-    atomic_write(out / WEIGHTS, lambda p: torch.save(state, p))
+    atomic_write(out / WEIGHTS, lambda p: torch_save(state, p))
     files = {"weights": WEIGHTS, "postproc": POSTPROC_YAML}
     if metrics is not None:
         _write_text(out / METRICS_JSON, json.dumps(to_dict(metrics), indent=2) + "\n")

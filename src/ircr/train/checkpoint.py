@@ -48,6 +48,41 @@ def first_nonfinite(obj: Any, prefix: str = "") -> str | None:
     return None
 
 
+class _RecordingFile:
+    """File wrapper that keeps the OSError of a failed write (torch reports a bare
+    RuntimeError), so a full disk becomes "<file>: cannot write (No space left on device)"."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self.fh.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.fh.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` whose write errors are OSErrors (see :class:`_RecordingFile`)."""
+    with open(path, "wb") as fh:
+        rec = _RecordingFile(fh)
+        try:
+            torch.save(obj, rec)  # type: ignore[arg-type]
+        except RuntimeError:
+            if rec.error is not None:
+                raise rec.error from None
+            raise
+
+
 class NonFiniteState(IrcrError):
     """A state to be saved holds NaN/inf (nothing was written)."""
 
@@ -64,7 +99,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     if bad is not None:
         raise NonFiniteState(f"{p}: not written, tensor '{bad}' holds NaN or inf")
     ensure_dir(p.parent, "checkpoint folder")
-    atomic_write(p, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp))
+    atomic_write(p, lambda tmp: torch_save({"format_version": FORMAT_VERSION, **state}, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

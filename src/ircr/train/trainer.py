@@ -45,6 +45,7 @@ from ircr.train import loaders
 from ircr.train.checkpoint import (
     NonFiniteState,
     capture_rng,
+    first_nonfinite,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -362,6 +363,10 @@ class Trainer:
             bar.set_postfix(epoch=self.epoch, loss=f"{value:.4f}", refresh=False)
 
     def _end_epoch(self, epoch: int, lr: float, its: float) -> None:
+        bad = first_nonfinite(self.model)  # before validation runs on broken weights
+        if bad is not None:
+            raise IrcrError(self._stop_message(f"tensor 'model.{bad}' holds NaN or inf",
+                                               self.iteration))
         n = max(self._acc_n, 1)
         row: dict[str, Any] = {f"train_{k}": v / n for k, v in self._acc.items()}
         row.update({k: float(v) for k, v in self.method.epoch_end().items()})
