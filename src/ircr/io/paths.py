@@ -16,16 +16,17 @@ from pathlib import Path
 from ircr.errors import IrcrError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DOTS = re.compile(r"(?:_?\.{2,}_?)+")  # ".." runs (and the separators around them)
 MAX_NAME = 120
 
 
 def safe_name(name: str, default: str = "image") -> str:
-    """One file-name component made of ``[A-Za-z0-9._-]`` (other runs become ``_``).
+    """One file-name component made of ``[A-Za-z0-9._-]`` (other runs, and ``..``, become ``_``).
 
     Leading/trailing dots and underscores are stripped (no ``..``, no hidden files), the
     result is at most 120 characters, and an empty result becomes ``default``.
     """
-    stem = _UNSAFE.sub("_", str(name)).strip("._")[:MAX_NAME].strip("._")
+    stem = _DOTS.sub("_", _UNSAFE.sub("_", str(name))).strip("._")[:MAX_NAME].strip("._")
     return stem or default
 
 
