@@ -78,6 +78,7 @@ def test_evaluate_overlays_stay_in_their_folder(model_dir: Path, tmp_path: Path)
     work.mkdir(parents=True)
     ds = evil_dataset(work)
     out = work / "eval"
+    Path("/tmp/escaped_abs.png").unlink(missing_ok=True)  # left by a run of unfixed code
     rc = main(["evaluate", str(model_dir), str(ds), "--split", "all", "--out", str(out),
                "--overlays", "--device", "cpu", "--window", "64", "--overlap", "16",
                "--no-progress"])
