@@ -302,14 +302,18 @@ def test_implausible_mpp_is_refused_with_the_range(tmp_path: Path, mpp: str,
     assert "--mpp:" in err[0] and "expected 0.05 to 50 µm per pixel" in err[0]
 
 
-def test_enlargement_is_checked_before_allocating(tmp_path: Path) -> None:
+def test_enlargement_is_checked_before_allocating(slide: Path, tmp_path: Path) -> None:
     """50 µm/px is a plausible pixel size, but for a 0.25 µm/px model a 64 px tile would be
-    enlarged 200x (12800 x 12800 px, 164 Mpx): refused up front, no file written."""
+    enlarged 200x (12800 x 12800 px, 164 Mpx): refused up front, no file written; the same
+    for a slide (limit: 16x its pixels or 64 Mpx, whichever is larger)."""
     png = tile_png(tmp_path / "t.png", 64)
     out = tmp_path / "o"
     with pytest.raises(IrcrError, match=r"t.png: at 50 µm/px the 64x64 px input would be "
                                         r"enlarged to 12800x12800 px .*164 Mpx, limit 64 Mpx"):
         dark_segmenter().process(png, out, mpp=50.0)
+    with pytest.raises(IrcrError, match=r"slide.tif: at 50 µm/px the 448x320 px input would "
+                                        r"be enlarged to 89600x64000 px"):
+        dark_segmenter().process(slide, out, mpp=50.0)
     assert list(out.iterdir()) == []
 
 

@@ -167,7 +167,7 @@ def run_slide(seg: NucleusSegmenter, path: Path, out: Path, stem: str, outputs: 
         geo = _Geometry(slide, in_mpp, seg.model_mpp)
         w0, h0 = slide.dimensions
         check_processing_size(str(path), (w0, h0), (geo.width, geo.height),
-                              max(MAX_INMEMORY_PIXELS, 4 * w0 * h0), in_mpp, seg.model_mpp)
+                              max(MAX_INMEMORY_PIXELS, 16 * w0 * h0), in_mpp, seg.model_mpp)
         with timer("tissue"):
             thumb, tscale = slide.thumbnail(THUMB_SIZE)
             mask = tissue_mask(thumb) if use_tissue else np.ones(thumb.shape[:2], bool)

@@ -39,11 +39,22 @@ def write_error(path: str | Path, exc: OSError, what: str = "cannot write") -> I
     return IrcrError(f"{path}: {what} ({reason})")
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask(x) is process-wide, not thread-safe)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def file_mode() -> int:
     """Permission bits of a newly created file under the current umask (``0o666 & ~umask``)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 def temp_path(path: str | Path) -> Path:
