@@ -203,3 +203,24 @@ def test_train_write_errors_are_one_line(synth: Path, tmp_path: Path,
     assert f"{tmp_path / 'full' / 'checkpoints' / 'last.pt'}: cannot write (File too large)" \
         in line
     assert [p.name for p in (tmp_path / "full" / "checkpoints").iterdir()] == []
+
+
+def test_finished_run_resumed_with_more_epochs_trains_on(synth: Path, tmp_path: Path) -> None:
+    from ircr.train.trainer import TrainingInterrupted
+
+    run = tmp_path / "run"
+    trainer(tiny(synth, epochs=1, checkpoint_every=1), run).run()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["finished"] is True
+    more = tiny(synth, epochs=2, checkpoint_every=1)
+    with pytest.raises(TrainingInterrupted):
+        trainer(more, run, resume=True, stop_after=3).run()
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["iteration"] == 3 and state["finished"] is False  # killed mid-way: not done
+    tr = trainer(more, run, resume=True)
+    tr.run()
+    assert not tr.already_finished and tr.iteration == 4
+    assert yaml_iterations(run / "model" / "model.yaml") == 4
+
+
+def yaml_iterations(path: Path) -> int:
+    return int(read_yaml(path)["train"]["iterations"])

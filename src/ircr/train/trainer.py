@@ -293,6 +293,7 @@ class Trainer:
             self.already_finished = True
             self.logger.close()
             return out
+        self._finished_schedule = None  # e.g. more epochs asked for: not finished any more
         self._t0 = time.time()
         self.method.before_training()
         extra = self.method.extra_labelled()
