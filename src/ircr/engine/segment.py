@@ -572,7 +572,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     try:
         morph = load_prior(prior_path)
     except IrcrError as exc:
-        if prior_path is not None:  # --prior or the folder's prior.npz: never ignored
+        if prior is not None:
+            raise
+        if prior_path is not None:  # the folder's prior.npz: never silently ignored
             raise IrcrError(f"{exc} (pass --prior to use another prior)") from None
         warnings.warn(f"packaged prior unusable, prior_score will be empty: {exc}", stacklevel=2)
         morph = None

@@ -84,7 +84,11 @@ def torch_save(obj: Any, path: str | Path) -> None:
 
 
 class NonFiniteState(IrcrError):
-    """A state to be saved holds NaN/inf (nothing was written)."""
+    """A state to be saved holds NaN/inf (nothing was written); ``key`` names the tensor."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -97,7 +101,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     p = Path(path)
     bad = first_nonfinite(state)
     if bad is not None:
-        raise NonFiniteState(f"{p}: not written, tensor '{bad}' holds NaN or inf")
+        raise NonFiniteState(f"{p}: not written, tensor '{bad}' holds NaN or inf", key=bad)
     ensure_dir(p.parent, "checkpoint folder")
     atomic_write(p, lambda tmp: torch_save({"format_version": FORMAT_VERSION, **state}, tmp))
 

@@ -239,8 +239,8 @@ class Trainer:
         try:
             save_checkpoint(last, self._state())
         except NonFiniteState as exc:
-            problem = "tensor " + str(exc).split("tensor ", 1)[-1]
-            raise IrcrError(self._stop_message(problem, self.iteration)) from None
+            raise IrcrError(self._stop_message(f"tensor '{exc.key}' holds NaN or inf",
+                                               self.iteration)) from None
         self._saved_iteration = self.iteration
         if keep_name:
             atomic_write(last.with_name(keep_name), lambda tmp: shutil.copyfile(last, tmp))
