@@ -12,7 +12,7 @@ from ircr.errors import IrcrError
 
 # Subcommand modules under ircr.cli; each defines ``register(subparsers)`` which adds its
 # parser and sets ``func=handler`` where ``handler(args) -> int``.
-SUBCOMMANDS = ("data", "train", "evaluate", "segment", "prior", "demo")
+SUBCOMMANDS = ("data", "train", "evaluate", "segment", "prior", "demo", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:

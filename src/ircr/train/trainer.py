@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,8 @@ class Trainer:
         self._saved_iteration: int | None = None  # iteration of the checkpoint on disk
         self._finished_schedule: dict[str, Any] | None = None  # set when resuming a done run
         self.already_finished = False
+        # called after every optimiser step (progress lines, rate measurement); spawn() passes it on
+        self.on_step: Callable[[Trainer], None] | None = None
         self._setup()
 
     # -- construction ------------------------------------------------------------------------
@@ -206,7 +208,9 @@ class Trainer:
                 node = node[part]
             node[leaf] = val
         sub_cfg = experiment_from_dict(data, where=f"{self.where} ({method} sub-training)")
-        return Trainer(sub_cfg, run_dir, resume="auto", config_source=self.where)
+        sub = Trainer(sub_cfg, run_dir, resume="auto", config_source=self.where)
+        sub.on_step = self.on_step
+        return sub
 
     def predict_image(self, model: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Sliding-window prediction of one whole dataset image: prob (H, W), hv (2, H, W)."""
@@ -359,6 +363,8 @@ class Trainer:
         for k, v in parts.items():
             self._acc[k] = self._acc.get(k, 0.0) + float(v)
         self._acc_n += 1
+        if self.on_step is not None:
+            self.on_step(self)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(epoch=self.epoch, loss=f"{value:.4f}", refresh=False)

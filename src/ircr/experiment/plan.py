@@ -1,0 +1,295 @@
+"""Iteration budgets of an experiment: equal per ratio, fixed, or fitted to wall-clock minutes.
+
+* ``budget: equal`` (default): every run of a label ratio gets the semi-supervised epoch length
+  ``floor(#unlabelled patches / batch_size_unlabelled)`` (``#labelled / batch_size`` when a
+  split has no unlabelled patches, e.g. ratio 1) as ``train.iterations_per_epoch``, so the
+  supervised baseline is trained exactly as long as the semi-supervised methods.
+* ``iterations: N`` or ``--budget-minutes M``: the schedule of ``E`` epochs with lr steps at
+  epochs ``s`` is compressed to ``N`` iterations by :func:`compress_schedule`: ``E'`` epochs
+  of ``N // E'`` iterations with steps at ``s * E' / E`` — ``E'`` is a multiple of
+  ``E / gcd(E, s...)`` so each step falls at exactly the same fraction of training.
+* ``--budget-minutes M``: each method's rate is measured in a short warm-up (a real
+  :class:`~ircr.train.trainer.Trainer` stopped after a few steps; one validation and one
+  checkpoint are timed too). A run of ``N`` iterations is expected to take
+  ``setup + passes * N / rate + E' * checkpoint + #validations * validation + test eval``
+  (``passes`` = rounds + 1 for self-training: teacher(s) and student). One scale factor
+  ``k <= 1`` of the equal-budget schedule is fitted so the sum over runs, divided by
+  ``--jobs``, fits in what is left of ``M`` after the warm-up; every run of a ratio then gets
+  the same ``N = floor(k * E * epoch length)``. The estimate assumes parallel jobs do not
+  slow each other down (true for separate devices or idle CPU cores; on one GPU, use
+  ``--jobs 1`` for a tight budget).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ircr.data.store import PreparedDataset
+from ircr.errors import IrcrError
+from ircr.experiment.protocol import Protocol, RunSpec, set_dotted
+
+
+@dataclass
+class SplitSize:
+    """Counts of one split: labelled / unlabelled patches, train / val images."""
+
+    labelled: int
+    unlabelled: int
+    val_images: int
+    train_images: int
+
+
+@dataclass
+class Rate:
+    """Measured cost of one method: it/s, setup, one validation, one checkpoint (seconds)."""
+
+    it_per_s: float
+    setup_s: float
+    val_s: float
+    ckpt_s: float
+    val_images: int
+
+
+def split_size(cfg: dict[str, Any], where: str) -> SplitSize:
+    """Patch and image counts of the run's ``data.split``."""
+    ds = PreparedDataset(cfg["data"]["dataset"])
+    try:
+        sp = ds.load_split(cfg["data"]["split"])
+    except IrcrError as exc:
+        raise IrcrError(f"{where}: {exc}") from None
+    return SplitSize(len(sp.labelled_patches), len(sp.unlabelled_patches), len(sp.val_images),
+                     len(sp.train_images))
+
+
+def epoch_length(cfg: dict[str, Any], size: SplitSize) -> int:
+    """Semi-supervised epoch length (one pass over the unlabelled patches), at least 1."""
+    data = cfg.get("data", {})
+    if size.unlabelled:
+        return max(1, size.unlabelled // int(data.get("batch_size_unlabelled", 4)))
+    return max(1, size.labelled // int(data.get("batch_size", 4)))
+
+
+def compress_schedule(total: int, epochs: int, lr_steps: list[int],
+                      target_epochs: int) -> tuple[int, int, list[int]]:
+    """(epochs', iterations per epoch, lr steps') of at most ``total`` iterations.
+
+    Steps at or after ``epochs`` never happen and are dropped. When ``total`` is too small
+    for exact fractions, steps are rounded to the nearest epoch (at least 1).
+    """
+    steps = sorted({int(s) for s in lr_steps if 1 <= s < epochs})
+    g = epochs
+    for s in steps:
+        g = math.gcd(g, s)
+    unit = epochs // g
+    e2 = unit * max(1, round(target_epochs / unit))
+    while e2 > total and e2 > unit:
+        e2 -= unit
+    if e2 <= total:
+        return e2, total // e2, [s * e2 // epochs for s in steps]
+    e2 = max(1, min(total, target_epochs))
+    new = sorted({min(e2 - 1, max(1, round(s * e2 / epochs))) for s in steps} - {0})
+    return e2, total // e2, new
+
+
+def n_validations(epochs: int, val_every: int, has_val: bool) -> int:
+    """Validations the trainer runs (every ``val_every`` epochs and always the last)."""
+    if not has_val:
+        return 0
+    regular = epochs // val_every if val_every else 0
+    last_extra = 0 if (val_every and epochs % val_every == 0) else 1
+    return regular + last_extra
+
+
+def _passes(cfg: dict[str, Any]) -> int:
+    m = cfg.get("method", {})
+    return int(m.get("rounds", 1)) + 1 if m.get("name") == "self_training" else 1
+
+
+def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
+    """Warm-up: a real trainer for ``iterations`` steps (self-training: its supervised step)."""
+    from ircr.train.config import experiment_from_dict
+    from ircr.train.trainer import Trainer, TrainingInterrupted
+
+    d = copy.deepcopy(run.config)
+    if d.get("method", {}).get("name") == "self_training":
+        set_dotted(d, "method.name", "supervised", "warm-up")
+    for key, val in (("train.progress", False), ("train.tensorboard", False),
+                     ("train.checkpoint_every", 0), ("train.max_iterations", None),
+                     ("train.epochs", 1), ("train.iterations_per_epoch", iterations + 1)):
+        set_dotted(d, key, val, "warm-up")
+    if warm_dir.exists():
+        shutil.rmtree(warm_dir)
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    tr = Trainer(experiment_from_dict(d, where=f"warm-up of {run.method}"), warm_dir,
+                 stop_after=iterations)
+    tr.on_step = lambda _t: stamps.append(time.perf_counter())
+    try:
+        tr.run()
+    except TrainingInterrupted:
+        pass
+    rate = (len(stamps) - 2) / max(stamps[-1] - stamps[1], 1e-9)
+    setup = max(stamps[0] - t0 - 1.0 / rate, 0.0)
+    t1 = time.perf_counter()
+    n_val = len(tr.split.val_images)
+    if n_val:
+        tr.validate()
+    t2 = time.perf_counter()
+    tr.save()
+    t3 = time.perf_counter()
+    shutil.rmtree(warm_dir, ignore_errors=True)
+    return Rate(rate, setup, t2 - t1, t3 - t2, n_val)
+
+
+@dataclass
+class PlannedRun:
+    """What one run will do: its schedule, its final config and its expected seconds."""
+
+    run_id: str
+    method: str
+    ratio: str
+    split_seed: int
+    train_seed: int
+    epochs: int
+    iterations_per_epoch: int
+    iterations: int
+    lr_steps: list[int]
+    expected_s: float | None
+    config: dict[str, Any]
+
+
+def _schedule(cfg: dict[str, Any], total: int | None, ipe: int | None,
+              target_epochs: int) -> tuple[int, int, list[int]]:
+    t = cfg.get("train", {})
+    epochs, steps = int(t.get("epochs", 150)), list(t.get("lr_steps", [100]))
+    base_ipe = ipe or t.get("iterations_per_epoch")
+    if total is None:
+        if base_ipe is None:
+            raise IrcrError("plan: internal: no iterations per epoch")
+        return epochs, int(base_ipe), steps
+    if base_ipe is not None and total >= epochs * int(base_ipe):
+        return epochs, int(base_ipe), steps
+    return compress_schedule(total, epochs, steps, target_epochs)
+
+
+def _finalize(run: RunSpec, epochs: int, ipe: int, steps: list[int]) -> dict[str, Any]:
+    d = copy.deepcopy(run.config)
+    for key, val in (("train.epochs", epochs), ("train.iterations_per_epoch", ipe),
+                     ("train.lr_steps", steps), ("train.max_iterations", None),
+                     ("train.progress", False)):
+        set_dotted(d, key, val, run.run_id)
+    for key, val in run.method_overrides.items():  # the method's own keys win
+        set_dotted(d, key, val, run.run_id)
+    return d
+
+
+def expected_seconds(cfg: dict[str, Any], rate: Rate, size: SplitSize, n_test: int,
+                     n_models: int) -> float:
+    """Expected wall seconds of a run with the final ``cfg`` (module docstring)."""
+    t = cfg["train"]
+    epochs, ipe = int(t["epochs"]), int(t["iterations_per_epoch"])
+    per_image = rate.val_s / max(rate.val_images, 1)
+    n_val = n_validations(epochs, int(t.get("val_every", 1)), size.val_images > 0)
+    passes = _passes(cfg)
+    pseudo = (passes - 1) * per_image / max(n_models, 1) * size.train_images
+    return (rate.setup_s * passes + passes * epochs * ipe / rate.it_per_s
+            + passes * epochs * rate.ckpt_s + passes * n_val * rate.val_s
+            + per_image * n_test + pseudo)
+
+
+def make_plan(proto: Protocol, runs: list[RunSpec], rates: dict[str, Rate] | None = None,
+              budget_s: float | None = None, jobs: int = 1, n_test: int = 0,
+              ) -> list[PlannedRun]:
+    """Schedules of every run: equal/native budgets, fixed iterations, or a time budget."""
+    sizes = {r.run_id: split_size(r.config, r.run_id) for r in runs}
+    eq = {r.run_id: epoch_length(r.config, sizes[r.run_id]) for r in runs}
+    ratio_total: dict[str, int] = {}
+    for r in runs:
+        native = int(r.config.get("train", {}).get("epochs", 150)) * eq[r.run_id]
+        ratio_total[r.ratio] = max(ratio_total.get(r.ratio, 0), native)
+    totals: dict[str, int | None] = {r.run_id: proto.iterations for r in runs}
+    if budget_s is not None:
+        if not rates:
+            raise IrcrError("plan: --budget-minutes needs measured rates")
+        k = _fit_scale(proto, runs, rates, sizes, ratio_total, budget_s, jobs, n_test)
+        totals = {r.run_id: max(1, math.floor(k * ratio_total[r.ratio] + 1e-9)) for r in runs}
+    n_models = len(proto.evaluate)
+    out = []
+    for r in runs:
+        ipe = eq[r.run_id] if proto.budget == "equal" or budget_s is not None else None
+        if ipe is None and r.config.get("train", {}).get("iterations_per_epoch") is None:
+            ipe = _native_ipe(r.config, sizes[r.run_id])
+        e, i, s = _schedule(r.config, totals[r.run_id], ipe, proto.budget_epochs)
+        cfg = _finalize(r, e, i, s)
+        t = cfg["train"]
+        e, i, s = int(t["epochs"]), int(t["iterations_per_epoch"]), list(t["lr_steps"])
+        exp = (expected_seconds(cfg, rates[r.method], sizes[r.run_id], n_test, n_models)
+               if rates and r.method in rates else None)
+        out.append(PlannedRun(r.run_id, r.method, r.ratio, r.split_seed, r.train_seed, e, i,
+                              e * i, s, exp, cfg))
+    return out
+
+
+def _native_ipe(cfg: dict[str, Any], size: SplitSize) -> int:
+    """The trainer's own default: a pass over the unlabelled (SSL) or labelled patches."""
+    from ircr.train.methods import get_method
+
+    m = get_method(cfg.get("method", {}).get("name", "supervised"))
+    if m.uses_unlabelled and size.unlabelled:
+        return max(1, size.unlabelled // int(cfg.get("data", {}).get("batch_size_unlabelled", 4)))
+    return max(1, size.labelled // int(cfg.get("data", {}).get("batch_size", 4)))
+
+
+def _fit_scale(proto: Protocol, runs: list[RunSpec], rates: dict[str, Rate],
+               sizes: dict[str, SplitSize], ratio_total: dict[str, int], budget_s: float,
+               jobs: int, n_test: int) -> float:
+    """Largest k <= 1 such that the expected seconds of all runs / jobs fit ``budget_s``."""
+    fixed = var = 0.0
+    for r in runs:
+        rate = rates[r.method]
+        probe = _finalize(r, proto.budget_epochs, 1, [])
+        cost0 = expected_seconds(probe, rate, sizes[r.run_id], n_test, len(proto.evaluate))
+        per_it = _passes(r.config) / rate.it_per_s
+        fixed += cost0 - per_it * proto.budget_epochs
+        var += per_it * ratio_total[r.ratio]
+    cap = budget_s * max(jobs, 1) - fixed
+    if cap <= 0 or var <= 0:
+        raise IrcrError(f"--budget-minutes: {budget_s / 60:.1f} min is too short: setup, "
+                        f"validation and evaluation alone are expected to take "
+                        f"{fixed / max(jobs, 1) / 60:.1f} min")
+    k = min(1.0, cap / var)
+    if min(math.floor(k * t + 1e-9) for t in ratio_total.values()) < 1:
+        raise IrcrError(f"--budget-minutes: {budget_s / 60:.1f} min leaves less than one "
+                        "iteration per run")
+    return k
+
+
+def format_plan(plan: list[PlannedRun], jobs: int, budget_min: float | None) -> str:
+    """Human-readable plan: one line per run and the expected total."""
+    lines = [f"plan: {len(plan)} runs, {jobs} at a time"
+             + (f", budget {budget_min:g} min" if budget_min else "")]
+    for p in plan:
+        exp = f"{p.expected_s / 60:6.1f} min" if p.expected_s is not None else "      ? min"
+        lines.append(f"  {p.run_id:<32} {p.iterations:>7} it = {p.epochs} ep x "
+                     f"{p.iterations_per_epoch} it, lr steps {p.lr_steps}  {exp}")
+    known = [p.expected_s for p in plan if p.expected_s is not None]
+    if known:
+        lines.append(f"  expected: {sum(known) / 60 / max(jobs, 1):.1f} min "
+                     f"(sum {sum(known) / 60:.1f} min / {jobs} jobs)")
+    return "\n".join(lines)
+
+
+def plan_to_dict(plan: list[PlannedRun]) -> list[dict[str, Any]]:
+    """JSON-serialisable plan (``plan.json``)."""
+    return [asdict(p) for p in plan]
+
+
+def plan_from_dict(rows: list[dict[str, Any]]) -> list[PlannedRun]:
+    """Inverse of :func:`plan_to_dict`."""
+    return [PlannedRun(**r) for r in rows]

@@ -1,0 +1,361 @@
+"""Run an experiment: plan, run folders (skip / resume / record failures), jobs, progress.
+
+Experiment folder::
+
+    protocol.yaml            copy of the protocol file
+    plan.json                the planned runs (schedule, final config, expected seconds);
+                             a rerun reuses it, so resumed runs keep their schedule
+    runs/<run_id>/           a trainer run folder (config.yaml, metrics.csv, checkpoints/,
+                             model/) plus run.json (its plan entry) and metrics.json
+    report.md, report.csv, fig4_aji.png, curves_r<ratio>.png   (ircr.experiment.report)
+
+``runs/<id>/metrics.json`` is written last and atomically: ``status: done`` with the final
+iteration, wall seconds and the metrics of each evaluated model on the validation images (the
+trainer's last validation, from ``metrics.csv``) and on the test images; or ``status:
+failed`` with the one-line error (traceback in ``error.txt``). A rerun skips done runs, resumes
+interrupted ones from ``checkpoints/last.pt`` (the trainer's ``--resume`` semantics) and
+retries failed ones. Ctrl-C stops the experiment; nothing finished is lost.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ircr.errors import IrcrError
+from ircr.experiment import plan as planning
+from ircr.experiment.protocol import Protocol, RunSpec, expand, import_plugins, load_protocol
+
+METRIC_KEYS = ("aji", "dice", "f1", "pq", "aji_plus", "dq", "sq")
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write JSON via a temporary file and an atomic rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file with a one-line error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IrcrError(f"{path}: cannot read JSON ({type(exc).__name__})") from None
+
+
+@dataclass
+class RunContext:
+    """What a run process needs besides its plan entry (picklable for ``--jobs``)."""
+
+    evaluate: list[str]
+    test_dataset: str | None
+    test_split: str
+    plugins: list[str] = field(default_factory=list)
+    threads: int = 0
+    progress_every: float = 30.0
+    index: str = ""
+
+
+def _fmt_s(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """``on_step`` callback printing one line per run at most every ``every`` seconds."""
+
+    def __init__(self, entry: dict[str, Any], index: str, every: float,
+                 out: Callable[[str], None]) -> None:
+        self.entry, self.index, self.every, self.out = entry, index, every, out
+        self.t_last = 0.0
+        self.start: tuple[float, int] = (0.0, 0)
+        self.start_dir: Path | None = None
+
+    def __call__(self, tr: Any) -> None:
+        now = time.time()
+        if tr.run_dir != self.start_dir:  # first step of this (sub-)training
+            self.start, self.start_dir = (now, int(tr.iteration) - 1), tr.run_dir
+        total = int(getattr(tr, "total", 0) or 0)
+        if now - self.t_last < self.every and tr.iteration < total:
+            return
+        self.t_last = now
+        done = tr.iteration - self.start[1]
+        rate = done / max(now - self.start[0], 1e-9)
+        eta = (total - tr.iteration) / rate if rate > 0 else float("nan")
+        e = self.entry
+        sub = "" if tr.run_dir.name == e["run_id"] else f" [{tr.run_dir.name}]"
+        self.out(f"{self.index} {e['method']} ratio {e['ratio']} seed {e['split_seed']}/"
+                 f"{e['train_seed']}{sub}: it {tr.iteration}/{total} {rate:.2f} it/s "
+                 f"ETA {_fmt_s(eta) if eta == eta else '?'}")
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_status(run_dir: Path) -> dict[str, Any]:
+    """``metrics.json`` of a run, or ``{status: missing|incomplete, iteration}``."""
+    m = run_dir / "metrics.json"
+    if m.is_file():
+        doc: dict[str, Any] = read_json(m)
+        return doc
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file():
+        from ircr.train.checkpoint import load_checkpoint
+
+        try:
+            it = int(load_checkpoint(last)["iteration"])
+        except (IrcrError, KeyError):
+            it = -1
+        return {"status": "incomplete", "iterations": it}
+    return {"status": "missing"}
+
+
+def _val_from_csv(run_dir: Path, models: list[str]) -> dict[str, dict[str, float]]:
+    """Validation metrics of the trainer's last validated epoch in ``metrics.csv``."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("val_student_aji")]
+    if not rows:
+        return {}
+    last = rows[-1]
+    out: dict[str, dict[str, float]] = {}
+    for m in models:
+        vals = {k: float(last[f"val_{m}_{k}"]) for k in METRIC_KEYS if last.get(f"val_{m}_{k}")}
+        if vals:
+            out[m] = vals
+    return out
+
+
+def _test_metrics(tr: Any, ctx: RunContext) -> dict[str, Any]:
+    """Mean metrics of each evaluated model on the test images (engine.evaluate)."""
+    from ircr.data.store import PreparedDataset
+    from ircr.engine.evaluate import evaluate_model, select_images
+
+    if not ctx.test_dataset:
+        return {}
+    ds = PreparedDataset(ctx.test_dataset)
+    names, label = select_images(ds, ctx.test_split)
+    models = {k: v for k, v in tr.method.eval_models().items() if k in ctx.evaluate}
+    out: dict[str, Any] = {"_images": len(names), "_split": label}
+    for name, model in models.items():
+        was = model.training
+        res = evaluate_model(model, ds, names, tr.cfg.eval, tr.cfg.postproc, tr.device,
+                             amp=tr.amp is not None)
+        model.train(was)
+        out[name] = {k: float(v) for k, v in res.mean.items()}
+    return out
+
+
+def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
+            out: Callable[[str], None] = _print) -> dict[str, Any]:
+    """Train (or resume) and evaluate one planned run; returns its ``metrics.json``."""
+    status = run_status(run_dir)
+    if status.get("status") == "done":
+        return status
+    import torch
+
+    from ircr.train.config import experiment_from_dict
+    from ircr.train.trainer import Trainer
+
+    import_plugins(ctx.plugins, "protocol")
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    run_json = run_dir / "run.json"
+    if run_json.is_file() and read_json(run_json).get("config") != entry["config"]:
+        raise IrcrError(f"{run_dir}: this run folder was planned with another config; "
+                        "use another --out or remove the folder")
+    write_json_atomic(run_json, entry)
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # a failed run is retried
+    t0 = time.time()
+    doc: dict[str, Any] = {k: entry[k] for k in ("run_id", "method", "ratio", "split_seed",
+                                                  "train_seed")}
+    try:
+        cfg = experiment_from_dict(json.loads(json.dumps(entry["config"])),
+                                   where=str(run_json))
+        tr = Trainer(cfg, run_dir, resume="auto", config_source=str(run_json))
+        resumed = tr.iteration
+        out(f"{ctx.index} {entry['run_id']}: " + (f"resuming at iteration {resumed}"
+                                                  if resumed else "starting") +
+            f" ({entry['iterations']} iterations)")
+        tr.on_step = Progress(entry, ctx.index, ctx.progress_every, out)
+        tr.run()
+        doc.update(status="done", iterations=int(tr.iteration), wall_s=time.time() - t0,
+                   train_wall_s=float(tr._wall()),
+                   val=_val_from_csv(run_dir, ctx.evaluate), test=_test_metrics(tr, ctx))
+    except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, not fatal
+        msg = str(exc) if isinstance(exc, IrcrError) else f"{type(exc).__name__}: {exc}"
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        doc.update(status="failed", error=msg.splitlines()[0] if msg else type(exc).__name__,
+                   iterations=run_status(run_dir).get("iterations", 0), wall_s=time.time() - t0)
+    write_json_atomic(run_dir / "metrics.json", doc)
+    aji = doc.get("test", {}).get("student", doc.get("val", {}).get("student", {})).get("aji")
+    tail = f"AJI {aji:.4f}" if isinstance(aji, float) else doc.get("error", "")
+    out(f"{ctx.index} {entry['run_id']}: {doc['status']} in {_fmt_s(doc['wall_s'])} {tail}")
+    return doc
+
+
+def _worker(entry: dict[str, Any], run_dir: str, ctx: RunContext) -> dict[str, Any]:
+    return run_one(entry, Path(run_dir), ctx)
+
+
+def ensure_splits(runs: list[RunSpec], val_fraction: float) -> None:
+    """Create missing split files (``ircr data split``) before any run starts."""
+    from ircr.data.prepare import add_split
+    from ircr.data.store import PreparedDataset
+
+    seen: set[tuple[str, str]] = set()
+    for r in runs:
+        ds_path, split = str(r.config["data"]["dataset"]), str(r.config["data"]["split"])
+        if (ds_path, split) in seen:
+            continue
+        seen.add((ds_path, split))
+        if not Path(ds_path).is_dir():
+            raise IrcrError(f"{r.run_id}: data.dataset: prepared dataset folder not found: "
+                            f"{ds_path} (create it with 'ircr data prepare')")
+        if split not in PreparedDataset(ds_path).split_names():
+            add_split(ds_path, r.ratio, r.split_seed, val_fraction)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return bool(json.dumps(a, sort_keys=True, default=str) ==
+                json.dumps(b, sort_keys=True, default=str))
+
+
+def prepare_plan(proto: Protocol, runs: list[RunSpec], out: Path, budget_minutes: float | None,
+                 jobs: int, log: Callable[[str], None]) -> list[planning.PlannedRun]:
+    """Reuse ``plan.json`` or make a new plan (warm-ups first when there is a time budget)."""
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        doc = read_json(plan_path)
+        if doc.get("budget_minutes") != budget_minutes:
+            raise IrcrError(f"{plan_path}: this experiment was planned with --budget-minutes "
+                            f"{doc.get('budget_minutes')}; rerun with the same value or use "
+                            "another --out")
+        old = planning.plan_from_dict(doc["runs"])
+        if [p.run_id for p in old] != [r.run_id for r in runs]:
+            raise IrcrError(f"{plan_path}: the protocol's runs changed since this experiment was "
+                            "planned; use another --out")
+        log(f"using the plan in {plan_path}")
+        return old
+    t0 = time.time()
+    rates: dict[str, planning.Rate] | None = None
+    n_test = _n_test(proto)
+    if budget_minutes is not None:
+        rates = {}
+        for r in runs:
+            if r.method not in rates:
+                log(f"warm-up: {r.method} ({proto.warmup_iterations} iterations)")
+                rates[r.method] = planning.measure_rate(r, out / "warmup" / r.method,
+                                                        proto.warmup_iterations)
+                log(f"warm-up: {r.method} {rates[r.method].it_per_s:.2f} it/s, setup "
+                    f"{rates[r.method].setup_s:.1f} s, validation {rates[r.method].val_s:.1f} s")
+        shutil.rmtree(out / "warmup", ignore_errors=True)
+    budget_s = None if budget_minutes is None else budget_minutes * 60 - (time.time() - t0)
+    plan = planning.make_plan(proto, runs, rates, budget_s, jobs, n_test)
+    write_json_atomic(plan_path, {
+        "budget_minutes": budget_minutes, "jobs": jobs, "warmup_s": time.time() - t0,
+        "rates": {k: vars(v) for k, v in (rates or {}).items()},
+        "evaluate": proto.evaluate, "test_dataset": _str(proto.test_dataset),
+        "test_split": proto.test_split, "runs": planning.plan_to_dict(plan)})
+    return plan
+
+
+def _str(p: Path | None) -> str | None:
+    return None if p is None else str(p)
+
+
+def _n_test(proto: Protocol) -> int:
+    if proto.test_dataset is None:
+        return 0
+    from ircr.data.store import PreparedDataset
+    from ircr.engine.evaluate import select_images
+
+    if not Path(proto.test_dataset).is_dir():
+        raise IrcrError(f"protocol key 'test_dataset': prepared dataset folder not found: "
+                        f"{proto.test_dataset}")
+    return len(select_images(PreparedDataset(proto.test_dataset), proto.test_split)[0])
+
+
+def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
+                   budget_minutes: float | None = None, dry_run: bool = False,
+                   progress_every: float = 30.0,
+                   log: Callable[[str], None] = _print) -> dict[str, Any]:
+    """Plan, run every pending run (``jobs`` processes), write the report; returns a summary."""
+    from ircr.experiment.report import write_report
+
+    if jobs < 1:
+        raise IrcrError(f"--jobs must be >= 1, got {jobs}")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise IrcrError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    t0 = time.time()
+    proto = load_protocol(protocol_path)
+    runs = expand(proto, str(protocol_path))
+    ensure_splits(runs, proto.val_fraction)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    plan = prepare_plan(proto, runs, out, budget_minutes, jobs, log)
+    if not (out / "protocol.yaml").is_file():
+        shutil.copyfile(protocol_path, out / "protocol.yaml")
+    log(planning.format_plan(plan, jobs, budget_minutes))
+    if dry_run:
+        return {"planned": len(plan)}
+    entries = planning.plan_to_dict(plan)
+    pending = [e for e in entries if run_status(out / "runs" / e["run_id"]).get("status") != "done"]
+    skipped = len(entries) - len(pending)
+    if skipped:
+        log(f"skipping {skipped} finished run(s)")
+    results = _run_all(pending, out, proto, jobs, threads, progress_every, log)
+    report = write_report(out)
+    n_done = sum(1 for r in results if r.get("status") == "done")
+    n_failed = sum(1 for r in results if r.get("status") == "failed")
+    wall = time.time() - t0
+    summary: dict[str, Any] = {"runs": len(entries), "skipped": skipped, "done": n_done,
+                               "failed": n_failed, "wall_s": wall, "report": str(report)}
+    log(f"experiment: {len(entries)} runs: {skipped} already finished, {n_done} done now, "
+        f"{n_failed} failed; {_fmt_s(wall)}; report: {report}")
+    return summary
+
+
+def _run_all(pending: list[dict[str, Any]], out: Path, proto: Protocol, jobs: int, threads: int,
+             progress_every: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    def ctx(i: int) -> RunContext:
+        return RunContext(list(proto.evaluate), _str(proto.test_dataset), proto.test_split,
+                          list(proto.plugins), threads, progress_every,
+                          f"[{i + 1}/{len(pending)}]")
+
+    if jobs == 1:
+        return [run_one(e, out / "runs" / e["run_id"], ctx(i), log)
+                for i, e in enumerate(pending)]
+    results = []
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futs = [pool.submit(_worker, e, str(out / "runs" / e["run_id"]), ctx(i))
+                for i, e in enumerate(pending)]
+        try:
+            for fut in cf.as_completed(futs):
+                results.append(fut.result())
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    sys.stdout.flush()
+    return results
