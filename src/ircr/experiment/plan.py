@@ -275,7 +275,7 @@ def format_plan(plan: list[PlannedRun], jobs: int, budget_min: float | None) -> 
     lines = [f"plan: {len(plan)} runs, {jobs} at a time"
              + (f", budget {budget_min:g} min" if budget_min else "")]
     for p in plan:
-        exp = f"{p.expected_s / 60:6.1f} min" if p.expected_s is not None else "      ? min"
+        exp = f"{p.expected_s / 60:6.1f} min" if p.expected_s is not None else ""
         lines.append(f"  {p.run_id:<32} {p.iterations:>7} it = {p.epochs} ep x "
                      f"{p.iterations_per_epoch} it, lr steps {p.lr_steps}  {exp}")
     known = [p.expected_s for p in plan if p.expected_s is not None]

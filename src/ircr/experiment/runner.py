@@ -78,28 +78,28 @@ class Progress:
     """``on_step`` callback printing one line per run at most every ``every`` seconds."""
 
     def __init__(self, entry: dict[str, Any], index: str, every: float,
-                 out: Callable[[str], None]) -> None:
+                 out: Callable[[str], None], run_dir: Path, iteration: int) -> None:
         self.entry, self.index, self.every, self.out = entry, index, every, out
         self.t_last = 0.0
-        self.start: tuple[float, int] = (0.0, 0)
-        self.start_dir: Path | None = None
+        self.start: tuple[float, int] = (time.time(), iteration)
+        self.start_dir: Path | None = run_dir
 
     def __call__(self, tr: Any) -> None:
         now = time.time()
-        if tr.run_dir != self.start_dir:  # first step of this (sub-)training
-            self.start, self.start_dir = (now, int(tr.iteration) - 1), tr.run_dir
+        if tr.run_dir != self.start_dir:  # a sub-training (self-training teacher) started
+            self.start, self.start_dir = (now, int(tr.iteration)), tr.run_dir
         total = int(getattr(tr, "total", 0) or 0)
         if now - self.t_last < self.every and tr.iteration < total:
             return
         self.t_last = now
         done = tr.iteration - self.start[1]
         rate = done / max(now - self.start[0], 1e-9)
-        eta = (total - tr.iteration) / rate if rate > 0 else float("nan")
+        speed = f"{rate:.2f} it/s ETA {_fmt_s((total - tr.iteration) / rate)}" if rate > 0 \
+            else "? it/s ETA ?"
         e = self.entry
         sub = "" if tr.run_dir.name == e["run_id"] else f" [{tr.run_dir.name}]"
         self.out(f"{self.index} {e['method']} ratio {e['ratio']} seed {e['split_seed']}/"
-                 f"{e['train_seed']}{sub}: it {tr.iteration}/{total} {rate:.2f} it/s "
-                 f"ETA {_fmt_s(eta) if eta == eta else '?'}")
+                 f"{e['train_seed']}{sub}: it {tr.iteration}/{total} {speed}")
 
 
 def _print(line: str) -> None:
@@ -193,7 +193,7 @@ def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
         out(f"{ctx.index} {entry['run_id']}: " + (f"resuming at iteration {resumed}"
                                                   if resumed else "starting") +
             f" ({entry['iterations']} iterations)")
-        tr.on_step = Progress(entry, ctx.index, ctx.progress_every, out)
+        tr.on_step = Progress(entry, ctx.index, ctx.progress_every, out, run_dir, resumed)
         tr.run()
         doc.update(status="done", iterations=int(tr.iteration), wall_s=time.time() - t0,
                    train_wall_s=float(tr._wall()),
@@ -204,8 +204,9 @@ def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
         doc.update(status="failed", error=msg.splitlines()[0] if msg else type(exc).__name__,
                    iterations=run_status(run_dir).get("iterations", 0), wall_s=time.time() - t0)
     write_json_atomic(run_dir / "metrics.json", doc)
-    aji = doc.get("test", {}).get("student", doc.get("val", {}).get("student", {})).get("aji")
-    tail = f"AJI {aji:.4f}" if isinstance(aji, float) else doc.get("error", "")
+    where = "test" if doc.get("test", {}).get("student") else "val"
+    aji = doc.get(where, {}).get("student", {}).get("aji")
+    tail = f"{where} AJI {aji:.4f}" if isinstance(aji, float) else doc.get("error", "")
     out(f"{ctx.index} {entry['run_id']}: {doc['status']} in {_fmt_s(doc['wall_s'])} {tail}")
     return doc
 
