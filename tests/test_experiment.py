@@ -260,3 +260,27 @@ def test_protocol_errors_are_one_line(tmp_path: Path, synth: Path,
     bad = protocol(tmp_path, synth, split_seeds=[0, 1, 2], train_seeds=[10, 11])
     with pytest.raises(IrcrError, match="same length"):
         load_protocol(bad)
+
+
+@pytest.mark.parametrize("name,n_runs", [
+    ("monuseg_table2", 4 * 4 * 3 + 3),  # 4 methods x 4 ratios x 3 seeds + FullSup x 3 seeds
+    ("monuseg_table3", 5 * 3), ("monuseg_table4", 6 * 3), ("monuseg_quick", 3),
+    ("consep", 51), ("pannuke", 51), ("monusac", 51), ("cpm15", 4 * 3 * 3 + 3)])
+def test_shipped_protocols_are_valid(name: str, n_runs: int) -> None:
+    path = REPO / "configs" / "protocols" / f"{name}.yaml"
+    runs = expand(load_protocol(path), str(path))
+    assert len(runs) == n_runs
+    assert len({r.run_id for r in runs}) == n_runs
+    for r in runs:
+        assert r.config["data"]["split"] == (
+            f"ratio_{r.ratio.replace('/', '-')}_seed{r.split_seed}"
+            + ("_val0.2" if name == "cpm15" else ""))
+
+
+def test_table3_rows_keep_their_ablation_configs() -> None:
+    path = REPO / "configs" / "protocols" / "monuseg_table3.yaml"
+    runs = {r.method: r for r in expand(load_protocol(path), str(path))}
+    assert runs["suponly"].config["method"]["name"] == "supervised"
+    assert runs["scheme2"].config["method"] == {"name": "ircr", "piac": False, "miac": True,
+                                                "miac_boundary_beta": 0.0}
+    assert runs["ours"].config["method"]["piac"] is True
