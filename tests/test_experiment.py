@@ -157,6 +157,8 @@ def test_kill_and_rerun_skips_finished_and_resumes(full: Path, synth: Path, tmp_
     assert json.loads(first.read_text())["status"] == "done"
     second = out / "runs" / "supervised_r1-4_s1_t11"
     assert runner.run_status(second)["status"] == "incomplete"
+    md = (out / "report.md").read_text()  # written on Ctrl-C: the interrupted run is shown
+    assert "| supervised | 1/4 | 1/2 (1 incomplete) |" in md
     mtime = first.stat().st_mtime_ns
     monkeypatch.setattr(runner.Progress, "__call__", real)
     lines: list[str] = []
@@ -265,7 +267,8 @@ def test_protocol_errors_are_one_line(tmp_path: Path, synth: Path,
 @pytest.mark.parametrize("name,n_runs", [
     ("monuseg_table2", 4 * 4 * 3 + 3),  # 4 methods x 4 ratios x 3 seeds + FullSup x 3 seeds
     ("monuseg_table3", 5 * 3), ("monuseg_table4", 6 * 3), ("monuseg_quick", 3),
-    ("consep", 51), ("pannuke", 51), ("monusac", 51), ("cpm15", 4 * 3 * 3 + 3)])
+    ("consep", 51), ("pannuke", 51), ("monusac", 51), ("cpm15", 4 * 3 * 3 + 3),
+    ("monuseg_cpu", 2 * 2)])
 def test_shipped_protocols_are_valid(name: str, n_runs: int) -> None:
     path = REPO / "configs" / "protocols" / f"{name}.yaml"
     runs = expand(load_protocol(path), str(path))

@@ -9,8 +9,8 @@
   of ``N // E'`` iterations with steps at ``s * E' / E`` — ``E'`` is a multiple of
   ``E / gcd(E, s...)`` so each step falls at exactly the same fraction of training.
 * ``--budget-minutes M``: each method's rate is measured in a short warm-up (a real
-  :class:`~ircr.train.trainer.Trainer` stopped after a few steps; one validation and one
-  checkpoint are timed too). A run of ``N`` iterations is expected to take
+  :class:`~ircr.train.trainer.Trainer` stopped after a few steps; a validation of one image,
+  scaled to all, and one checkpoint are timed too). A run of ``N`` iterations is expected to take
   ``setup + passes * N / rate + E' * checkpoint + #validations * validation + test eval``
   (``passes`` = rounds + 1 for self-training: teacher(s) and student). One scale factor
   ``k <= 1`` of the equal-budget schedule is fitted so the sum over runs, divided by
@@ -113,6 +113,7 @@ def _passes(cfg: dict[str, Any]) -> int:
 
 def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
     """Warm-up: a real trainer for ``iterations`` steps (self-training: its supervised step)."""
+    from ircr.engine.evaluate import evaluate_models
     from ircr.train.config import experiment_from_dict
     from ircr.train.trainer import Trainer, TrainingInterrupted
 
@@ -136,15 +137,18 @@ def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
         pass
     rate = (len(stamps) - 2) / max(stamps[-1] - stamps[1], 1e-9)
     setup = max(stamps[0] - t0 - 1.0 / rate, 0.0)
-    t1 = time.perf_counter()
     n_val = len(tr.split.val_images)
-    if n_val:
-        tr.validate()
+    if tr.cfg.eval.max_images:
+        n_val = min(n_val, tr.cfg.eval.max_images)
+    t1 = time.perf_counter()
+    if n_val:  # one validation image, timed and scaled to a whole validation
+        evaluate_models(tr.method.eval_models(), tr.dataset, tr.split.val_images[:1],
+                        tr.cfg.eval, tr.cfg.postproc, tr.device, amp=tr.amp is not None)
     t2 = time.perf_counter()
     tr.save()
     t3 = time.perf_counter()
     shutil.rmtree(warm_dir, ignore_errors=True)
-    return Rate(rate, setup, t2 - t1, t3 - t2, n_val)
+    return Rate(rate, setup, (t2 - t1) * n_val, t3 - t2, n_val)
 
 
 @dataclass
@@ -260,9 +264,9 @@ def _fit_scale(proto: Protocol, runs: list[RunSpec], rates: dict[str, Rate],
         var += per_it * ratio_total[r.ratio]
     cap = budget_s * max(jobs, 1) - fixed
     if cap <= 0 or var <= 0:
-        raise IrcrError(f"--budget-minutes: {budget_s / 60:.1f} min is too short: setup, "
-                        f"validation and evaluation alone are expected to take "
-                        f"{fixed / max(jobs, 1) / 60:.1f} min")
+        raise IrcrError(f"--budget-minutes: too short: {max(budget_s, 0) / 60:.1f} min are left "
+                        f"after the warm-up, but setup, validation and evaluation alone are "
+                        f"expected to take {fixed / max(jobs, 1) / 60:.1f} min")
     k = min(1.0, cap / var)
     if min(math.floor(k * t + 1e-9) for t in ratio_total.values()) < 1:
         raise IrcrError(f"--budget-minutes: {budget_s / 60:.1f} min leaves less than one "

@@ -326,7 +326,12 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
     skipped = len(entries) - len(pending)
     if skipped:
         log(f"skipping {skipped} finished run(s)")
-    results = _run_all(pending, out, proto, jobs, threads, progress_every, log)
+    try:
+        results = _run_all(pending, out, proto, jobs, threads, progress_every, log)
+    except KeyboardInterrupt:
+        log(f"interrupted; rerun the same command to resume. report so far: "
+            f"{write_report(out)}")
+        raise
     report = write_report(out)
     n_done = sum(1 for r in results if r.get("status") == "done")
     n_failed = sum(1 for r in results if r.get("status") == "failed")
