@@ -120,6 +120,8 @@ def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
     d = copy.deepcopy(run.config)
     if d.get("method", {}).get("name") == "self_training":
         set_dotted(d, "method.name", "supervised", "warm-up")
+    # the method's supervised-only warm-up steps are cheaper: measure full-cost steps
+    set_dotted(d, "method.warmup_iterations", 0, "warm-up")
     for key, val in (("train.progress", False), ("train.tensorboard", False),
                      ("train.checkpoint_every", 0), ("train.max_iterations", None),
                      ("train.epochs", 1), ("train.iterations_per_epoch", iterations + 1)):
@@ -282,11 +284,32 @@ def format_plan(plan: list[PlannedRun], jobs: int, budget_min: float | None) -> 
         exp = f"{p.expected_s / 60:6.1f} min" if p.expected_s is not None else ""
         lines.append(f"  {p.run_id:<32} {p.iterations:>7} it = {p.epochs} ep x "
                      f"{p.iterations_per_epoch} it, lr steps {p.lr_steps}  {exp}")
+    lines += ramp_notes(plan)
     known = [p.expected_s for p in plan if p.expected_s is not None]
     if known:
         lines.append(f"  expected: {sum(known) / 60 / max(jobs, 1):.1f} min "
                      f"(sum {sum(known) / 60:.1f} min / {jobs} jobs)")
     return "\n".join(lines)
+
+
+def ramp_notes(plan: list[PlannedRun]) -> list[str]:
+    """Notes for semi-supervised runs shorter than their consistency warm-up + ramp-up."""
+    from ircr.train.config import MethodConfig
+    from ircr.train.methods import get_method
+
+    default = MethodConfig()
+    notes = []
+    for p in plan:
+        m = p.config.get("method", {})
+        if not get_method(m.get("name", "supervised")).uses_unlabelled:
+            continue
+        warm = int(m.get("warmup_iterations", default.warmup_iterations))
+        ramp = int(m.get("rampup_iterations", default.rampup_iterations))
+        if warm + ramp >= p.iterations:
+            notes.append(f"  note: {p.run_id}: {p.iterations} iterations, but the unsupervised "
+                         f"terms are off for {warm} and ramped up over {ramp} iterations "
+                         "(method.warmup_iterations / rampup_iterations)")
+    return notes
 
 
 def plan_to_dict(plan: list[PlannedRun]) -> list[dict[str, Any]]:
