@@ -24,17 +24,20 @@ def plot_aji_vs_ratio(rows: list[dict[str, Any]], path: Path) -> Path:
         else "val"
     fig, ax = plt.subplots(figsize=(6, 4.2))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    for method in methods:
+    for i, method in enumerate(methods):
         pts = sorted((Fraction(r["ratio"]), r["aji_mean"], r["aji_std"] or 0.0) for r in rows
                      if r["set"] == chosen and r["model"] == "student"
                      and r["method"] == method and r["aji_mean"] is not None)
         if not pts:
             continue
-        xs = [float(p[0]) for p in pts]
+        shift = 2 ** (0.04 * (i - (len(methods) - 1) / 2))  # side by side, not on top
+        xs = [float(p[0]) * shift for p in pts]
         ax.errorbar(xs, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
                     capsize=3, label=method)
     ratios = sorted({Fraction(r["ratio"]) for r in rows})
     ax.set_xscale("log", base=2)
+    if ratios:
+        ax.set_xlim(float(min(ratios)) / 1.5, float(max(ratios)) * 1.5)
     ax.set_xticks([float(r) for r in ratios], [str(r) for r in ratios])
     ax.minorticks_off()
     ax.set_xlabel("labelled ratio")
@@ -88,7 +91,8 @@ def plot_curves(out: Path, runs: list[dict[str, Any]]) -> list[Path]:
             style = seeds.setdefault((r["split_seed"], r["train_seed"]),
                                      ["-", "--", ":", "-."][len(seeds) % 4])
             label = f"{r['method']} s{r['split_seed']}/{r['train_seed']}"
-            kw = {"color": colors[r["method"]], "linestyle": style, "label": label}
+            kw = {"color": colors[r["method"]], "linestyle": style, "label": label,
+                  "marker": "o", "markersize": 3}
             sup = "train_sup" if any(x.get("train_sup") for x in rows) else "train_loss"
             axes[0].plot(*_series(rows, sup), **kw)
             axes[1].plot(*_series(_unsup(rows), "unsup"), **kw)
