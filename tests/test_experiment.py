@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ircr.errors import IrcrError
 from ircr.experiment import runner
 from ircr.experiment.plan import Rate, compress_schedule, make_plan
 from ircr.experiment.protocol import expand, load_protocol
-from ircr.experiment.report import mean_std
+from ircr.experiment.report import mean_std, write_report
 from ircr.experiment.runner import run_experiment
 from ircr.train.methods import Method, register_method
 
@@ -128,6 +129,21 @@ def test_report_values_equal_the_run_metrics(full: Path) -> None:
     b = metrics_json(full, "mt_r1-4_s1_t11")["val"]["teacher"]["aji"]
     assert f"{(a + b) / 2:.4f} ± {abs(a - b) / math.sqrt(2):.4f}" in md
     assert "## Validation images — teacher" in md and "| mt | 1/4 | 2/2 |" in md
+
+
+def test_missing_run_is_counted_not_dropped(full: Path, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(full, out)
+    shutil.rmtree(out / "runs" / "mt_r1-4_s1_t11")
+    write_report(out, plots=False)
+    with open(out / "report.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh)
+                   if (r["set"], r["model"], r["method"]) == ("val", "student", "mt"))
+    assert (row["runs_done"], row["runs_planned"], row["missing"]) == ("1", "2", "1")
+    only = metrics_json(out, "mt_r1-4_s0_t10")["val"]["student"]["aji"]
+    assert float(row["aji_mean"]) == pytest.approx(only, abs=1e-6) and row["aji_std"] == ""
+    md = (out / "report.md").read_text()
+    assert "| mt | 1/4 | 1/2 (1 missing) |" in md and "| mt_r1-4_s1_t11 | missing |" in md
 
 
 def test_std_is_the_sample_std() -> None:

@@ -172,6 +172,8 @@ class RunSpec:
 def load_protocol(path: str | Path) -> Protocol:
     """Read and validate a protocol file; imports its ``plugins``; paths resolved."""
     p = Path(path)
+    if not p.is_file():
+        raise IrcrError(f"{p}: protocol file not found")
     proto = from_dict(Protocol, read_yaml(p), where=str(p))
     import_plugins(proto.plugins, str(p))
     assert proto.config is not None
