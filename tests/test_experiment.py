@@ -252,7 +252,7 @@ def test_budget_minutes_measures_rates_and_prints_the_plan(synth: Path, tmp_path
     torch.set_num_threads(1)
     proto = protocol(tmp_path, synth, split_seeds=[0], train_seeds=[10], warmup_iterations=4)
     lines: list[str] = []
-    run_experiment(proto, tmp_path / "out", budget_minutes=0.2, dry_run=True, log=lines.append)
+    run_experiment(proto, tmp_path / "out", budget_minutes=1.0, dry_run=True, log=lines.append)
     doc = json.loads((tmp_path / "out" / "plan.json").read_text())
     assert set(doc["rates"]) == {"supervised", "mt"}
     assert all(r["it_per_s"] > 0 for r in doc["rates"].values())
@@ -260,7 +260,7 @@ def test_budget_minutes_measures_rates_and_prints_the_plan(synth: Path, tmp_path
     assert len(iters) == 1 and next(iter(iters)) >= 1
     assert any(s.startswith("plan: 2 runs") for s in lines)
     assert not (tmp_path / "out" / "runs").exists()
-    with pytest.raises(IrcrError, match="planned with --budget-minutes 0.2"):
+    with pytest.raises(IrcrError, match="planned with --budget-minutes 1.0"):
         run_experiment(proto, tmp_path / "out", budget_minutes=0.5, dry_run=True,
                        log=lambda s: None)
 
