@@ -1,4 +1,4 @@
-"""Every training method end to end on real MoNuSeg patches (tiny network, 64 px patches).
+"""Every training method end to end on real MoNuSeg patches (paper-depth narrow network, 64 px).
 
 MoNuSeg is prepared once with ``ircr data prepare`` (3 images, 64 px patches, 1/4 labelled);
 each method trains a few iterations, is interrupted after its first iteration (checkpoint
@@ -44,11 +44,12 @@ def _cfg(prepared: Path, method: str, val: bool = False, **opts: object):
     return experiment_from_dict({
         "data": {"dataset": str(prepared), "split": split, "patch_size": 64,
                  "context_margin": 16, "batch_size": 2, "batch_size_unlabelled": 2, "workers": 0},
-        "model": {"width": 0.125, "blocks": [1, 1, 1, 1], "decoder_units": [1, 1]},
+        "model": {"width": 0.125},  # the paper's depth (blocks 3-4-6-3, decoder 8-4), narrow
         "train": {"epochs": 2, "iterations_per_epoch": 2, "lr": 1e-3, "device": "cpu",
                   "amp": "off", "progress": False, "tensorboard": False, "checkpoint_every": 1,
                   "val_every": 0},
-        "method": {"name": method, **opts},
+        # consistency from iteration 2 on (defaults: 100 warm-up + 200 ramp-up iterations)
+        "method": {"name": method, "warmup_iterations": 1, "rampup_iterations": 1, **opts},
         "eval": {"window": 256, "overlap": 32, "batch_size": 4, "max_images": 1},
     })
 
