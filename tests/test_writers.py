@@ -50,10 +50,9 @@ def test_square_polygon_is_exact() -> None:
     m[1:6, 2:6] = True
     ring = wr.mask_polygon(m)
     assert np.array_equal(ring[0], ring[-1])
-    # outline through the centres of the boundary pixels (corner-origin frame)
-    assert sorted(map(tuple, ring[:-1].tolist())) == [(2.5, 1.5), (2.5, 5.5), (5.5, 1.5),
-                                                      (5.5, 5.5)]
-    assert ring_area(ring) == pytest.approx(3 * 4)
+    # outline along the pixel edges (corner-origin frame): rows 1..5, cols 2..5
+    assert sorted(map(tuple, ring[:-1].tolist())) == [(2, 1), (2, 6), (6, 1), (6, 6)]
+    assert ring_area(ring) == pytest.approx(5 * 4)
 
 
 @pytest.mark.parametrize("case", ["pinch", "line", "dot", "neck"])
@@ -102,8 +101,8 @@ def test_instance_polygons_offsets() -> None:
     polys = wr.instance_polygons(lab, [7, 9, 11])
     assert set(polys) == {7, 9}
     r = polys[7]
-    assert r[:, 0].min() == 20.5 and r[:, 0].max() == 25.5
-    assert r[:, 1].min() == 10.5 and r[:, 1].max() == 14.5
+    assert r[:, 0].min() == 20 and r[:, 0].max() == 26
+    assert r[:, 1].min() == 10 and r[:, 1].max() == 15
 
 
 def test_label_tiff_round_trip(tmp_path) -> None:

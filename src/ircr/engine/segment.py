@@ -444,23 +444,23 @@ def geojson_features(inst: np.ndarray, table: dict[str, np.ndarray],
                      id_offset: int = 0) -> list[dict[str, Any]]:
     """QuPath detection features of the instances in ``table`` (outlined from ``inst``).
 
-    Polygon vertices are ``(x + offset_x) * scale`` in the output frame; the "Nucleus id"
+    Shapes are exact pixel-edge outlines (``Polygon``, or ``MultiPolygon`` for a nucleus whose
+    parts touch only at a corner; :mod:`ircr.io.outlines`); vertices are
+    ``(x + offset_x) * scale`` in the output frame; the "Nucleus id"
     measurement is ``id + id_offset`` (the id in the label image and CSV).
     """
-    from ircr.io.writers import MEASUREMENTS, detection_feature, instance_polygons
+    from ircr.io.outlines import transform_outline
+    from ircr.io.writers import MEASUREMENTS, detection_feature, instance_outlines
 
     ids = np.asarray(table["id"], dtype=np.int64)
-    rings = instance_polygons(inst, ids)
+    outlines = instance_outlines(inst, ids)
     cols = {name: np.asarray(table[col], dtype=np.float64) for col, name in MEASUREMENTS.items()}
     feats = []
-    ox, oy = offset_xy
     for i, k in enumerate(ids):
-        ring = rings[int(k)].copy()
-        ring[:, 0] = (ring[:, 0] + ox) * scale
-        ring[:, 1] = (ring[:, 1] + oy) * scale
+        shape = transform_outline(outlines[int(k)], offset_xy, scale)
         meas = {name: v[i] for name, v in cols.items()}
         meas["Nucleus id"] = float(k + id_offset)
-        feats.append(detection_feature(ring, meas))
+        feats.append(detection_feature(shape, meas))
     return feats
 
 

@@ -38,6 +38,7 @@ from ircr.engine.segment import (
 from ircr.engine.tiling import Stitcher, Tile, tile_grid
 from ircr.engine.tissue import region_has_tissue, tissue_mask
 from ircr.io import writers as wr
+from ircr.io.outlines import geometry_rings
 from ircr.io.wsi import Slide, open_slide
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,7 +129,7 @@ class _Sinks:
             if self.geo is not None:
                 self.geo.add(feats)
             if self.canvas is not None:
-                rings = [np.asarray(f["geometry"]["coordinates"][0]) for f in feats]
+                rings = [r for f in feats for r in geometry_rings(f["geometry"])]
                 wr.draw_polygons(self.canvas, rings, self.tscale)
         if self.csv is not None:
             self.csv.add(dict(table, id=table["id"] + id_offset))

@@ -18,10 +18,9 @@ Every file is written under a temporary name and renamed when complete
 commit on :meth:`close` and remove their temporary file on :meth:`abort` (or when their
 ``with`` block ends with an exception). Write errors are one-line IrcrErrors naming the file.
 
-Polygons: the outline through the centres of the nucleus' boundary pixels (OpenCV contour,
-shifted by half a pixel into the corner-origin frame). A polygon is always a simple closed
-ring: an outline that touches itself (a 1-pixel neck or a diagonal pinch) is replaced by that of
-the largest 4-connected piece, then by the convex hull, then by the bounding box.
+Shapes: the exact pixel-edge outline of each nucleus (:mod:`ircr.io.outlines`): its area is
+the nucleus' pixel count, concavities and holes are kept, and a nucleus whose parts touch only
+at a corner is written as a ``MultiPolygon`` (QuPath reads both).
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ import tifffile
 
 from ircr.errors import file_error
 from ircr.io.atomic import AtomicPath, atomic_write, atomic_write_bytes, atomic_write_text
+from ircr.io.outlines import Polygon, geojson_geometry, mask_outline, transform_outline
 
 TABLE_COLUMNS = (
     "id", "centroid_x_px", "centroid_y_px", "centroid_x_um", "centroid_y_um",
@@ -60,56 +60,26 @@ MEASUREMENTS = {
 NUCLEUS_COLOR = (0, 200, 0)
 
 
-def _outer_contour(mask: np.ndarray) -> np.ndarray | None:
-    """Largest outer contour (n, 2) x,y of a uint8 mask, or None when it touches itself."""
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return None
-    c = max(contours, key=len).reshape(-1, 2)
-    if len(c) < 3 or len(np.unique(c, axis=0)) != len(c):
-        return None
-    # drop vertices in the middle of straight runs: same geometry, fewer points
-    prev, nxt = np.roll(c, 1, axis=0), np.roll(c, -1, axis=0)
-    d1, d2 = c - prev, nxt - c
-    keep = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0] != 0
-    return c[keep] if keep.sum() >= 3 else c
-
-
 def mask_polygon(mask: np.ndarray) -> np.ndarray:
-    """Simple closed polygon of a binary mask.
+    """Exterior ring of the largest 4-connected part of a binary mask (pixel-edge outline).
+
+    Use :func:`ircr.io.outlines.mask_outline` for the exact outline (all parts, holes); this
+    single ring is what overlays draw.
 
     Args:
-        mask: (h, w) bool, one nucleus (any shape, at least one pixel).
+        mask: (h, w) bool, at least one pixel.
 
     Returns:
-        (n + 1, 2) float64 ring of (x, y) in the mask's corner-origin pixel frame, first vertex
-        repeated at the end.
+        (n + 1, 2) float64 closed ring of (x, y) in the mask's corner-origin pixel frame.
     """
-    m = np.ascontiguousarray(mask, dtype=np.uint8)
-    pad = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    ring = _outer_contour(pad)
-    if ring is None:  # touches itself: outline the largest 4-connected piece instead
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(pad, connectivity=4)
-        if n > 1:
-            big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-            ring = _outer_contour((lab == big).astype(np.uint8))
-    if ring is None:
-        ys, xs = np.nonzero(pad)
-        pts = np.stack([xs, ys], axis=1).astype(np.int32)
-        hull = cv2.convexHull(pts).reshape(-1, 2) if len(pts) >= 3 else pts
-        if len(hull) >= 3 and abs(cv2.contourArea(hull.astype(np.float32))) > 0:
-            ring = hull
-    if ring is None:  # a line or a dot: its pixel-edge bounding box
-        ys, xs = np.nonzero(m)
-        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-        box = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], np.float64)
-        return box
-    xy = ring.astype(np.float64) - 1.0 + 0.5  # undo padding, pixel centre -> corner frame
-    return np.concatenate([xy, xy[:1]], axis=0)
+    polys = mask_outline(mask)
+    if not polys:
+        raise ValueError("mask_polygon: empty mask")
+    return polys[0][0]
 
 
-def instance_polygons(labels: np.ndarray, ids: Iterable[int]) -> dict[int, np.ndarray]:
-    """Polygon (see :func:`mask_polygon`) of each id in ``labels``, in the map's frame.
+def instance_outlines(labels: np.ndarray, ids: Iterable[int]) -> dict[int, list[Polygon]]:
+    """Exact outline (:func:`ircr.io.outlines.mask_outline`) of each id, in the map's frame.
 
     Args:
         labels: (h, w) integer instance map.
@@ -118,7 +88,7 @@ def instance_polygons(labels: np.ndarray, ids: Iterable[int]) -> dict[int, np.nd
     from scipy import ndimage as ndi
 
     wanted = {int(i) for i in ids}
-    out: dict[int, np.ndarray] = {}
+    out: dict[int, list[Polygon]] = {}
     if not wanted:
         return out
     lab = np.asarray(labels)
@@ -127,25 +97,30 @@ def instance_polygons(labels: np.ndarray, ids: Iterable[int]) -> dict[int, np.nd
     for k, sl in enumerate(ndi.find_objects(shifted), start=lo):
         if sl is None or k not in wanted:
             continue
-        ring = mask_polygon(lab[sl] == k)
-        ring[:, 0] += sl[1].start
-        ring[:, 1] += sl[0].start
-        out[k] = ring
+        out[k] = transform_outline(mask_outline(lab[sl] == k), (sl[1].start, sl[0].start))
     return out
 
 
-def detection_feature(ring: np.ndarray, measurements: Mapping[str, float],
-                      name: str = "Nucleus") -> dict[str, Any]:
-    """QuPath detection GeoJSON feature for one polygon ring (x, y) with measurements.
+def instance_polygons(labels: np.ndarray, ids: Iterable[int]) -> dict[int, np.ndarray]:
+    """Exterior ring of the largest part of each id (see :func:`mask_polygon`)."""
+    return {k: polys[0][0] for k, polys in instance_outlines(labels, ids).items()}
 
-    NaN/inf measurements are left out (JSON has no NaN).
+
+def detection_feature(shape: np.ndarray | list[Polygon], measurements: Mapping[str, float],
+                      name: str = "Nucleus") -> dict[str, Any]:
+    """QuPath detection GeoJSON feature with measurements.
+
+    Args:
+        shape: an outline (list of ``[exterior, *holes]``, a ``MultiPolygon`` when it has
+            several parts) or a single closed ring (x, y).
+        measurements: QuPath measurement name -> value; NaN/inf are left out (JSON has no NaN).
     """
+    polys = [[shape]] if isinstance(shape, np.ndarray) else shape
     meas = {k: round(float(v), 4) for k, v in measurements.items() if math.isfinite(float(v))}
     return {
         "type": "Feature",
         "id": str(uuid.uuid4()),
-        "geometry": {"type": "Polygon",
-                     "coordinates": [np.round(ring, 2).tolist()]},
+        "geometry": geojson_geometry(polys),
         "properties": {
             "objectType": "detection",
             "classification": {"name": name, "color": list(NUCLEUS_COLOR)},
