@@ -156,7 +156,7 @@ def test_evaluate_cli_errors(trained: Path, synth: Path, tmp_path: Path,
     assert "prepared dataset folder not found" in capsys.readouterr().err
     assert main(["evaluate", str(trained / "model"), str(synth), "--overlap", "300",
                  "--window", "64"]) == 2
-    assert "eval.overlap" in capsys.readouterr().err
+    assert "--overlap: must be in [0, window=64)" in capsys.readouterr().err
 
 
 def test_evaluate_all_images(trained: Path, synth: Path, tmp_path: Path) -> None:

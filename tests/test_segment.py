@@ -178,7 +178,7 @@ def test_cli_folder_of_tiles(model_dir, tmp_path, capsys) -> None:
         Image.fromarray(img).save(where)
     out = tmp_path / "out"
     rc = main(["segment", str(model_dir), str(src), "-o", str(out), "--recursive",
-               "--device", "cpu", "--quiet"])
+               "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0
     assert "device cpu" in err and "batch size 8" in err and "AMP off" in err
@@ -205,7 +205,7 @@ def test_cli_slide_with_tissue_skip(model_dir, tmp_path, capsys) -> None:
     _, gt = make_slide(slide, 0.25, 30)
     out = tmp_path / "out"
     rc = main(["segment", str(model_dir), str(slide), "-o", str(out), "--tile", "256",
-               "--device", "cpu", "--quiet"])
+               "--device", "cpu", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     s = check_outputs(out, "slide", 900, 700, slide=True)
     assert s["kind"] == "slide" and s["mpp_source"] == "file"
@@ -236,7 +236,7 @@ def test_cli_slide_rescaled(model_dir, tmp_path, capsys) -> None:
     write_pyramid(tmp_path / "lo.tif", half, 0.5, levels=1)
     out = tmp_path / "out"
     rc = main(["segment", str(model_dir), str(tmp_path / "lo.tif"), "-o", str(out),
-               "--device", "cpu", "--quiet", "--outputs", "labels,geojson,csv,overlay,summary"])
+               "--device", "cpu", "--no-progress", "--outputs", "labels,geojson,csv,overlay,summary"])
     assert rc == 0, capsys.readouterr().err
     s = check_outputs(out, "lo", 320, 280, slide=True)
     assert s["processing_size_px"] == [640, 560] and s["label_image_mpp"] == pytest.approx(0.25)
@@ -277,7 +277,7 @@ def test_bad_input_one_line_errors(model_dir, tmp_path, capsys, case) -> None:
             (model / name).unlink()
             expect = f"{name}: missing from the model folder"
     rc = main(["segment", str(model), *map(str, inputs), "-o", str(tmp_path / "out"),
-               "--device", "cpu", "--quiet", *extra])
+               "--device", "cpu", "--no-progress", *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("ircr: error: ") and expect in err[-1]
@@ -287,7 +287,7 @@ def test_bad_input_one_line_errors(model_dir, tmp_path, capsys, case) -> None:
 def test_api_errors(seg) -> None:
     with pytest.raises(IrcrError, match="expected \\(H, W, 3\\) uint8"):
         seg.segment(np.zeros((10, 10), np.float32))
-    with pytest.raises(IrcrError, match="--mpp: -1.0 µm/px is not a plausible pixel size; "
+    with pytest.raises(IrcrError, match="^mpp: -1.0 µm/px is not a plausible pixel size; "
                        "expected 0.05 to 50"):
         seg.segment(np.zeros((64, 64, 3), np.uint8), mpp=-1.0)
 

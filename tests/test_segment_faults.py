@@ -220,7 +220,7 @@ def test_kill9_at_random_points_then_rerun_equals_uninterrupted(slide: Path, ref
                                                                 tmp_path: Path) -> None:
     ref = comparable(reference)
     out = tmp_path / "out"
-    args = [str(slide), "-o", str(out), "--no-tissue", "--quiet", "--skip-done"]
+    args = [str(slide), "-o", str(out), "--no-tissue", "--no-progress", "--skip-done"]
     rng = np.random.default_rng(9)
     for event, k in (("tile", int(rng.integers(1, 36))), ("commit", int(rng.integers(1, 5)))):
         proc = run_cli(args)
@@ -249,7 +249,7 @@ def test_sigterm_is_an_interrupt_that_cleans_up(slide: Path, tmp_path: Path,
     monkeypatch.setattr("ircr.engine.segment.load_model", lambda *a, **k: seg)
     out = tmp_path / "out"
     before = signal.getsignal(signal.SIGTERM)
-    rc = main(["segment", "MODEL", str(slide), "-o", str(out), "--no-tissue", "--quiet"])
+    rc = main(["segment", "MODEL", str(slide), "-o", str(out), "--no-tissue", "--no-progress"])
     assert rc == 130 and "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == []  # no partial, no temporary file
     assert signal.getsignal(signal.SIGTERM) == before
@@ -270,7 +270,7 @@ def test_existing_outputs_need_overwrite_or_skip_done(tmp_path: Path,
     monkeypatch.setattr("ircr.engine.segment.load_model", lambda *a, **k: dark_segmenter())
     png = tile_png(tmp_path / "t.png")
     out = tmp_path / "out"
-    base = ["segment", "MODEL", str(png), "-o", str(out), "--quiet", "--mpp", "0.25"]
+    base = ["segment", "MODEL", str(png), "-o", str(out), "--no-progress", "--mpp", "0.25"]
     assert main(base) == 0
     first = (out / "t.csv").read_bytes()
     capsys.readouterr()
@@ -337,7 +337,7 @@ def test_unwritable_output_is_one_line(tmp_path: Path, case: str,
         if os.geteuid() == 0:
             pytest.skip("root ignores folder permissions")
         out.mkdir(mode=0o500)
-    rc = main(["segment", "MODEL", str(png), "-o", str(out), "--mpp", "0.25", "--quiet"])
+    rc = main(["segment", "MODEL", str(png), "-o", str(out), "--mpp", "0.25", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and str(out) in err[0], err
 

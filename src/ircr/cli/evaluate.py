@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ircr.cli.options import add_device, add_inference, add_progress
+
 
 def register(subparsers: Any) -> None:
     """Add the ``evaluate`` subcommand."""
@@ -22,12 +24,10 @@ def register(subparsers: Any) -> None:
                    help="output folder (default: MODEL/evaluation/<split>)")
     p.add_argument("--overlays", action="store_true",
                    help="also write overlay PNGs (green = ground truth, yellow = prediction)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--window", type=int, default=256, help="inference window (default 256)")
-    p.add_argument("--overlap", type=int, default=64, help="window overlap (default 64)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    add_device(p)
+    add_inference(p)
     p.add_argument("--f1-mode", default="iou", choices=["iou", "centroid"])
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
     p.set_defaults(func=handler)
 
 
@@ -37,15 +37,16 @@ def handler(args: argparse.Namespace) -> int:
     from ircr.engine.evaluate import evaluate_folder
     from ircr.train.config import EvalConfig
 
-    cfg = from_dict(EvalConfig, {"window": args.window, "overlap": args.overlap,
-                                 "batch_size": args.batch_size, "f1_mode": args.f1_mode},
-                    where="ircr evaluate")
+    cfg = from_dict(EvalConfig, {"f1_mode": args.f1_mode}, where="ircr evaluate")
     safe = str(args.split).replace("/", "_").replace("\\", "_")
     out = args.out or Path(args.model) / "evaluation" / Path(safe).stem
     res = evaluate_folder(args.model, args.dataset, split=args.split, out=out,
                           overlays=args.overlays, device=args.device, cfg=cfg,
-                          progress=not args.no_progress)
-    print(f"split: {res.split} ({len(res.per_image)} images)")
+                          progress=not args.no_progress, window=args.window,
+                          overlap=args.overlap, batch_size=args.batch_size)
+    inf = res.info["inference"]
+    print(f"split: {res.split} ({len(res.per_image)} images); window {inf['window']} / overlap "
+          f"{inf['overlap']} px, batch size {inf['batch_size']}")
     print(res.table())
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
     return 0

@@ -44,8 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = exc.filename or "ircr"
         print(f"ircr: error: {where}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ircr: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = str(exc).strip("'\"")
+        print(f"ircr: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
         return 130
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ircr.cli.options import add_device, add_inference, add_progress
 from ircr.errors import IrcrError
 
 DEFAULT_OUTPUTS = "labels,geojson,csv,overlay,summary"
@@ -45,13 +46,14 @@ def register(subparsers: Any) -> None:
                    help=f"comma-separated outputs (default {DEFAULT_OUTPUTS})")
     p.add_argument("--mpp", type=float, default=None,
                    help="microns per pixel of the inputs (overrides the files' metadata)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=int, default=8, help="network windows per batch (8)")
+    add_device(p)
+    add_inference(p)
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16)")
-    p.add_argument("--tile", type=int, default=1024,
-                   help="stitching tile size in px at the model's resolution (1024)")
-    p.add_argument("--margin", type=int, default=None,
-                   help="context margin in px; must exceed the largest nucleus (default 24 µm)")
+    p.add_argument("--tile", type=int, default=1024, metavar="PX",
+                   help="stitching tile core in px at the model's resolution (default 1024)")
+    p.add_argument("--margin", type=int, default=None, metavar="PX",
+                   help="context margin in px at the model's resolution; must exceed the "
+                        "largest nucleus (default: 24 µm in px, e.g. 96 px at 0.25 µm/px)")
     p.add_argument("--workers", type=int, default=2,
                    help="post-processing threads on whole slides (2)")
     p.add_argument("--no-tissue", action="store_true",
@@ -59,7 +61,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prior", type=Path, default=None,
                    help="prior .npz for the prior_score column (default: the model's, else "
                         "the packaged one)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress(p)
     again = p.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true",
                        help="replace existing outputs (default: refuse)")
@@ -125,7 +127,8 @@ def handler(args: argparse.Namespace) -> int:
 
     ensure_dir(args.out)
     seg = load_model(args.model, device=args.device, batch_size=args.batch_size, amp=args.amp,
-                     tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers)
+                     tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers,
+                     window=args.window, overlap=args.overlap)
     print(f"ircr segment: {seg.describe()}", file=sys.stderr)
     print(f"ircr segment: {len(files)} input(s) -> {args.out}", file=sys.stderr)
     with _sigterm_as_interrupt():
@@ -135,7 +138,7 @@ def handler(args: argparse.Namespace) -> int:
                 warnings.simplefilter("always")
                 summary = seg.process(
                     path, args.out / sub, outputs=outputs, mpp=args.mpp,
-                    tissue=not args.no_tissue, progress=not args.quiet,
+                    tissue=not args.no_tissue, progress=not args.no_progress,
                     log=lambda msg: print(f"ircr segment: {msg}", file=sys.stderr),
                     overwrite=args.overwrite, skip_done=args.skip_done)
             for w in caught:

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ircr.cli.options import add_device, add_progress
+
 
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
@@ -16,12 +18,16 @@ def register(subparsers: Any) -> None:
                     "metrics.csv, checkpoints/last.pt and the final model/ folder.")
     p.add_argument("config", metavar="CONFIG", type=Path, help="experiment YAML (configs/...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=10 (repeatable)")
+                   help="override a config value, e.g. --set train.epochs=10 or --set "
+                        "train.checkpoint_minutes=10 (repeatable)")
     p.add_argument("--out", type=Path, default=None,
                    help="run folder (default: runs/<config file stem>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from checkpoints/last.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="continue the run in --out from checkpoints/last.pt (written every "
+                        "train.checkpoint_every iterations / train.checkpoint_minutes, at "
+                        "epoch ends, and on Ctrl-C or SIGTERM)")
+    add_device(p)
+    add_progress(p)
     p.set_defaults(func=handler)
 
 
@@ -33,6 +39,8 @@ def handler(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.no_progress:
         overrides.append("train.progress=false")
+    if args.device != "auto":
+        overrides.append(f"train.device={args.device}")
     cfg = load_experiment(args.config, overrides)
     out = args.out or Path("runs") / Path(args.config).stem
     trainer = Trainer(cfg, out, resume=bool(args.resume), config_source=str(args.config))
@@ -40,8 +48,4 @@ def handler(args: argparse.Namespace) -> int:
     if trainer.already_finished:
         print(f"{out}: run already finished at iteration {trainer.iteration}; nothing to do")
     print(f"model folder: {model_dir}")
-    row = getattr(trainer, "last_row", {})
-    vals = {k: v for k, v in row.items() if k.startswith("val_") and k.endswith("_aji")}
-    for k, v in vals.items():
-        print(f"{k}: {v:.4f}")
     return 0

@@ -120,11 +120,12 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
 
 def evaluate_models(models: dict[str, nn.Module], ds: PreparedDataset, names: list[str],
                     cfg: EvalConfig, postproc: WBISParams | dict[str, Any] | None,
-                    device: torch.device | str | None, amp: bool = False
-                    ) -> dict[str, dict[str, float]]:
+                    device: torch.device | str | None, amp: bool = False,
+                    progress: bool = False) -> dict[str, dict[str, float]]:
     """Mean metrics of each named model (validation during training; ``cfg.max_images``)."""
     chosen = list(names)[: cfg.max_images] if cfg.max_images else list(names)
-    return {name: evaluate_model(m, ds, chosen, cfg, postproc, device, amp).mean
+    return {name: evaluate_model(m, ds, chosen, cfg, postproc, device, amp,
+                                 progress=progress).mean
             for name, m in models.items()}
 
 
@@ -205,15 +206,25 @@ def _json_num(v: Any) -> Any:
 def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "val",
                     out: str | Path | None = None, overlays: bool = False,
                     device: str = "auto", cfg: EvalConfig | None = None,
-                    progress: bool = True) -> EvalResult:
-    """Evaluate a model folder on a prepared dataset (the ``ircr evaluate`` backend)."""
-    from ircr.engine.model_folder import load_model_folder
-    from ircr.train.config import EvalConfig
-    from ircr.train.trainer import amp_dtype, select_device
+                    progress: bool = True, window: int | None = None,
+                    overlap: int | None = None, batch_size: int | None = None) -> EvalResult:
+    """Evaluate a model folder on a prepared dataset (the ``ircr evaluate`` backend).
 
-    cfg = cfg or EvalConfig()
+    The sliding-window setting is the model folder's ``inference`` (the one ``ircr segment``
+    and ``ircr.load_model`` use too), overridden by ``window``/``overlap``/``batch_size``
+    when given; ``cfg`` supplies the F1 settings (its window fields are replaced).
+    """
+    import dataclasses
+
+    from ircr.engine.device import select_device
+    from ircr.engine.model_folder import load_model_folder, resolve_inference
+    from ircr.train.config import EvalConfig
+    from ircr.train.trainer import amp_dtype
+
     dev = select_device(device)
     loaded = load_model_folder(model_dir, device=dev)
+    setting = resolve_inference(loaded.inference, window, overlap, batch_size)
+    cfg = dataclasses.replace(cfg or EvalConfig(), **setting)
     ds = PreparedDataset(dataset)
     names, label = select_images(ds, split, loaded.meta)
     out_dir = Path(out) if out is not None else None
@@ -225,7 +236,7 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
                          progress=progress)
     res.split = label
     res.info = {"model": str(Path(model_dir)), "dataset": str(Path(dataset)),
-                "eval": to_dict(cfg), "postproc": loaded.postproc}
+                "eval": to_dict(cfg), "inference": setting, "postproc": loaded.postproc}
     if out_dir is not None:
         write_results(res, out_dir)
     return res

@@ -4,14 +4,21 @@ Layout::
 
     <folder>/
       weights.pt      state_dict only (torch.save); refused when a tensor holds NaN/inf
-      model.yaml      ircr_version, created, model (ModelConfig), mpp, patch_size, + extra keys
-                      (e.g. method, train); metrics/prior file names when present
+      model.yaml      ircr_version, created, model (ModelConfig), mpp, patch_size, inference
+                      (window, overlap, batch_size), + extra keys (e.g. method, train);
+                      metrics/prior file names when present
       postproc.yaml   WBIS parameters as a plain mapping
       metrics.json    optional evaluation/validation metrics
       prior.npz       optional morphological prior (copied)
 
 Every file is written atomically with the umask's permissions (:mod:`ircr.io.atomic`);
 ``model.yaml`` is removed first and written last, so a folder without it is incomplete.
+
+``inference`` is the one sliding-window setting that ``ircr evaluate``, ``ircr segment`` and
+``ircr.load_model(...).segment(...)`` all use (each can override it). The trainer stores the
+``eval`` section it validated with. Folders written before it existed load with
+:data:`INFERENCE_DEFAULTS` (window 256, overlap 64, batch size 8: the ``eval`` defaults).
+
 Loading uses ``torch.load(weights_only=True)``; every missing or corrupt file gives a one-line
 :class:`IrcrError` naming that file.
 """
@@ -43,7 +50,10 @@ MODEL_YAML = "model.yaml"
 POSTPROC_YAML = "postproc.yaml"
 METRICS_JSON = "metrics.json"
 PRIOR_NPZ = "prior.npz"
-RESERVED = frozenset({"ircr_version", "created", "model", "mpp", "patch_size", "files"})
+RESERVED = frozenset({"ircr_version", "created", "model", "mpp", "patch_size", "files",
+                      "inference"})
+# sliding-window setting of folders whose model.yaml has no ``inference`` (the eval defaults)
+INFERENCE_DEFAULTS: dict[str, int] = {"window": 256, "overlap": 64, "batch_size": 8}
 
 
 @dataclass
@@ -59,6 +69,46 @@ class LoadedModel:
     folder: Path
     metrics: dict[str, Any] | None = None
     prior_file: Path | None = field(default=None)
+    inference: dict[str, int] = field(default_factory=lambda: dict(INFERENCE_DEFAULTS))
+
+
+def check_inference(settings: dict[str, Any], where: str, flags: bool = False) -> dict[str, int]:
+    """Validate a window/overlap/batch_size mapping (defaults filled in).
+
+    Errors are one line naming ``where`` and the key (``flags``: the command-line option,
+    e.g. ``--overlap``, when the value came from one).
+    """
+    def name(key: str) -> str:
+        return f"--{key.replace('_', '-')}" if flags else f"{where}: {key}"
+
+    unknown = sorted(set(settings) - set(INFERENCE_DEFAULTS))
+    if unknown:
+        raise IrcrError(f"{where}: unknown key '{unknown[0]}' (expected window, overlap, "
+                        "batch_size)")
+    out = dict(INFERENCE_DEFAULTS)
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise IrcrError(f"{name(key)}: must be an integer, got {value!r}")
+        out[key] = value
+    w, o, b = out["window"], out["overlap"], out["batch_size"]
+    if w < 16 or w % 8:
+        raise IrcrError(f"{name('window')}: must be a multiple of 8 and >= 16, got {w}")
+    if not 0 <= o < w:
+        raise IrcrError(f"{name('overlap')}: must be in [0, window={w}), got {o}")
+    if b < 1:
+        raise IrcrError(f"{name('batch_size')}: must be >= 1, got {b}")
+    return out
+
+
+def resolve_inference(stored: dict[str, int], window: int | None = None,
+                      overlap: int | None = None, batch_size: int | None = None) -> dict[str, int]:
+    """The folder's inference setting with the given (non-None) overrides, validated.
+
+    Errors name the option (``--window``, ``--overlap``, ``--batch-size``).
+    """
+    given = {"window": window, "overlap": overlap, "batch_size": batch_size}
+    merged = dict(stored, **{k: v for k, v in given.items() if v is not None})
+    return check_inference(merged, "inference", flags=True)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -75,6 +125,7 @@ def save_model_folder(
     metrics: dict[str, Any] | None = None,
     prior_file: str | Path | None = None,
     extra: dict[str, Any] | None = None,
+    inference: dict[str, int] | None = None,
 ) -> Path:
     """Write a model folder and return its path.
 
@@ -88,6 +139,8 @@ def save_model_folder(
         metrics: optional metrics -> metrics.json.
         prior_file: optional prior .npz -> copied as prior.npz.
         extra: extra top-level keys for model.yaml (method, training info, ...).
+        inference: window/overlap/batch_size for evaluate and segment (default
+            :data:`INFERENCE_DEFAULTS`).
     """
     out = Path(out_dir)
     extra = dict(extra or {})
@@ -96,6 +149,7 @@ def save_model_folder(
         raise ValueError(f"extra keys {clash} are reserved in {MODEL_YAML}")
     if prior_file is not None and not Path(prior_file).is_file():
         raise IrcrError(f"{prior_file}: prior file not found")
+    check_inference(dict(inference or {}), "inference")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     bad = first_nonfinite(state)
     if bad is not None:
@@ -118,6 +172,7 @@ def save_model_folder(
         "model": to_dict(model_cfg),
         "mpp": None if mpp is None else float(mpp),
         "patch_size": int(patch_size),
+        "inference": check_inference(dict(inference or {}), "inference"),
         "files": files,
         **to_dict(extra),
     }
@@ -168,6 +223,10 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
 
 def _read_meta(folder: Path) -> tuple[dict[str, Any], ModelConfig, float | None, int]:
     yml = folder / MODEL_YAML
+    if not yml.is_file():
+        raise IrcrError(f"{yml}: missing from the model folder (a model folder holds "
+                        "model.yaml, postproc.yaml and weights.pt; `ircr train` writes one to "
+                        "RUN/model)")
     meta = _read_yaml(yml)
     for key in ("model", "patch_size"):
         if key not in meta:
@@ -194,7 +253,14 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
     folder = Path(path)
     if not folder.is_dir():
         raise IrcrError(f"{folder}: model folder not found")
+    if not (folder / MODEL_YAML).is_file() and (folder / "model" / MODEL_YAML).is_file():
+        raise IrcrError(f"{folder}: this is a training run folder; pass its model folder "
+                        f"{folder / 'model'}")
     meta, cfg, mpp, patch = _read_meta(folder)
+    stored = meta.get("inference", {})
+    if not isinstance(stored, dict):
+        raise IrcrError(f"{folder / MODEL_YAML}: 'inference' must be a mapping")
+    inference = check_inference(stored, f"{folder / MODEL_YAML}: inference")
     postproc = _read_yaml(folder / POSTPROC_YAML)
     metrics = None
     if (folder / METRICS_JSON).is_file():
@@ -218,4 +284,5 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
         folder=folder,
         metrics=metrics,
         prior_file=prior if prior.is_file() else None,
+        inference=inference,
     )

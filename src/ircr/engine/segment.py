@@ -68,6 +68,13 @@ class SegmentResult:
     def __len__(self) -> int:
         return int(len(self.table["id"]))
 
+    def __repr__(self) -> str:
+        h, w = self.inst.shape
+        mpp = f"{self.mpp:g} µm/px ({self.mpp_source})" if self.mpp else "unknown mpp"
+        total = sum(self.timings.values())
+        return (f"SegmentResult({len(self)} nuclei, {w}x{h} px, {mpp}, "
+                f"{total:.1f} s; fields inst, table, prob, image, timings, stats)")
+
 
 class Timer:
     """Accumulates wall-clock seconds per stage: ``with timer("network"): ...``."""
@@ -227,8 +234,9 @@ class NucleusSegmenter:
         """One line for the log: device, batch size, AMP, resolution, tiling."""
         amp = "on" if self.amp else "off"
         mpp = f"{self.model_mpp:g} µm/px" if self.model_mpp else "unknown mpp"
-        return (f"device {describe_device(self.device)}; batch size {self.batch_size}; "
-                f"AMP {amp}; model at {mpp}; tile {self.tile} + margin {self.margin} px")
+        return (f"device {describe_device(self.device)}; window {self.window} / overlap "
+                f"{self.overlap} px, batch size {self.batch_size}; AMP {amp}; model at {mpp}; "
+                f"tile {self.tile} + margin {self.margin} px")
 
     # ---- the shared per-window engine --------------------------------------------------------
     def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,20 +254,26 @@ class NucleusSegmenter:
 
     # ---- in-memory images ----------------------------------------------------------------------
     def _resolve_mpp(self, source: str, file_mpp: float | None, mpp: float | None,
-                     slide: bool = False) -> tuple[float | None, str]:
+                     slide: bool = False, array: bool = False) -> tuple[float | None, str]:
         if mpp is not None:
             from ircr.io.wsi import check_mpp
 
-            return check_mpp(mpp), "--mpp"
+            return check_mpp(mpp, "mpp" if array else "--mpp (mpp= in Python)"), "--mpp"
         if file_mpp is not None:
             return file_mpp, "file"
         if self.model_mpp is None:
             return None, "unknown"
         if slide:
             raise IrcrError(f"{source}: no microns-per-pixel in the slide metadata; pass --mpp "
-                            f"(the model expects {self.model_mpp:g} µm/px)")
-        warnings.warn(f"{source}: no microns-per-pixel in the file; assuming the model's "
-                      f"{self.model_mpp:g} µm/px (pass --mpp to set it)", stacklevel=3)
+                            f"(mpp= in Python; the model expects {self.model_mpp:g} µm/px)")
+        if array:
+            warnings.warn(f"image array: no pixel size given; assuming the model's "
+                          f"{self.model_mpp:g} µm/px (pass segment(image, mpp=...) to set it)",
+                          stacklevel=4)
+        else:
+            warnings.warn(f"{source}: no microns-per-pixel in the file; assuming the model's "
+                          f"{self.model_mpp:g} µm/px (set it with --mpp, or mpp= in Python)",
+                          stacklevel=4)
         return self.model_mpp, "assumed"
 
     def _load_input(self, image_or_path: Any, mpp: float | None
@@ -272,7 +286,7 @@ class NucleusSegmenter:
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise IrcrError(f"image: expected (H, W, 3) uint8 RGB, got {img.dtype} array "
                                 f"of shape {img.shape}")
-            m, src = self._resolve_mpp("image", None, mpp)
+            m, src = self._resolve_mpp("image", None, mpp, array=True)
             return img, m, ("argument" if mpp is not None else src), "image"
         path = Path(image_or_path)
         check_input_file(path)
@@ -433,7 +447,8 @@ class NucleusSegmenter:
         return {
             "input": str(path), "kind": kind, "model": self.name, "model_meta": self.meta,
             "device": describe_device(self.device), "batch_size": self.batch_size,
-            "amp": self.amp, "tile": self.tile, "margin": self.margin,
+            "amp": self.amp, "window": self.window, "overlap": self.overlap,
+            "tile": self.tile, "margin": self.margin,
             "input_mpp": mpp, "mpp_source": mpp_source, "processing_mpp": processing_mpp,
             "versions": versions(),
         }
@@ -545,15 +560,19 @@ def check_input_file(path: Path) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None,
-               batch_size: int = 8, amp: bool = False, tile: int = 1024,
+               batch_size: int | None = None, amp: bool = False, tile: int = 1024,
                margin: int | None = None, prior: str | Path | None = None,
-               workers: int = 2) -> NucleusSegmenter:
+               workers: int = 2, window: int | None = None,
+               overlap: int | None = None) -> NucleusSegmenter:
     """Load a model folder (weights.pt, model.yaml, postproc.yaml[, prior.npz]).
 
     Args:
         path: the model folder.
         device: "auto" (default: CUDA, then MPS, then CPU), "cpu", "cuda[:N]" or "mps".
-        batch_size, amp: inference batch size and mixed precision.
+        batch_size, window, overlap: sliding-window inference; None = the folder's
+            ``inference`` setting (the one ``ircr evaluate`` uses; see
+            :mod:`ircr.engine.model_folder`).
+        amp: mixed precision.
         tile, margin: stitching tile core and margin (pixels at the model's resolution).
         prior: prior .npz for the ``prior_score`` column; default: the folder's prior.npz,
             else the package's default prior.
@@ -562,11 +581,12 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     Raises:
         IrcrError: the folder or one of its files is missing or corrupt.
     """
-    from ircr.engine.model_folder import POSTPROC_YAML, load_model_folder
+    from ircr.engine.model_folder import POSTPROC_YAML, load_model_folder, resolve_inference
     from ircr.postproc.watershed import WBISParams
     from ircr.ssl.prior import load_prior
 
     loaded = load_model_folder(path, device="cpu")
+    setting = resolve_inference(loaded.inference, window, overlap, batch_size)
     params = from_dict(WBISParams, loaded.postproc, where=str(Path(path) / POSTPROC_YAML))
     prior_path = prior if prior is not None else loaded.prior_file
     try:
@@ -579,11 +599,13 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
         warnings.warn(f"packaged prior unusable, prior_score will be empty: {exc}", stacklevel=2)
         morph = None
     seg = NucleusSegmenter(
-        loaded.model, params, model_mpp=loaded.mpp, device=device, batch_size=batch_size,
-        amp=amp, window=loaded.patch_size, overlap=min(64, loaded.patch_size // 4), tile=tile,
+        loaded.model, params, model_mpp=loaded.mpp, device=device,
+        batch_size=setting["batch_size"], amp=amp, window=setting["window"],
+        overlap=setting["overlap"], tile=tile,
         margin=margin, prior=morph, name=str(path),
-        meta={k: loaded.meta.get(k) for k in ("ircr_version", "created", "method", "mpp",
-                                              "patch_size") if k in loaded.meta},
+        meta={**{k: loaded.meta.get(k) for k in ("ircr_version", "created", "method", "mpp",
+                                                 "patch_size") if k in loaded.meta},
+              "inference": setting},
         workers=workers,
     )
     return seg

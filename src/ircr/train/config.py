@@ -16,6 +16,7 @@ Relative paths in a config (``data.dataset``, ``data.split`` when it is a file,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,11 +73,13 @@ class TrainConfig:
         seed: seeds model init, data order and augmentation.
         deterministic: deterministic kernels (``torch.use_deterministic_algorithms``).
         checkpoint_every: also write ``checkpoints/last.pt`` every this many iterations
-            (0 = only at epoch ends). keep_every: keep a copy ``epoch_NNNN.pt`` every this
-            many epochs (0 = never).
+            (0 = only at epoch ends). checkpoint_minutes: also write it when this many
+            minutes of wall time have passed since the last one (0 = off). Ctrl-C/SIGTERM
+            always checkpoint at the next iteration boundary. keep_every: keep a copy
+            ``epoch_NNNN.pt`` every this many epochs (0 = never).
         val_every: validate every this many epochs (0 = never; the last epoch always is
             validated when there are validation images).
-        device: "auto" (cuda > mps > cpu), "cpu", "cuda", "mps".
+        device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:N", "mps".
         progress: show a tqdm progress bar.
         tensorboard: write TensorBoard events when tensorboard is installed.
         grad_clip: clip the gradient norm to this value (None = no clipping).
@@ -94,9 +97,10 @@ class TrainConfig:
     seed: int = 10
     deterministic: bool = False
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 0.0
     keep_every: int = 0
     val_every: int = 1
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: str = "auto"
     progress: bool = True
     tensorboard: bool = True
     grad_clip: float | None = None
@@ -202,7 +206,10 @@ class ExperimentConfig:
             (0 < t.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]"),
             (all(s >= 1 for s in t.lr_steps), "train.lr_steps", "epochs must be >= 1"),
             (t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0"),
+            (t.checkpoint_minutes >= 0, "train.checkpoint_minutes", "must be >= 0"),
             (t.keep_every >= 0, "train.keep_every", "must be >= 0"),
+            (bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device)), "train.device",
+             "must be auto, cpu, cuda, cuda:N or mps"),
             (t.val_every >= 0, "train.val_every", "must be >= 0"),
             (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "must be > 0 or null"),
             (0 <= m.ema_alpha <= 1, "method.ema_alpha", "must be in [0, 1]"),
@@ -271,8 +278,37 @@ def resolve_includes(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[st
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read, include-resolve, override and validate an experiment config file."""
     data = resolve_includes(path)
+    for item in overrides or []:
+        check_override_key(item)
     apply_overrides(data, list(overrides or []), where=f"{path} (--set)")
     return from_dict(ExperimentConfig, data, where=str(path))
+
+
+def check_override_key(item: str) -> None:
+    """A ``--set KEY=VALUE`` whose KEY is not in the schema: IrcrError naming the option.
+
+    Unknown keys in the file itself are reported by :func:`ircr.config.from_dict` (naming the
+    file); this catches typos on the command line first, with a suggestion.
+    """
+    import dataclasses
+    import difflib
+    import typing
+
+    key = item.split("=", 1)[0].strip()
+    cls: Any = ExperimentConfig
+    done: list[str] = []
+    for part in key.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise IrcrError(f"--set {item}: '{'.'.join(done)}' is a value, not a section")
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            prefix = ".".join(done + [""])
+            close = difflib.get_close_matches(part, list(hints), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else \
+                f" (valid: {', '.join(prefix + h for h in hints)})"
+            raise IrcrError(f"--set {item}: unknown config key '{prefix}{part}'{hint}")
+        done.append(part)
+        cls = hints[part]
 
 
 def experiment_from_dict(data: dict[str, Any], where: str = "config") -> ExperimentConfig:

@@ -53,6 +53,7 @@ from ircr.train.checkpoint import (
 from ircr.train.config import ExperimentConfig, experiment_from_dict
 from ircr.train.logging import MetricsLogger
 from ircr.train.methods import Method, get_method
+from ircr.train.stop import CheckpointClock, StopRequest, TrainingStopped
 
 
 class TrainingInterrupted(Exception):
@@ -60,15 +61,18 @@ class TrainingInterrupted(Exception):
 
 
 def select_device(name: str) -> torch.device:
-    """Resolve ``auto|cpu|cuda|mps`` to a torch device (errors when not available)."""
+    """Resolve ``auto|cpu|cuda|cuda:N|mps`` to a torch device (errors when not available)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise IrcrError("train.device: 'cuda' requested but no CUDA device is available")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise IrcrError(f"train.device: '{name}' requested but no CUDA device is available")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise IrcrError(f"train.device: '{name}' requested but only "
+                        f"{torch.cuda.device_count()} CUDA device(s) exist")
     if name == "mps" and not (getattr(torch.backends, "mps", None)
                               and torch.backends.mps.is_available()):
         raise IrcrError("train.device: 'mps' requested but MPS is not available")
@@ -137,6 +141,9 @@ class Trainer:
         self.already_finished = False
         # called after every optimiser step (progress lines, rate measurement); spawn() passes it on
         self.on_step: Callable[[Trainer], None] | None = None
+        self.best: dict[str, tuple[float, int]] = {}  # val metric -> (best value, epoch)
+        self._stop = StopRequest()
+        self._clock = CheckpointClock(cfg.train.checkpoint_minutes)
         self._setup()
 
     # -- construction ------------------------------------------------------------------------
@@ -246,6 +253,7 @@ class Trainer:
             raise IrcrError(self._stop_message(f"tensor '{exc.key}' holds NaN or inf",
                                                self.iteration)) from None
         self._saved_iteration = self.iteration
+        self._clock.reset()
         if keep_name:
             atomic_write(last.with_name(keep_name), lambda tmp: shutil.copyfile(last, tmp))
         return last
@@ -309,12 +317,15 @@ class Trainer:
             self.total = min(self.total, self.cfg.train.max_iterations)
         if self.iteration < self.total:  # drop rows of epochs that will be re-run
             self.logger.truncate(self.iteration // self.ipe)
+        _say(self.describe_run())
         bar = _progress(self.cfg.train.progress, self.total, self.iteration)
         batches = self.data.loader(self.iteration, self.total, self.device)
+        self._clock.reset()
         try:
-            while self.iteration < self.total:
-                self.epoch = self.iteration // self.ipe
-                self._run_epoch(batches, bar)
+            with self._stop:
+                while self.iteration < self.total:
+                    self.epoch = self.iteration // self.ipe
+                    self._run_epoch(batches, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -322,7 +333,59 @@ class Trainer:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
-        return self._finish()
+        out = self._finish()
+        _say(self.closing_summary(out))
+        return out
+
+    def describe_run(self) -> str:
+        """Lines printed before training: device, AMP, data counts, iterations, checkpoints."""
+        cfg, sp = self.cfg, self.split
+        amp = "bf16" if self.amp is not None else "off"
+        ckpt = [f"every {cfg.train.checkpoint_every} iterations"] if cfg.train.checkpoint_every \
+            else ["at epoch ends"]
+        if cfg.train.checkpoint_minutes:
+            ckpt.append(f"every {cfg.train.checkpoint_minutes:g} min")
+        start = f"resuming at iteration {self.iteration}; " if self.iteration else ""
+        return "\n".join([
+            f"method {cfg.method.name}; device {_device_name(self.device)}; AMP {amp}",
+            f"data {cfg.data.dataset}: {len(sp.labelled)} labelled + {len(sp.unlabelled)} "
+            f"unlabelled patches, {len(sp.val_images)} validation images",
+            f"{start}{self.ipe} iterations/epoch x {cfg.train.epochs} epochs = {self.total} "
+            f"iterations (batch {cfg.data.batch_size}"
+            + (f" + {cfg.data.batch_size_unlabelled} unlabelled" if
+               self.method.uses_unlabelled else "") + ")",
+            f"checkpoints {' and '.join(ckpt)} to {self.run_dir / 'checkpoints' / 'last.pt'}; "
+            "Ctrl-C saves one and stops",
+        ])
+
+    def closing_summary(self, model_dir: Path) -> str:
+        """Lines printed after training: best/last val metrics, wall time, next command."""
+        lines = [f"done: {self.iteration} iterations in {_hms(self._wall())} (wall)"]
+        for key, (best, epoch) in sorted(self.best.items()):
+            last = self.last_row.get(key)
+            last_s = f"{last:.4f}" if isinstance(last, float) else "n/a"
+            lines.append(f"{key}: last {last_s}, best {best:.4f} (epoch {epoch})")
+        lines.append(f"model folder: {model_dir}")
+        lines.append(f"next: ircr evaluate {model_dir} {self.cfg.data.dataset}   or   "
+                     f"ircr segment {model_dir} IMAGES... -o OUT")
+        return "\n".join(lines)
+
+    def _check_stop(self) -> None:
+        """On a caught SIGINT/SIGTERM: checkpoint now (an iteration boundary) and stop."""
+        if self._stop.requested is None:
+            return
+        last = self.save()
+        raise TrainingStopped(
+            f"{self._stop.requested} at iteration {self.iteration}/{self.total}; checkpoint "
+            f"saved to {last}; resume with: ircr train {self.where} --out {self.run_dir} "
+            "--resume")
+
+    def _next_batch(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return next(batches)
+        except Exception:
+            self._check_stop()  # loader workers killed by the same signal: stop cleanly
+            raise
 
     def _run_epoch(self, batches: Iterator[dict[str, Any]], bar: Any) -> None:
         cfg = self.cfg.train
@@ -337,9 +400,11 @@ class Trainer:
         end = min((epoch + 1) * self.ipe, self.total)
         t0, it0 = time.time(), self.iteration
         while self.iteration < end:
-            self._step(next(batches), bar)
-            if self.iteration < end and cfg.checkpoint_every and \
-                    self.iteration % cfg.checkpoint_every == 0:
+            self._check_stop()
+            self._step(self._next_batch(batches), bar)
+            if self.iteration < end and ((cfg.checkpoint_every and
+                                          self.iteration % cfg.checkpoint_every == 0)
+                                         or self._clock.due()):
                 self.save()
             if self.stop_after is not None and self.iteration >= self.stop_after:
                 raise TrainingInterrupted(f"stopped after iteration {self.iteration}")
@@ -381,7 +446,13 @@ class Trainer:
         last_epoch = self.iteration >= self.total
         every = self.cfg.train.val_every
         if self.split.val_images and ((every and (epoch + 1) % every == 0) or last_epoch):
-            row.update(self.validate())
+            if last_epoch:
+                _say(f"validating on {len(self.split.val_images)} whole images")
+            row.update(self.validate(progress=last_epoch and self.cfg.train.progress))
+            for k, v in row.items():
+                if k.startswith("val_") and isinstance(v, float) and math.isfinite(v) and \
+                        (k not in self.best or v > self.best[k][0]):
+                    self.best[k] = (v, epoch)
         row["wall_s"] = self._wall()
         self.logger.log(epoch, row)
         self.last_row = row
@@ -389,7 +460,7 @@ class Trainer:
         keep = self.cfg.train.keep_every
         self.save(f"epoch_{epoch:04d}.pt" if keep and (epoch + 1) % keep == 0 else None)
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, progress: bool = False) -> dict[str, float]:
         """Whole-image val metrics of every eval model: ``val_<model>_<metric>`` floats."""
         from ircr.engine.evaluate import evaluate_models
 
@@ -397,7 +468,8 @@ class Trainer:
         was = {name: m.training for name, m in models.items()}
         try:
             res = evaluate_models(models, self.dataset, self.split.val_images, self.cfg.eval,
-                                  self.cfg.postproc, self.device, amp=self.amp is not None)
+                                  self.cfg.postproc, self.device, amp=self.amp is not None,
+                                  progress=progress)
         finally:
             for name, m in models.items():
                 m.train(was[name])
@@ -414,7 +486,10 @@ class Trainer:
         mpps = [float(m["mpp"]) for m in self.dataset.images if m.get("mpp") is not None]
         save_model_folder(out, model, self.cfg.model, to_dict(self.cfg.postproc),
                           mpp=float(mpps[0]) if mpps else None,
-                          patch_size=self.cfg.data.patch_size, metrics=metrics, extra={
+                          patch_size=self.cfg.data.patch_size, metrics=metrics,
+                          inference={"window": self.cfg.eval.window,
+                                     "overlap": self.cfg.eval.overlap,
+                                     "batch_size": self.cfg.eval.batch_size}, extra={
                               "method": self.cfg.method.name,
                               "train": {"dataset": str(self.cfg.data.dataset),
                                         "split": self.split.name,
@@ -428,6 +503,27 @@ def _schedule(config: dict[str, Any]) -> dict[str, Any]:
     """The keys of a config that fix where training ends (to recognise a finished run)."""
     train = config.get("train") or {}
     return {k: train.get(k) for k in ("epochs", "iterations_per_epoch", "max_iterations")}
+
+
+def _say(text: str) -> None:
+    """Print trainer messages to stderr, each line prefixed ``ircr train:``."""
+    import sys
+
+    for line in text.splitlines():
+        print(f"ircr train: {line}", file=sys.stderr, flush=True)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(device)
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _progress(enabled: bool, total: int, initial: int) -> Any:

@@ -1,0 +1,48 @@
+"""Option definitions shared by the subcommands (same names, help and defaults everywhere).
+
+* ``--device``: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+* ``--no-progress``: no progress bars; ``--quiet`` is a deprecated alias (warns once).
+* ``--window``/``--overlap``/``--batch-size``: sliding-window inference; unset = the model
+  folder's stored ``inference`` setting (so evaluate and segment agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """``--device`` (validated by :func:`ircr.engine.device.select_device`)."""
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+
+
+class _DeprecatedQuiet(argparse.Action):
+    """``--quiet``: same as ``--no-progress``, with a deprecation warning."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        print("ircr: warning: --quiet is deprecated; use --no-progress", file=sys.stderr)
+        setattr(namespace, self.dest, True)
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (dest ``no_progress``) and its deprecated alias ``--quiet``."""
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (for logs and batch jobs)")
+    p.add_argument("--quiet", action=_DeprecatedQuiet, nargs=0, dest="no_progress",
+                   help="deprecated alias of --no-progress")
+
+
+def add_inference(p: argparse.ArgumentParser) -> None:
+    """``--window``, ``--overlap``, ``--batch-size`` (None = the model folder's setting)."""
+    p.add_argument("--window", type=int, default=None, metavar="PX",
+                   help="network window in px (default: the model folder's inference setting)")
+    p.add_argument("--overlap", type=int, default=None, metavar="PX",
+                   help="overlap of adjacent windows in px (default: the model folder's)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="windows per forward pass (default: the model folder's)")
