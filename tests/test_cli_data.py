@@ -56,7 +56,10 @@ def test_prepare_split_show_synthetic(tmp_path: Path, capsys) -> None:
     nuclei = sum(m["nuclei"] for m in PreparedDataset(out).images)
     assert f"nuclei: {nuclei}" in text and nuclei > 50
     png = np.array(Image.open(overlay))
-    assert png.shape == (256, 2 * 256 + 4, 3)
+    # 2 labelled + 2 unlabelled patches + 2 validation images in rows of 4 panels of 3.2 in
+    # at 100 dpi: 1280 px wide; 2 rows (640 px) + title band 75 px + legend band 45 px
+    assert png.shape[:2] == (760, 1280)
+    assert png[..., :3].std() > 20  # not blank
     assert ((png == (255, 255, 0)).all(axis=2)).sum() > 500  # outlines drawn
 
 

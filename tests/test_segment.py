@@ -236,7 +236,8 @@ def test_cli_slide_rescaled(model_dir, tmp_path, capsys) -> None:
     write_pyramid(tmp_path / "lo.tif", half, 0.5, levels=1)
     out = tmp_path / "out"
     rc = main(["segment", str(model_dir), str(tmp_path / "lo.tif"), "-o", str(out),
-               "--device", "cpu", "--no-progress", "--outputs", "labels,geojson,csv,overlay,summary"])
+               "--device", "cpu", "--no-progress",
+               "--outputs", "labels,geojson,csv,overlay,summary"])
     assert rc == 0, capsys.readouterr().err
     s = check_outputs(out, "lo", 320, 280, slide=True)
     assert s["processing_size_px"] == [640, 560] and s["label_image_mpp"] == pytest.approx(0.25)

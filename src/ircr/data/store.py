@@ -383,10 +383,75 @@ def show_dataset(
     info = summarise(ds, sp)
     lines = [f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k, v in info.items()]
     if overlay is not None:
-        from ircr.io.writers import write_png
-
-        chosen = sp.labelled_patches if sp is not None else ds.patches
         Path(overlay).parent.mkdir(parents=True, exist_ok=True)
-        write_png(overlay, patch_montage(ds, chosen, n))
+        dataset_figure(ds, sp, overlay, n)
         lines.append(f"overlay: {overlay}")
     return "\n".join(lines)
+
+
+LABELLED_COLOR = (0, 200, 0)
+VAL_COLOR = (40, 120, 255)
+
+
+def _pick(items: list[Any], n: int) -> list[Any]:
+    if not items or n < 1:
+        return []
+    n = min(int(n), len(items))
+    return [items[int(k)] for k in np.linspace(0, len(items) - 1, n).round()]
+
+
+def _patch_panel(ds: PreparedDataset, p: Patch, color: tuple[int, int, int] | None
+                 ) -> np.ndarray:
+    from ircr.io.figures import thick_overlay
+
+    image, inst = ds.read_patch(p)
+    tile = image if (inst is None or color is None) else thick_overlay(image, inst, color)
+    tile = tile.copy()
+    tile[p.h:, :] //= 2
+    tile[:, p.w:] //= 2
+    return tile
+
+
+def dataset_figure(ds: PreparedDataset, split: Split | None, out: str | Path,
+                   n: int = 4) -> Path:
+    """Figure of ``n`` labelled, ``n`` unlabelled patches and up to 2 validation images.
+
+    Without a split: ``n`` patches of the whole grid with their labels. Patch titles give the
+    image name and position; dimmed margins are reflect padding.
+    """
+    from ircr.io.figures import panel_figure, thick_overlay
+
+    panels: list[tuple[np.ndarray, str]] = []
+    legend = [(LABELLED_COLOR, "nucleus outline (labelled patch)")]
+
+    def title(kind: str, p: Patch) -> str:
+        return f"{kind}: {ds.names[p.image][:18]} y{p.y0} x{p.x0}"
+
+    if split is None:
+        picks = _pick(ds.patches, n)
+        if not picks:
+            raise IrcrError(f"{ds.path}: no patches to show")
+        panels += [(_patch_panel(ds, p, LABELLED_COLOR), title("patch", p)) for p in picks]
+        what = f"{len(ds.patches)} patches (no split chosen)"
+    else:
+        panels += [(_patch_panel(ds, p, LABELLED_COLOR), title("labelled", p))
+                   for p in _pick(split.labelled_patches, n)]
+        panels += [(_patch_panel(ds, p, None), title("unlabelled", p))
+                   for p in _pick(split.unlabelled_patches, n)]
+        for i in split.val_images[:2]:
+            inst = ds.load_inst(i) if ds.images[i].get("labelled") else None
+            img = np.asarray(ds.load_image(i))
+            panels.append((img if inst is None else thick_overlay(img, inst, VAL_COLOR),
+                           f"validation image: {ds.names[i][:22]}"))
+        legend.append((VAL_COLOR, "nucleus outline (validation image, whole)"))
+        what = (f"split {split.name}: {len(split.labelled_patches)} labelled / "
+                f"{len(split.unlabelled_patches)} unlabelled patches, "
+                f"{len(split.val_images)} validation image(s)")
+        if not panels:
+            raise IrcrError(f"{ds.path}: no patches to show")
+    mpps = {m.get("mpp") for m in ds.images if m.get("mpp")}
+    res = f" at {mpps.pop():g} µm/px" if len(mpps) == 1 else ""
+    return panel_figure(out, panels, f"{ds.path.name}: {what}", legend=legend,
+                        note=f"{ds.patch_size} px patches{res}; unlabelled patches are shown "
+                             "without outlines (their labels are never used); dimmed = "
+                             "reflect padding", ncols=4)

@@ -224,7 +224,8 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     dev = select_device(device)
     loaded = load_model_folder(model_dir, device=dev)
     setting = resolve_inference(loaded.inference, window, overlap, batch_size)
-    cfg = dataclasses.replace(cfg or EvalConfig(), **setting)
+    cfg = dataclasses.replace(cfg or EvalConfig(), window=setting["window"],
+                              overlap=setting["overlap"], batch_size=setting["batch_size"])
     ds = PreparedDataset(dataset)
     names, label = select_images(ds, split, loaded.meta)
     out_dir = Path(out) if out is not None else None

@@ -230,6 +230,9 @@ class NucleusSegmenter:
         self.name = name
         self.meta = dict(meta or {})
 
+    def __repr__(self) -> str:
+        return f"NucleusSegmenter({self.name or 'model'}: {self.describe()})"
+
     def describe(self) -> str:
         """One line for the log: device, batch size, AMP, resolution, tiling."""
         amp = "on" if self.amp else "off"

@@ -43,15 +43,14 @@ def _edges(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mi = m.astype(np.int8)
     dv = mi[1:, :] - mi[:-1, :]  # horizontal edges on line y = r + 1 between rows r, r + 1
     dh = mi[:, 1:] - mi[:, :-1]  # vertical edges on line x = c + 1 between cols c, c + 1
-    starts, dirs = [], []
-    r, c = np.nonzero(dv == 1)  # mask below: go east
-    starts.append(np.stack([c, r + 1], 1)), dirs.append(np.tile([1, 0], (len(r), 1)))
-    r, c = np.nonzero(dv == -1)  # mask above: go west
-    starts.append(np.stack([c + 1, r + 1], 1)), dirs.append(np.tile([-1, 0], (len(r), 1)))
-    r, c = np.nonzero(dh == 1)  # mask on the right: go north (up)
-    starts.append(np.stack([c + 1, r + 1], 1)), dirs.append(np.tile([0, -1], (len(r), 1)))
-    r, c = np.nonzero(dh == -1)  # mask on the left: go south (down)
-    starts.append(np.stack([c + 1, r], 1)), dirs.append(np.tile([0, 1], (len(r), 1)))
+    r1, c1 = np.nonzero(dv == 1)  # mask below: go east
+    r2, c2 = np.nonzero(dv == -1)  # mask above: go west
+    r3, c3 = np.nonzero(dh == 1)  # mask on the right: go north (up)
+    r4, c4 = np.nonzero(dh == -1)  # mask on the left: go south (down)
+    starts = [np.stack([c1, r1 + 1], 1), np.stack([c2 + 1, r2 + 1], 1),
+              np.stack([c3 + 1, r3 + 1], 1), np.stack([c4 + 1, r4], 1)]
+    dirs = [np.tile(d, (len(r), 1)) for d, r in
+            (([1, 0], r1), ([-1, 0], r2), ([0, -1], r3), ([0, 1], r4))]
     return np.concatenate(starts).astype(np.int64), np.concatenate(dirs).astype(np.int64)
 
 

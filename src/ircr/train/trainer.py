@@ -361,7 +361,10 @@ class Trainer:
     def closing_summary(self, model_dir: Path) -> str:
         """Lines printed after training: best/last val metrics, wall time, next command."""
         lines = [f"done: {self.iteration} iterations in {_hms(self._wall())} (wall)"]
+        shown = ("_aji", "_dice", "_f1", "_pq")
         for key, (best, epoch) in sorted(self.best.items()):
+            if not key.endswith(shown):
+                continue
             last = self.last_row.get(key)
             last_s = f"{last:.4f}" if isinstance(last, float) else "n/a"
             lines.append(f"{key}: last {last_s}, best {best:.4f} (epoch {epoch})")
@@ -447,7 +450,8 @@ class Trainer:
         every = self.cfg.train.val_every
         if self.split.val_images and ((every and (epoch + 1) % every == 0) or last_epoch):
             if last_epoch:
-                _say(f"validating on {len(self.split.val_images)} whole images")
+                n = len(self.split.val_images)
+                _say(f"validating on {n} whole image{'s' if n > 1 else ''}")
             row.update(self.validate(progress=last_epoch and self.cfg.train.progress))
             for k, v in row.items():
                 if k.startswith("val_") and isinstance(v, float) and math.isfinite(v) and \
