@@ -60,7 +60,9 @@ def test_prepare_split_show_synthetic(tmp_path: Path, capsys) -> None:
     # at 100 dpi: 1280 px wide; 2 rows (640 px) + title band 75 px + legend band 45 px
     assert png.shape[:2] == (760, 1280)
     assert png[..., :3].std() > 20  # not blank
-    assert ((png == (255, 255, 0)).all(axis=2)).sum() > 500  # outlines drawn
+    rgb = png[..., :3]
+    assert ((rgb == (0, 200, 0)).all(axis=2)).sum() > 500  # labelled outlines drawn
+    assert ((rgb == (40, 120, 255)).all(axis=2)).sum() > 500  # validation outlines drawn
 
 
 def test_same_seed_and_ratio_same_split(tmp_path: Path, capsys) -> None:
