@@ -12,7 +12,11 @@ Steps (everything under ``out``):
 5. write ``report.md`` with the numbers, loss curves and overlays — saying plainly which did
    better (on a tiny CPU budget the difference can go either way).
 
-No downloads, no GPU; the full demo takes about 10 minutes on 2 cores, ``quick`` about a minute.
+No downloads, no GPU. Each stage prints what it does, its elapsed time and an estimate of
+what is left (training shows a progress bar with ETA). A second run into the same folder
+resumes: finished trainings are reused and interrupted ones continue from their checkpoint.
+Times measured on an idle 2-core CPU are in ``docs/results.md`` (:data:`EXPECTED_MINUTES`);
+they scale with the machine's load.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ import numpy as np
 from ircr.errors import IrcrError
 
 METHODS = ("supervised", "ircr")
+CURVES_INCHES = (11.0, 4.0)  # loss_curves.png: 1100 x 400 px
+GT_COLOR = (0, 200, 0)
+PRED_COLOR = (255, 40, 40)
 METRICS = ("aji", "dice", "pq", "f1")
+# measured on an idle 2-core CPU (docs/results.md); shown before the demo starts
+EXPECTED_MINUTES = {"full": 6.0, "quick": 1.0}
 
 
 @dataclass
@@ -87,6 +96,28 @@ def _log(msg: str) -> None:
     print(f"[ircr demo] {msg}", flush=True)
 
 
+def _mmss(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class Stages:
+    """Numbered stage messages with elapsed time and an estimate of the time left."""
+
+    def __init__(self, names: list[str], log: Callable[[str], None]) -> None:
+        self.names, self.log = names, log
+        self.t0 = time.time()
+        self.k = 0
+
+    def start(self, detail: str = "", eta_s: float | None = None) -> None:
+        """Announce the next stage (``eta_s``: expected seconds of this stage, if known)."""
+        self.k += 1
+        eta = f"; expected ~{_mmss(eta_s)}" if eta_s else ""
+        self.log(f"[{self.k}/{len(self.names)}] {self.names[self.k - 1]}"
+                 + (f": {detail}" if detail else "")
+                 + f" (elapsed {_mmss(time.time() - self.t0)}{eta})")
+
+
 def prepare_data(out: Path, s: DemoSettings, seed: int) -> tuple[Path, str]:
     """Generate + prepare the synthetic set; returns (prepared folder, split name)."""
     from ircr.data.prepare import prepare_dataset
@@ -100,7 +131,8 @@ def prepare_data(out: Path, s: DemoSettings, seed: int) -> tuple[Path, str]:
     return folder, info.split_paths[0].stem
 
 
-def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int) -> Any:
+def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int,
+               progress: bool = False) -> Any:
     """The experiment config of one demo run (tiny HoVer-Net, CPU, fixed iterations)."""
     from ircr.train.config import experiment_from_dict
 
@@ -112,7 +144,8 @@ def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int
         "model": {"width": s.width, "blocks": [1, 1, 1, 1], "decoder_units": [2, 2]},
         "train": {"epochs": s.epochs, "iterations_per_epoch": ipe, "lr": s.lr,
                   "lr_steps": [max(1, s.epochs - 1)], "seed": seed, "device": "cpu",
-                  "amp": "off", "progress": False, "tensorboard": False, "val_every": 0},
+                  "amp": "off", "progress": progress, "tensorboard": False, "val_every": 0,
+                  "checkpoint_minutes": 1.0},
         # warm-up and ramp-up scaled to the demo's short budget (defaults: 100 + 200 iterations)
         "method": {"name": method, "diagnostic_overlays": 2 if method == "ircr" else 0,
                    "warmup_iterations": s.iterations // 8,
@@ -122,20 +155,26 @@ def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int
     return experiment_from_dict(data, where=f"demo ({method})")
 
 
-def train(out: Path, folder: Path, split: str, s: DemoSettings, method: str, seed: int) -> Path:
+def train(out: Path, folder: Path, split: str, s: DemoSettings, method: str, seed: int,
+          progress: bool = False, log: Callable[[str], None] = _log) -> Path:
     """Train one method (resumes a half-finished demo run); returns its model folder."""
     from ircr.train.trainer import Trainer
 
     run_dir = out / "runs" / method
     done = run_dir / "model" / "weights.pt"
     if done.is_file():
+        log(f"{method}: finished model found in {done.parent}; reusing it (delete "
+            f"{run_dir} to train again)")
         return done.parent
-    trainer = Trainer(experiment(folder, split, s, method, seed), run_dir, resume="auto")
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        log(f"{method}: resuming the interrupted run in {run_dir}")
+    trainer = Trainer(experiment(folder, split, s, method, seed, progress), run_dir,
+                      resume="auto", config_source=f"demo ({method})")
     return trainer.run()
 
 
 def evaluate(folder: Path, split: str, model_dirs: dict[str, Path], s: DemoSettings,
-             seed: int) -> dict[str, dict[str, float]]:
+             seed: int, progress: bool = False) -> dict[str, dict[str, float]]:
     """Validation metrics of each model folder (whole images, WBIS, per-image mean)."""
     from ircr.engine.evaluate import evaluate_models
     from ircr.engine.model_folder import load_model_folder
@@ -145,7 +184,8 @@ def evaluate(folder: Path, split: str, model_dirs: dict[str, Path], s: DemoSetti
     ds = loaders.open_prepared(folder, "demo")
     sp = loaders.resolve_split(ds, split, "demo")
     models: dict[str, Any] = {m: load_model_folder(p).model for m, p in model_dirs.items()}
-    res = evaluate_models(models, ds, sp.val_images, cfg.eval, cfg.postproc, "cpu")
+    res = evaluate_models(models, ds, sp.val_images, cfg.eval, cfg.postproc, "cpu",
+                          progress=progress)
     return {m: {k: float(v) for k, v in r.items()} for m, r in res.items()}
 
 
@@ -164,7 +204,9 @@ def plot_curves(out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=CURVES_INCHES, dpi=100)
     for m in METHODS:
         rows = _read_metrics(out / "runs" / m)
         if not rows:
@@ -177,41 +219,76 @@ def plot_curves(out: Path) -> Path:
                 if key in rows[0] and rows[0][key] != "":
                     w = 0.1 if key == "train_piac" else 100.0
                     axes[1].plot(it, [w * float(r[key]) for r in rows], "o-", label=lab)
-    axes[0].set_xlabel("iteration")
-    axes[0].set_ylabel("supervised loss")
-    axes[1].set_xlabel("iteration")
-    axes[1].set_ylabel("IRCR consistency terms")
+    axes[0].set_title("supervised loss (mean over each epoch)", fontsize=10)
+    axes[0].set_ylabel("L_sup (NP CE + Dice + HV MSE + MSGE)")
+    axes[1].set_title("IRCR consistency terms, weighted as in the loss", fontsize=10)
+    axes[1].set_ylabel("weighted loss")
     for ax in axes:
+        ax.set_xlabel("training iteration (end of epoch)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "loss_curves.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def segment_tile(out: Path, folder: Path, split: str, model_dirs: dict[str, Path]) -> list[Path]:
-    """Segment the first validation image with each model; write side-by-side overlays."""
+def segment_tile(out: Path, folder: Path, split: str, model_dirs: dict[str, Path],
+                 metrics: dict[str, dict[str, float]] | None = None) -> list[Path]:
+    """Segment the first validation image with each model; write titled side-by-side panels."""
     import ircr
-    from ircr.io.writers import overlay_image, write_png
+    from ircr.io.figures import panel_figure, thick_overlay
     from ircr.train import loaders
 
     ds = loaders.open_prepared(folder, "demo")
     sp = loaders.resolve_split(ds, split, "demo")
     idx = ds.index_of(sp.val_images[0])
     image, gt = np.asarray(ds.load_image(idx)), np.asarray(ds.load_inst(idx))
-    paths = []
-    panels = [overlay_image(image, gt, (0, 200, 0))]
+    n_gt = len(np.unique(gt[gt > 0]))
+    panels = [(thick_overlay(image, gt, GT_COLOR), f"ground truth ({n_gt} nuclei)")]
     for m in METHODS:
         seg = ircr.load_model(model_dirs[m], device="cpu").segment(image, mpp=0.25)
-        inst = np.asarray(seg.inst)
-        panels.append(overlay_image(image, inst, (255, 40, 40)))
-    strip = np.concatenate(panels, axis=1)
-    path = out / "segmentation.png"
-    write_png(path, strip)
-    paths.append(path)
-    return paths
+        aji = (metrics or {}).get(m, {}).get("aji")
+        score = f", val AJI {aji:.3f}" if aji is not None else ""
+        panels.append((thick_overlay(image, np.asarray(seg.inst), PRED_COLOR),
+                       f"{m} ({len(seg)} nuclei{score})"))
+    h, w = image.shape[:2]
+    path = panel_figure(out / "segmentation.png", panels,
+                        f"validation tile {sp.val_images[0]}: ground truth and both models",
+                        legend=[(GT_COLOR, "ground-truth outline"),
+                                (PRED_COLOR, "predicted outline")], ncols=3,
+                        note=f"{w}x{h} px at 0.25 µm/px ({w * 0.25:.0f} µm wide)")
+    return [path]
+
+
+def diagnostics_figure(out: Path) -> Path | None:
+    """All IRCR diagnostic overlays in one titled figure with a legend (``diagnostics.png``)."""
+    import cv2
+
+    from ircr.io.figures import panel_figure
+    from ircr.ssl.diagnostics import KEPT, PAIR, REJECTED, STUDENT
+
+    files = sorted((out / "runs" / "ircr" / "diagnostics").rglob("*.png"))
+    if not files:
+        return None
+    panels = []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        ep, _, patch = f.stem.removeprefix("overlay_").partition("_")
+        panels.append((cv2.cvtColor(img, cv2.COLOR_BGR2RGB),
+                       f"epoch {int(ep.lstrip('e') or 0)}, unlabelled patch {patch[1:]}"))
+    legend = [(KEPT, "teacher nucleus kept (filled)"), (REJECTED, "rejected by the prior"),
+              (STUDENT, "student outline"), (PAIR, "matched teacher-student pair")]
+    return panel_figure(out / "diagnostics.png", panels,
+                        "IRCR on unlabelled patches: teacher pseudo-labels, prior and matches",
+                        legend=legend, ncols=4,
+                        note="early in training the teacher's instances can cover most of the "
+                             "patch: the prior and MIAC then have little to work with")
 
 
 def write_report(res: DemoResult, s: DemoSettings, split: str, quick: bool) -> None:
@@ -249,19 +326,23 @@ def write_report(res: DemoResult, s: DemoSettings, split: str, quick: bool) -> N
     lines += ["", "![loss curves](loss_curves.png)", "",
               "Segmentation of one validation tile (left: ground truth; then supervised, IRCR):",
               "", "![segmentation](segmentation.png)", ""]
-    diag = sorted((res.out / "runs" / "ircr" / "diagnostics").glob("*.png"))[:3]
-    if diag:
-        lines += ["IRCR diagnostics on unlabelled patches (teacher instances green = kept, "
-                  "red = rejected by the prior; student outlines blue; yellow lines = matched "
-                  "pairs):", ""]
-        lines += [f"![{p.stem}]({p.relative_to(res.out)})" for p in diag]
+    if (res.out / "diagnostics.png").is_file():
+        n = len(list((res.out / "runs" / "ircr" / "diagnostics").rglob("*.png")))
+        lines += [f"IRCR diagnostics on unlabelled patches (all {n} overlays written during "
+                  "training):", "", "![IRCR diagnostics](diagnostics.png)", ""]
     res.report.write_text("\n".join(lines) + "\n")
 
 
 def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0,
-             log: Callable[[str], None] = _log) -> DemoResult:
-    """Run the whole demo into ``out``; returns the metrics and the report path."""
+             log: Callable[[str], None] = _log, progress: bool = True) -> DemoResult:
+    """Run the whole demo into ``out``; returns the metrics and the report path.
+
+    Rerunning into the same ``out`` resumes (finished trainings are reused, interrupted ones
+    continue from their checkpoint). ``progress``: training/evaluation progress bars.
+    """
     import torch
+
+    from ircr.train.stop import TrainingStopped
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     s = QUICK if quick else FULL
@@ -270,20 +351,34 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise IrcrError(f"{out}: cannot create the demo folder ({exc.strerror})") from None
-    log(f"generating and preparing {s.n_images} synthetic tiles in {out / 'data'}")
+    expected = EXPECTED_MINUTES["quick" if quick else "full"]
+    log(f"{'quick' if quick else 'full'} demo into {out}: about {expected:g} min on an idle "
+        "2-core CPU; longer when the machine is busy")
+    st = Stages(["prepare synthetic data", *(f"train {m}" for m in METHODS),
+                 "evaluate on validation images", "segment a tile, write figures + report"], log)
+    st.start(f"{s.n_images} tiles of {s.image_size} px -> {out / 'data'}")
     folder, split = prepare_data(out, s, seed)
     model_dirs, seconds = {}, {}
     for m in METHODS:
-        log(f"training {m} for {s.iterations} iterations (CPU)")
+        eta = seconds.get("supervised", 0.0) * (1.6 if m == "ircr" else 1.0) or None
+        st.start(f"{s.iterations} iterations on CPU", eta)
         t0 = time.time()
-        model_dirs[m] = train(out, folder, split, s, m, seed)
+        try:
+            model_dirs[m] = train(out, folder, split, s, m, seed, progress, log)
+        except TrainingStopped as stop:
+            raise TrainingStopped(f"{stop}".split("; resume with")[0] + "; run the same "
+                                  f"`ircr demo --out {out}` again to resume") from None
         seconds[m] = time.time() - t0
-    log("evaluating both models on the validation images")
-    metrics = evaluate(folder, split, model_dirs, s, seed)
+        log(f"{m} trained in {_mmss(seconds[m])}")
+    st.start("whole-image sliding window + WBIS")
+    metrics = evaluate(folder, split, model_dirs, s, seed, progress)
     res = DemoResult(out=out, report=out / "report.md", metrics=metrics, seconds=seconds)
+    st.start()
     plot_curves(out)
-    segment_tile(out, folder, split, model_dirs)
+    segment_tile(out, folder, split, model_dirs, metrics)
+    diagnostics_figure(out)
     write_report(res, s, split, quick)
     (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "seconds": seconds},
                                                  indent=2))
+    log(f"done in {_mmss(time.time() - st.t0)}")
     return res

@@ -5,22 +5,30 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ircr.cli.options import add_progress
+from ircr.demo import EXPECTED_MINUTES
+
 
 def register(subparsers: Any) -> None:
     """Add the ``demo`` subcommand."""
     p = subparsers.add_parser(
         "demo",
         help="train IRCR and supervised-only on synthetic tiles and compare them (CPU, no "
-             "downloads, ~10 min on 2 cores)",
+             f"downloads, ~{EXPECTED_MINUTES['full']:g} min on an idle 2-core CPU)",
         description="Generate a synthetic labelled + unlabelled H&E-like set, prepare it, train a "
                     "small HoVer-Net with IRCR and with supervised-only for the same number of "
                     "iterations, evaluate both on the validation split, segment one tile and "
-                    "write report.md with overlays and loss curves.",
+                    "write report.md with overlays and loss curves. About "
+                    f"{EXPECTED_MINUTES['full']:g} min on an idle 2-core CPU (--quick: about "
+                    f"{EXPECTED_MINUTES['quick']:g} min); it scales with the machine's load. "
+                    "Run it again with the same --out to resume after an interruption.",
     )
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--quick", action="store_true",
-                   help="a much smaller run (< ~1 min) that only checks the pipeline works")
+                   help="a much smaller run that only checks the pipeline works (about "
+                        f"{EXPECTED_MINUTES['quick']:g} min on an idle 2-core CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, init and order (default 0)")
+    add_progress(p)
     p.set_defaults(func=handler)
 
 
@@ -28,7 +36,7 @@ def handler(args: argparse.Namespace) -> int:
     """Run the demo and print where the report is."""
     from ircr.demo import run_demo
 
-    result = run_demo(args.out, quick=args.quick, seed=args.seed)
+    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(result.summary())
     print(f"report: {result.report}")
     return 0

@@ -337,36 +337,6 @@ def summarise(ds: PreparedDataset, split: Split | None = None) -> dict[str, Any]
     return out
 
 
-def patch_montage(
-    ds: PreparedDataset, patches: list[Patch], n: int = 4, gap: int = 4
-) -> np.ndarray:
-    """Grid of ``n`` patches (evenly spaced in ``patches``) with instance outlines drawn.
-
-    The reflect-padded part of each patch (outside its valid h, w) is dimmed.
-    Returns (H, W, 3) uint8 RGB.
-    """
-    from ircr.io.writers import overlay_image
-
-    if not patches or n < 1:
-        raise IrcrError(f"{ds.path}: no patches to show")
-    n = min(int(n), len(patches))
-    picks = [patches[int(k)] for k in np.linspace(0, len(patches) - 1, n).round()]
-    size = ds.patch_size
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    canvas = np.full((rows * (size + gap) - gap, cols * (size + gap) - gap, 3), 255, np.uint8)
-    for k, p in enumerate(picks):
-        image, inst = ds.read_patch(p)
-        tile = image if inst is None else overlay_image(image, inst, (255, 255, 0))
-        tile = tile.copy()
-        tile[p.h :, :] //= 2
-        tile[:, p.w :] //= 2
-        r, c = divmod(k, cols)
-        canvas[r * (size + gap) : r * (size + gap) + size,
-               c * (size + gap) : c * (size + gap) + size] = tile
-    return canvas
-
-
 def show_dataset(
     path: str | Path, split: str | Path | None = None, overlay: str | Path | None = None,
     n: int = 4,
