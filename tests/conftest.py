@@ -42,3 +42,22 @@ def monuseg_root(shared_data: Path) -> Path:
 def cpm15_root(shared_data: Path) -> Path:
     """CPM-15 training folder (images/, labels_txt/)."""
     return shared_data / "CPM15" / "train"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per skip reason, so "N skipped" is never a mystery (README, "Tests")."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for rep in skipped:
+        longrepr = rep.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if "real data not found" in reason:
+            reason = ("real data not found: put MoNuSeg2018/ and CPM15/ in ../shared/data or "
+                      "set IRCR_SHARED_DATA (CI=true makes these fail instead)")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.write_line("skipped tests, by reason:")
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"  {n:4d}  {reason}")

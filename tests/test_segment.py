@@ -185,7 +185,21 @@ def test_cli_folder_of_tiles(model_dir, tmp_path, capsys) -> None:
     assert err.count("ircr: warning:") == 2 and "no microns-per-pixel" in err
     s = check_outputs(out, "a", 240, 200, slide=False)
     assert s["kind"] == "tile" and s["mpp_source"] == "assumed"
-    check_outputs(out / "sub", "b", 240, 200, slide=False)
+    s_b = check_outputs(out / "sub", "b", 240, 200, slide=False)
+    # folder run: one merged table and one summary for the whole run (issue 14.9)
+    per_image = {name: list(csv.DictReader(open(f))) for name, f in
+                 (("a.png", out / "a.csv"), ("sub/b.tif", out / "sub" / "b.csv"))}
+    merged = list(csv.DictReader(open(out / "ircr_nuclei_all.csv")))
+    assert len(merged) == s["n_nuclei"] + s_b["n_nuclei"] > 0
+    for name, rows in per_image.items():
+        mine = [{k: v for k, v in r.items() if k != "image"} for r in merged if r["image"] == name]
+        assert mine == rows
+    table = list(csv.DictReader(open(out / "ircr_summary.csv")))
+    assert [(r["image"], int(r["n_nuclei"])) for r in table] == [
+        ("a.png", s["n_nuclei"]), ("sub/b.tif", s_b["n_nuclei"])]
+    doc = json.loads((out / "ircr_summary.json").read_text())
+    assert doc["inputs"] == 2 and doc["n_nuclei"] == s["n_nuclei"] + s_b["n_nuclei"]
+    assert doc["area_mm2"] == pytest.approx(2 * 240 * 200 * 0.25**2 / 1e6)
 
 
 def make_slide(path: Path, mpp: float, seed: int, shape=(700, 900), region=(100, 150, 400, 500)):

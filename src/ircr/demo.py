@@ -203,7 +203,6 @@ def plot_curves(out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=CURVES_INCHES, dpi=100)

@@ -10,6 +10,9 @@ Each output is written under a temporary name and renamed when complete; the sum
 written last and marks an input done. Existing outputs are refused unless ``--overwrite``;
 ``--skip-done`` skips inputs whose outputs are complete and redoes the others (batch jobs).
 SIGTERM is handled like Ctrl-C: the unfinished temporary files are removed.
+With more than one input (or a folder), OUTDIR also gets ``ircr_nuclei_all.csv`` (every
+nucleus, with its image), ``ircr_summary.csv`` and ``ircr_summary.json``
+(:mod:`ircr.engine.folder_outputs`; inputs skipped by ``--skip-done`` are included).
 """
 
 from __future__ import annotations
@@ -94,9 +97,14 @@ def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path
         else:
             check_input_file(item)
             found.append((item, Path(".")))
+    from ircr.engine.folder_outputs import RESERVED_STEMS
+
     seen: dict[Path, Path] = {}
     for f, sub in found:
         key = sub / output_stem(f)
+        if str(key) in RESERVED_STEMS:
+            raise IrcrError(f"{f}: its outputs would overwrite the run summary "
+                            f"{key}.csv/.json; rename the file")
         if key in seen:
             raise IrcrError(f"{f}: output names clash with {seen[key]} (same name in the same "
                             "output folder); rename one or run them separately")
@@ -111,6 +119,7 @@ def _fmt_rate(summary: dict[str, Any]) -> str:
 
 def handler(args: argparse.Namespace) -> int:
     """Run ``ircr segment``."""
+    from ircr.engine.folder_outputs import summary_row, write_folder_outputs
     from ircr.engine.segment import OUTPUTS, load_model
 
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
@@ -131,6 +140,7 @@ def handler(args: argparse.Namespace) -> int:
                      window=args.window, overlap=args.overlap)
     print(f"ircr segment: {seg.describe()}", file=sys.stderr)
     print(f"ircr segment: {len(files)} input(s) -> {args.out}", file=sys.stderr)
+    rows = []
     with _sigterm_as_interrupt():
         for path, sub in files:
             t0 = time.perf_counter()
@@ -143,11 +153,16 @@ def handler(args: argparse.Namespace) -> int:
                     overwrite=args.overwrite, skip_done=args.skip_done)
             for w in caught:
                 print(f"ircr: warning: {w.message}", file=sys.stderr)
+            secs = time.perf_counter() - t0
+            rows.append(summary_row(str(sub / path.name), summary, secs, args.out / sub))
             if summary.get("skipped"):
                 print(f"{path}: done before, skipped (--skip-done) -> {args.out / sub}")
                 continue
             print(f"{path}: {summary['n_nuclei']} nuclei{_fmt_rate(summary)} in "
-                  f"{time.perf_counter() - t0:.1f} s -> {args.out / sub}")
+                  f"{secs:.1f} s -> {args.out / sub}")
+    if len(files) > 1 or any(p.is_dir() for p in args.inputs):
+        for f in write_folder_outputs(args.out, rows):
+            print(f"wrote {f}")
     return 0
 
 

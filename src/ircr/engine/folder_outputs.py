@@ -1,0 +1,79 @@
+"""Whole-run outputs of ``ircr segment`` over several inputs (a folder, many files).
+
+Next to the per-image files, the output folder gets:
+
+* ``ircr_nuclei_all.csv``: every nucleus of every input, the per-image CSV columns
+  (:data:`ircr.io.writers.TABLE_COLUMNS`) preceded by ``image`` (the input path relative to
+  its folder argument) — one table for pandas/R/Excel;
+* ``ircr_summary.csv``: one row per input (nuclei, area, density, mpp, seconds, outputs);
+* ``ircr_summary.json``: the same rows plus totals (inputs, nuclei, area, overall density).
+
+The merged CSV is built from the per-image CSV files, so it needs the ``csv`` output.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ircr.errors import file_error
+from ircr.io.writers import TABLE_COLUMNS
+
+MERGED_CSV = "ircr_nuclei_all.csv"
+SUMMARY_CSV = "ircr_summary.csv"
+SUMMARY_JSON = "ircr_summary.json"
+RESERVED_STEMS = frozenset(Path(n).stem for n in (MERGED_CSV, SUMMARY_CSV, SUMMARY_JSON))
+ROW_KEYS = ("image", "n_nuclei", "area_mm2", "nuclei_per_mm2", "input_mpp", "mpp_source",
+            "seconds", "output_dir")
+
+
+def summary_row(image: str, summary: dict[str, Any], seconds: float,
+                output_dir: Path) -> dict[str, Any]:
+    """One ``ircr_summary.csv`` row from a per-input summary dict (``process()``'s)."""
+    return {"image": image, "n_nuclei": summary.get("n_nuclei"),
+            "area_mm2": summary.get("area_mm2"), "nuclei_per_mm2": summary.get("nuclei_per_mm2"),
+            "input_mpp": summary.get("input_mpp"), "mpp_source": summary.get("mpp_source"),
+            "seconds": round(seconds, 2), "output_dir": str(output_dir),
+            "csv": summary.get("outputs", {}).get("csv")}
+
+
+def write_folder_outputs(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
+    """Write the merged CSV (when every row has a per-image CSV) and both summaries."""
+    written = []
+    try:
+        if rows and all(r.get("csv") for r in rows):
+            merged = out / MERGED_CSV
+            with merged.open("w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(("image", *TABLE_COLUMNS))
+                for r in rows:
+                    with open(r["csv"], newline="", encoding="utf-8") as src:
+                        reader = csv.reader(src)
+                        next(reader, None)
+                        for line in reader:
+                            w.writerow((r["image"], *line))
+            written.append(merged)
+        table = out / SUMMARY_CSV
+        with table.open("w", newline="", encoding="utf-8") as fh:
+            dw = csv.DictWriter(fh, fieldnames=ROW_KEYS, extrasaction="ignore")
+            dw.writeheader()
+            for r in rows:
+                dw.writerow({k: "" if r.get(k) is None else r[k] for k in ROW_KEYS})
+        written.append(table)
+        nuclei = sum(int(r.get("n_nuclei") or 0) for r in rows)
+        areas = [r["area_mm2"] for r in rows if r.get("area_mm2")]
+        area = sum(areas) if len(areas) == len(rows) and areas else None
+        doc = {"inputs": len(rows), "n_nuclei": nuclei, "area_mm2": area,
+               "nuclei_per_mm2": nuclei / area if area else None,
+               "seconds": round(sum(float(r.get("seconds") or 0) for r in rows), 2),
+               "per_input": [{k: r.get(k) for k in ROW_KEYS} for r in rows]}
+        js = out / SUMMARY_JSON
+        js.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        written.append(js)
+    except OSError as exc:
+        raise file_error(getattr(exc, "filename", None) or out,
+                         f"cannot write the run summary ({exc.strerror})") from None
+    return written
