@@ -40,7 +40,7 @@ def test_build_show_score(cpm15_root: Path, monuseg_root: Path, tmp_path: Path) 
     assert rc == 0 and png.stat().st_size > 1000 and "tau 0.2" in text and "n_nuclei" in text
     from PIL import Image
 
-    assert Image.open(png).size[0] > 500
+    assert Image.open(png).size == (1700, 340)  # five 3.4 x 3.4 in panels at 100 dpi
     csv_path = tmp_path / "s.csv"
     rc, _ = _run(["prior", "score", "default", str(monuseg_root / "images" / f"{MONUSEG}.tif"),
                   str(monuseg_root / "labels_inst" / f"{MONUSEG}.png"), "-o", str(csv_path)])

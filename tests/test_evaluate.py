@@ -138,6 +138,12 @@ def test_evaluate_cli_writes_table_json_csv_overlays(trained: Path, synth: Path,
                                                    abs=1e-9)
     assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(
         f"{r['image']}.png" for r in rows[:-1])
+    import cv2
+
+    ov = cv2.imread(str(out / "overlays" / f"{rows[0]['image']}.png"))
+    # the 128 x 128 image under a 48 px legend band (2 lines of 21 px + 6 px at scale 0.45)
+    assert ov.shape == (128 + 48, 128, 3)
+    assert ((ov[:48, :, ::-1] == (255, 230, 0)).all(axis=2)).sum() > 20  # prediction swatch
     # the same code validated the last epoch during training
     with open(trained / "metrics.csv") as fh:
         last = list(csv.DictReader(fh))[-1]

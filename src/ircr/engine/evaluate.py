@@ -112,7 +112,9 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
         rows.append(row)
         if overlays is not None:  # the name comes from dataset.json: never a path
             png = child_path(overlays, unique_name(name, taken) + ".png")
-            _write_overlay(png, np.asarray(ds.load_image(idx)), gt, pred)
+            _write_overlay(png, np.asarray(ds.load_image(idx)), gt, pred,
+                           f"{name}: AJI {res.aji:.3f}, {res.n_gt} true / {res.n_pred} "
+                           "predicted nuclei")
     agg = aggregate(results, mode="mean") if results else {}
     mean = {k: float(agg[k]) for k in METRICS if k in agg}
     return EvalResult(per_image=rows, mean=mean)
@@ -129,12 +131,18 @@ def evaluate_models(models: dict[str, nn.Module], ds: PreparedDataset, names: li
             for name, m in models.items()}
 
 
-def _write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> None:
-    """Ground truth outlines in green, prediction outlines in yellow."""
+GT_COLOR, PRED_COLOR = (0, 200, 0), (255, 230, 0)
+
+
+def _write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
+                   title: str = "") -> None:
+    """Full-resolution overlay (ground truth green, prediction yellow) under a legend band."""
+    from ircr.io.figures import caption_image
     from ircr.io.writers import overlay_image, write_png
 
-    out = overlay_image(image, gt, color=(0, 200, 0))
-    write_png(path, overlay_image(out, pred, color=(255, 230, 0)))
+    out = overlay_image(overlay_image(image, gt, color=GT_COLOR), pred, color=PRED_COLOR)
+    write_png(path, caption_image(out, title or path.stem,
+                                  [(GT_COLOR, "ground truth"), (PRED_COLOR, "prediction")]))
 
 
 def select_images(ds: PreparedDataset, split: str, meta: dict[str, Any] | None = None

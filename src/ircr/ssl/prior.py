@@ -274,14 +274,30 @@ def plot_prior(prior: MorphPrior, out: str | Path, tau: float | None = None) -> 
     import matplotlib.pyplot as plt
 
     tau = prior.default_tau if tau is None else float(tau)
-    fig, axes = plt.subplots(1, len(PRIOR_FEATURES), figsize=(3.2 * len(PRIOR_FEATURES), 3))
+    raw = prior.meta.get("mpp") or list(prior.meta.get("nuclei_per_mpp", {}))
+    mpps = [float(m) for m in np.atleast_1d(np.asarray(raw, dtype=np.float64)) if np.isfinite(m)]
+    at = f" at {mpps[0]:g} µm/px" if len(mpps) == 1 else (
+        f", native px of {' and '.join(f'{m:g}' for m in sorted(mpps))} µm/px images"
+        if mpps else "")
+    units = {"area": f"area (px²{at})", "solidity": "solidity (area / convex hull area)",
+             "circularity": "circularity (4π·area / perimeter²)",
+             "haematoxylin": "haematoxylin (mean optical density)",
+             "extent": "extent (area / bounding box area)"}
+    fig, axes = plt.subplots(1, len(PRIOR_FEATURES), figsize=(3.4 * len(PRIOR_FEATURES), 3.4),
+                             dpi=100)
     for k, (ax, name) in enumerate(zip(axes, PRIOR_FEATURES)):
-        ax.plot(prior.grids[k], prior.densities[k], color="tab:purple")
+        ax.plot(prior.grids[k], prior.densities[k], color="tab:purple", label="KDE density")
         ax.axhline(tau, color="tab:red", ls="--", lw=1, label=f"τ = {tau:g} ({prior.combine})")
-        ax.set_title(name)
+        ax.set_title(f"{name} (bandwidth {prior.bandwidths[k]:.3g})", fontsize=9)
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel(f"h = {prior.bandwidths[k]:.3g}")
-    axes[0].set_ylabel("density / max")
+        # every feature is >= 0 (solidity and extent <= 1): the KDE tails past those bounds
+        # are smoothing, not data, so the axes stop there
+        hi = 1.0 if name in ("solidity", "extent") else None
+        ax.set_xlim(max(0.0, float(prior.grids[k][0])),
+                    hi if hi is not None else float(prior.grids[k][-1]))
+        ax.set_xlabel(units.get(name, name), fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("density / its maximum")
     axes[0].legend(loc="upper right", fontsize=7)
     src = ", ".join(map(str, prior.meta.get("sources", []))) or "?"
     fig.suptitle(f"morphological prior: {src}, {prior.meta.get('n_nuclei', '?')} nuclei")
