@@ -357,7 +357,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0,
                  "evaluate on validation images", "segment a tile, write figures + report"], log)
     st.start(f"{s.n_images} tiles of {s.image_size} px -> {out / 'data'}")
     folder, split = prepare_data(out, s, seed)
-    model_dirs, seconds = {}, {}
+    model_dirs: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
     for m in METHODS:
         eta = seconds.get("supervised", 0.0) * (1.6 if m == "ircr" else 1.0) or None
         st.start(f"{s.iterations} iterations on CPU", eta)
