@@ -82,7 +82,15 @@ def test_cli_exits_130_and_says_how_to_resume(synth: Path, tmp_path: Path,
     monkeypatch.undo()
     assert main(["train", str(tmp_path / "c.yaml"), "--out", str(run), "--resume"]) == 0
     err = capsys.readouterr().err
-    assert "resuming at iteration 1" in err
+    # what `ircr train` says before, during and after training (issue 14.5)
+    for line in ("ircr train: method supervised; device cpu (", "; AMP off",
+                 "ircr train: data ", ": 6 labelled + 6 unlabelled patches (unlabelled not used by this method), "
+                 "1 validation image(s)",
+                 "resuming at iteration 1; 3 iterations/epoch x 2 epochs = 6 iterations",
+                 "validating on 1 whole image", "ircr train: done: 6 iterations in ",
+                 "ircr train: val_student_aji: last ", f"ircr train: model folder: {run}/model",
+                 f"ircr train: next: ircr evaluate {run}/model "):
+        assert line in err, line
 
 
 def test_time_based_checkpoint(synth: Path, tmp_path: Path) -> None:

@@ -349,7 +349,9 @@ class Trainer:
         return "\n".join([
             f"method {cfg.method.name}; device {_device_name(self.device)}; AMP {amp}",
             f"data {cfg.data.dataset}: {len(sp.labelled)} labelled + {len(sp.unlabelled)} "
-            f"unlabelled patches, {len(sp.val_images)} validation images",
+            "unlabelled patches" + ("" if self.method.uses_unlabelled else
+                                    " (unlabelled not used by this method)")
+            + f", {len(sp.val_images)} validation image(s)",
             f"{start}{self.ipe} iterations/epoch x {cfg.train.epochs} epochs = {self.total} "
             f"iterations (batch {cfg.data.batch_size}"
             + (f" + {cfg.data.batch_size_unlabelled} unlabelled" if
