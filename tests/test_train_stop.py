@@ -84,7 +84,8 @@ def test_cli_exits_130_and_says_how_to_resume(synth: Path, tmp_path: Path,
     err = capsys.readouterr().err
     # what `ircr train` says before, during and after training (issue 14.5)
     for line in ("ircr train: method supervised; device cpu (", "; AMP off",
-                 "ircr train: data ", ": 6 labelled + 6 unlabelled patches (unlabelled not used by this method), "
+                 "ircr train: data ",
+                 ": 6 labelled + 6 unlabelled patches (unlabelled not used by this method), "
                  "1 validation image(s)",
                  "resuming at iteration 1; 3 iterations/epoch x 2 epochs = 6 iterations",
                  "validating on 1 whole image", "ircr train: done: 6 iterations in ",
