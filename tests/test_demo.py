@@ -58,3 +58,16 @@ def test_demo_out_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(IrcrError, match="cannot create the demo folder"):
         run_demo(f, quick=True)
+
+
+def test_demo_uses_one_thread_on_a_busy_machine(monkeypatch) -> None:
+    import os
+
+    from ircr import demo
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.3, 0.3))
+    assert demo.demo_threads()[0] == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (10.0, 9.0, 8.0))
+    n, why = demo.demo_threads()
+    assert n == 1 and "load 10.0 on 2 cores" in why

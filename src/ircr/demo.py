@@ -40,8 +40,9 @@ CURVES_INCHES = (11.0, 4.0)  # loss_curves.png: 1100 x 400 px
 GT_COLOR = (0, 200, 0)
 PRED_COLOR = (255, 40, 40)
 METRICS = ("aji", "dice", "pq", "f1")
-# measured on an idle 2-core CPU (docs/results.md); shown before the demo starts
-EXPECTED_MINUTES = {"full": 6.0, "quick": 1.0}
+# minutes on an idle 2-core CPU (docs/results.md, "ircr demo timing"); shown before it starts
+EXPECTED_MINUTES = {"full": "3-6", "quick": "0.5-1"}
+IRCR_COST = 1.9  # IRCR iteration / supervised iteration, CPU time (benchmarks/bench_demo.py)
 
 
 @dataclass
@@ -94,6 +95,20 @@ class DemoResult:
 
 def _log(msg: str) -> None:
     print(f"[ircr demo] {msg}", flush=True)
+
+
+def demo_threads() -> tuple[int, str]:
+    """Torch threads for the demo and why: 2 on an idle machine, 1 when the cores are busy.
+
+    On a shared machine extra threads mostly wait for a core (measured on 2 cores at load 15:
+    12 supervised iterations took 87 s with 2 threads and 15 s with 1; docs/results.md).
+    """
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if cores > 1 and load >= cores - 0.5:
+        return 1, f"load {load:.1f} on {cores} cores: using 1 thread"
+    n = max(1, min(2, cores))
+    return n, f"load {load:.1f} on {cores} cores: using {n} thread{'s' if n > 1 else ''}"
 
 
 def _mmss(seconds: float) -> str:
@@ -343,7 +358,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0,
 
     from ircr.train.stop import TrainingStopped
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    threads, why = demo_threads()
+    torch.set_num_threads(threads)
     s = QUICK if quick else FULL
     out = Path(out)
     try:
@@ -351,8 +367,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0,
     except OSError as exc:
         raise IrcrError(f"{out}: cannot create the demo folder ({exc.strerror})") from None
     expected = EXPECTED_MINUTES["quick" if quick else "full"]
-    log(f"{'quick' if quick else 'full'} demo into {out}: about {expected:g} min on an idle "
-        "2-core CPU; longer when the machine is busy")
+    log(f"{'quick' if quick else 'full'} demo into {out}: about {expected} min on an idle "
+        f"2-core CPU; longer when the machine is busy ({why})")
     st = Stages(["prepare synthetic data", *(f"train {m}" for m in METHODS),
                  "evaluate on validation images", "segment a tile, write figures + report"], log)
     st.start(f"{s.n_images} tiles of {s.image_size} px -> {out / 'data'}")
@@ -360,7 +376,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0,
     model_dirs: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     for m in METHODS:
-        eta = seconds.get("supervised", 0.0) * (1.6 if m == "ircr" else 1.0) or None
+        eta = seconds.get("supervised", 0.0) * (IRCR_COST if m == "ircr" else 1.0) or None
         st.start(f"{s.iterations} iterations on CPU", eta)
         t0 = time.time()
         try:
