@@ -41,6 +41,9 @@ def test_set_typo_names_the_option_not_the_file(capsys) -> None:
                    "(did you mean 'train.epochs'?)")
     assert main(["train", str(cfg), "--set", "train.lr.base=3"]) == 2
     assert "'train.lr' is a value, not a section" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--set", "train.epochs=abc"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ircr: error: --set train.epochs=abc: config key 'train.epochs' must be int, got 'abc'")
 
 
 def test_run_folder_instead_of_model_folder(run_dir: Path, capsys) -> None:

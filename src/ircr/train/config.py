@@ -281,7 +281,14 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     for item in overrides or []:
         check_override_key(item)
     apply_overrides(data, list(overrides or []), where=f"{path} (--set)")
-    return from_dict(ExperimentConfig, data, where=str(path))
+    try:
+        return from_dict(ExperimentConfig, data, where=str(path))
+    except IrcrError as exc:  # a bad value given on the command line: name the option
+        for item in reversed(list(overrides or [])):
+            key = item.split("=", 1)[0].strip()
+            if f"'{key}'" in str(exc):
+                raise IrcrError(f"--set {item}: " + str(exc).split(": ", 1)[-1]) from None
+        raise
 
 
 def check_override_key(item: str) -> None:
