@@ -15,8 +15,8 @@ Steps (everything under ``out``):
 No downloads, no GPU. Each stage prints what it does, its elapsed time and an estimate of
 what is left (training shows a progress bar with ETA). A second run into the same folder
 resumes: finished trainings are reused and interrupted ones continue from their checkpoint.
-Times measured on an idle 2-core CPU are in ``docs/results.md`` (:data:`EXPECTED_MINUTES`);
-they scale with the machine's load.
+Times for an idle 2-core CPU (:data:`EXPECTED_TIME`) and measurements on a loaded one are in
+``docs/results.md`` ("ircr demo timing"); they scale with the machine's load.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ GT_COLOR = (0, 200, 0)
 PRED_COLOR = (255, 40, 40)
 METRICS = ("aji", "dice", "pq", "f1")
 # minutes on an idle 2-core CPU (docs/results.md, "ircr demo timing"); shown before it starts
-EXPECTED_MINUTES = {"full": "3-6", "quick": "0.5-1"}
-IRCR_COST = 1.9  # IRCR iteration / supervised iteration, CPU time (benchmarks/bench_demo.py)
+EXPECTED_TIME = {"full": "3-6 min", "quick": "10-30 s"}
+IRCR_COST = 1.55  # IRCR / supervised training time of the full demo (9:00 / 5:52, measured)
 
 
 @dataclass
@@ -301,8 +301,8 @@ def diagnostics_figure(out: Path) -> Path | None:
     return panel_figure(out / "diagnostics.png", panels,
                         "IRCR on unlabelled patches: teacher pseudo-labels, prior and matches",
                         legend=legend, ncols=4,
-                        note="early in training the teacher's instances can cover most of the "
-                             "patch: the prior and MIAC then have little to work with")
+                        note="teacher pseudo-labels (filled) and student prediction (outlines) "
+                             "on the same unlabelled patch, at the end of the epoch shown")
 
 
 def write_report(res: DemoResult, s: DemoSettings, split: str, quick: bool) -> None:
@@ -366,8 +366,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise IrcrError(f"{out}: cannot create the demo folder ({exc.strerror})") from None
-    expected = EXPECTED_MINUTES["quick" if quick else "full"]
-    log(f"{'quick' if quick else 'full'} demo into {out}: about {expected} min on an idle "
+    expected = EXPECTED_TIME["quick" if quick else "full"]
+    log(f"{'quick' if quick else 'full'} demo into {out}: about {expected} on an idle "
         f"2-core CPU; longer when the machine is busy ({why})")
     st = Stages(["prepare synthetic data", *(f"train {m}" for m in METHODS),
                  "evaluate on validation images", "segment a tile, write figures + report"], log)
