@@ -57,7 +57,8 @@ def test_signal_checkpoints_at_the_iteration_boundary_and_resumes(
     torch.set_num_threads(1)
     signal_after(monkeypatch, 2, sig)
     cfg = experiment_from_dict(tiny(synth), "t.yaml")
-    with pytest.raises(TrainingStopped, match="resume with: ircr train t.yaml --out .* --resume"):
+    with pytest.raises(TrainingStopped, match="resume with: ircr train .*run/config.yaml --out "
+                       ".*run --resume"):
         Trainer(cfg, tmp_path / "run", config_source="t.yaml").run()
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["iteration"] == 2  # mid-epoch, although checkpoint_every is 0
@@ -77,10 +78,10 @@ def test_cli_exits_130_and_says_how_to_resume(synth: Path, tmp_path: Path,
     assert main(["train", str(tmp_path / "c.yaml"), "--out", str(run), "--device", "cpu"]) == 130
     err = capsys.readouterr().err
     assert "SIGINT received; saving a checkpoint after the current iteration" in err
-    assert f"resume with: ircr train {tmp_path / 'c.yaml'} --out {run} --resume" in err
+    assert f"resume with: ircr train {run / 'config.yaml'} --out {run} --resume" in err
     assert "Traceback" not in err
     monkeypatch.undo()
-    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(run), "--resume"]) == 0
+    assert main(["train", str(run / "config.yaml"), "--out", str(run), "--resume"]) == 0
     err = capsys.readouterr().err
     # what `ircr train` says before, during and after training (issue 14.5)
     for line in ("ircr train: method supervised; device cpu (", "; AMP off",

@@ -380,9 +380,10 @@ class Trainer:
         if self._stop.requested is None:
             return
         last = self.save()
+        resolved = self.run_dir / "config.yaml"  # the config with every --set applied
         raise TrainingStopped(
             f"{self._stop.requested} at iteration {self.iteration}/{self.total}; checkpoint "
-            f"saved to {last}; resume with: ircr train {self.where} --out {self.run_dir} "
+            f"saved to {last}; resume with: ircr train {resolved} --out {self.run_dir} "
             "--resume")
 
     def _next_batch(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
