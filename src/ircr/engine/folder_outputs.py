@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ircr.errors import file_error
+from ircr.io.atomic import atomic_write, atomic_write_text
 from ircr.io.writers import TABLE_COLUMNS
 
 MERGED_CSV = "ircr_nuclei_all.csv"
@@ -40,40 +41,44 @@ def summary_row(image: str, summary: dict[str, Any], seconds: float,
             "csv": summary.get("outputs", {}).get("csv")}
 
 
+def _merge_csv(rows: Sequence[dict[str, Any]], tmp: Path) -> None:
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(("image", *TABLE_COLUMNS))
+        for r in rows:
+            with open(r["csv"], newline="", encoding="utf-8") as src:
+                reader = csv.reader(src)
+                next(reader, None)
+                for line in reader:
+                    w.writerow((r["image"], *line))
+
+
+def _summary_csv(rows: Sequence[dict[str, Any]], tmp: Path) -> None:
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        dw = csv.DictWriter(fh, fieldnames=ROW_KEYS, extrasaction="ignore")
+        dw.writeheader()
+        for r in rows:
+            dw.writerow({k: "" if r.get(k) is None else r[k] for k in ROW_KEYS})
+
+
 def write_folder_outputs(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
-    """Write the merged CSV (when every row has a per-image CSV) and both summaries."""
+    """Write the merged CSV (when every row has a per-image CSV) and both summaries.
+
+    Each file is written atomically (:mod:`ircr.io.atomic`); errors name the file.
+    """
     written = []
-    try:
-        if rows and all(r.get("csv") for r in rows):
-            merged = out / MERGED_CSV
-            with merged.open("w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh)
-                w.writerow(("image", *TABLE_COLUMNS))
-                for r in rows:
-                    with open(r["csv"], newline="", encoding="utf-8") as src:
-                        reader = csv.reader(src)
-                        next(reader, None)
-                        for line in reader:
-                            w.writerow((r["image"], *line))
-            written.append(merged)
-        table = out / SUMMARY_CSV
-        with table.open("w", newline="", encoding="utf-8") as fh:
-            dw = csv.DictWriter(fh, fieldnames=ROW_KEYS, extrasaction="ignore")
-            dw.writeheader()
-            for r in rows:
-                dw.writerow({k: "" if r.get(k) is None else r[k] for k in ROW_KEYS})
-        written.append(table)
-        nuclei = sum(int(r.get("n_nuclei") or 0) for r in rows)
-        areas = [r["area_mm2"] for r in rows if r.get("area_mm2")]
-        area = sum(areas) if len(areas) == len(rows) and areas else None
-        doc = {"inputs": len(rows), "n_nuclei": nuclei, "area_mm2": area,
-               "nuclei_per_mm2": nuclei / area if area else None,
-               "seconds": round(sum(float(r.get("seconds") or 0) for r in rows), 2),
-               "per_input": [{k: r.get(k) for k in ROW_KEYS} for r in rows]}
-        js = out / SUMMARY_JSON
-        js.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        written.append(js)
-    except OSError as exc:
-        raise file_error(getattr(exc, "filename", None) or out,
-                         f"cannot write the run summary ({exc.strerror})") from None
+    if rows and all(r.get("csv") for r in rows):
+        try:
+            written.append(atomic_write(out / MERGED_CSV, lambda p: _merge_csv(rows, p)))
+        except OSError as exc:  # reading a per-image CSV
+            raise file_error(exc.filename or out, f"cannot read ({exc.strerror})") from None
+    written.append(atomic_write(out / SUMMARY_CSV, lambda p: _summary_csv(rows, p)))
+    nuclei = sum(int(r.get("n_nuclei") or 0) for r in rows)
+    areas = [r["area_mm2"] for r in rows if r.get("area_mm2")]
+    area = sum(areas) if len(areas) == len(rows) and areas else None
+    doc = {"inputs": len(rows), "n_nuclei": nuclei, "area_mm2": area,
+           "nuclei_per_mm2": nuclei / area if area else None,
+           "seconds": round(sum(float(r.get("seconds") or 0) for r in rows), 2),
+           "per_input": [{k: r.get(k) for k in ROW_KEYS} for r in rows]}
+    written.append(atomic_write_text(out / SUMMARY_JSON, json.dumps(doc, indent=2) + "\n"))
     return written
