@@ -61,7 +61,7 @@ def test_api_messages_use_the_api_keyword_and_repr_is_short(run_dir: Path) -> No
     text = " ".join(str(w.message) for w in caught)
     assert "mpp=" in text and "--mpp" not in text and "file" not in text
     assert caught[0].filename == __file__  # points at the caller's line
-    with pytest.raises(IrcrError, match="^mpp: must be a positive number"):
+    with pytest.raises(IrcrError, match="^mpp: 0.0 µm/px is not a plausible pixel size"):
         seg.segment(np.zeros((64, 64, 3), np.uint8), mpp=0.0)
     r = repr(res)
     assert r.startswith("SegmentResult(") and "64x64 px" in r and len(r) < 200
