@@ -61,7 +61,7 @@ class ConsistencyGuard:
         if not bad:
             return False
         if self.warned < self.max_warnings:
-            parts = ", ".join(f"{k} {v:.4g}" for k, v in unsup.items())
+            parts = ", ".join(f"{k} {float(v) + 0.0:.4g}" for k, v in unsup.items())  # no -0
             tmax = "" if teacher_max is None else f"; max |teacher output| {teacher_max:.4g}"
             log.warning("iteration %d: unsupervised terms (%s) are %s the supervised loss "
                         "%.4g%s", iteration, parts,
