@@ -15,8 +15,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["__version__", "load_model"]
 
 
-def load_model(path: Any, **kwargs: Any) -> NucleusSegmenter:
-    """Load a trained model folder and return a segmenter with ``.segment(image_or_path)``."""
+def load_model(path: Any = None, **kwargs: Any) -> NucleusSegmenter:
+    """Load a trained model and return a segmenter with ``.segment(image_or_path)``.
+
+    ``path`` is a model folder or a packaged model name; ``"default"`` (or None) is the
+    HoVer-Net lite model shipped with the package (MoNuSeg-trained, CC BY-NC-SA 4.0 weights).
+    """
     from ircr.engine.segment import load_model as _load
 
     return _load(path, **kwargs)

@@ -1,4 +1,7 @@
-"""``ircr segment MODEL INPUT... -o OUTDIR``: segment tiles, folders and whole-slide images.
+"""``ircr segment [MODEL] INPUT... -o OUTDIR``: segment tiles, folders and whole-slide images.
+
+MODEL is a model folder or a packaged model name (``ircr models list``); without it (or with
+``--model default``) the ``default`` model shipped with the package is used.
 
 INPUT is any mix of image files (PNG, JPEG, TIFF), folders (their image files; ``--recursive``
 for sub-folders, mirrored under OUTDIR) and whole-slide images (SVS, NDPI, pyramidal
@@ -39,9 +42,13 @@ def register(subparsers: Any) -> None:
         "segment", help="segment nuclei in images, folders and whole-slide images",
         description="Run a trained model folder on image files, folders and whole slides; "
                     "writes label TIFF, QuPath GeoJSON, CSV, overlay PNG and a JSON summary.")
-    p.add_argument("model", type=Path, metavar="MODEL", help="trained model folder")
-    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
-                   help="image files, folders or whole-slide images")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="[MODEL] INPUT",
+                   help="optional model (a model folder or a packaged model name; default: "
+                        "the packaged 'default' model), then image files, folders or "
+                        "whole-slide images")
+    p.add_argument("--model", dest="model", default=None, metavar="MODEL",
+                   help="model folder or packaged model name (`ircr models list`); then "
+                        "every positional argument is an input")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="OUTDIR",
                    help="output folder (created)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
@@ -71,6 +78,39 @@ def register(subparsers: Any) -> None:
     again.add_argument("--skip-done", action="store_true",
                        help="skip inputs whose outputs are complete; redo unfinished ones")
     p.set_defaults(func=handler)
+
+
+def _looks_like_model(arg: Path) -> bool:
+    """A packaged model name, or a folder holding a model (or a run folder with model/)."""
+    from ircr.engine.packaged import is_packaged_name
+
+    if is_packaged_name(arg):
+        return True
+    return arg.is_dir() and any((arg / f).is_file() for f in (
+        "model.yaml", "weights.pt", "postproc.yaml", "model/model.yaml"))
+
+
+def split_model(model: str | None, positionals: list[Path]) -> tuple[str | Path, list[Path]]:
+    """(model, inputs) from ``--model`` and the positionals ``[MODEL] INPUT...``.
+
+    Without ``--model`` the first positional is the model when it is a packaged model name or
+    a model folder and more arguments follow; otherwise every positional is an input and the
+    packaged ``default`` model is used.
+
+    Raises:
+        IrcrError: only a model was given (no input).
+    """
+    from ircr.engine.packaged import DEFAULT_MODEL
+
+    if model is not None:
+        return model, positionals
+    first = positionals[0]
+    if _looks_like_model(first):
+        if len(positionals) == 1:
+            raise IrcrError(f"{first}: this is a model; give the images to segment after it "
+                            "(ircr segment [MODEL] INPUT... -o OUTDIR)")
+        return first, positionals[1:]
+    return DEFAULT_MODEL, positionals
 
 
 def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
@@ -131,11 +171,12 @@ def handler(args: argparse.Namespace) -> int:
         from ircr.io.wsi import check_mpp
 
         check_mpp(args.mpp)
-    files = collect_inputs(list(args.inputs), args.recursive)
+    model, inputs = split_model(args.model, list(args.inputs))
+    files = collect_inputs(inputs, args.recursive)
     from ircr.io.paths import ensure_dir
 
     ensure_dir(args.out)
-    seg = load_model(args.model, device=args.device, batch_size=args.batch_size, amp=args.amp,
+    seg = load_model(model, device=args.device, batch_size=args.batch_size, amp=args.amp,
                      tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers,
                      window=args.window, overlap=args.overlap)
     print(f"ircr segment: {seg.describe()}", file=sys.stderr)

@@ -218,7 +218,8 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
     extra = sorted(set(state) - set(expected))
     if extra:
         raise IrcrError(f"{path}: unexpected tensor '{extra[0]}' (does not match model.yaml)")
-    model.load_state_dict(state)
+    # weights may be stored in fp16 (packaged models); the network always runs in its own dtype
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
 def _read_meta(folder: Path) -> tuple[dict[str, Any], ModelConfig, float | None, int]:
@@ -286,3 +287,16 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
         prior_file=prior if prior.is_file() else None,
         inference=inference,
     )
+
+
+def write_postproc(folder: str | Path, postproc: dict[str, Any],
+                   extra_files: dict[str, str] | None = None) -> Path:
+    """Replace a model folder's ``postproc.yaml`` atomically (e.g. tuned WBIS thresholds).
+
+    ``extra_files`` maps file names in the folder to text written alongside (atomically too).
+    """
+    out = Path(folder)
+    for name, text in (extra_files or {}).items():
+        _write_text(out / name, text)
+    _write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False))
+    return out / POSTPROC_YAML

@@ -562,7 +562,7 @@ def check_input_file(path: Path) -> None:
         raise file_error(path, "file is empty (0 bytes)")
 
 
-def load_model(path: str | Path, device: str | torch.device | None = None,
+def load_model(path: str | Path | None = None, device: str | torch.device | None = None,
                batch_size: int | None = None, amp: bool = False, tile: int = 1024,
                margin: int | None = None, prior: str | Path | None = None,
                workers: int = 2, window: int | None = None,
@@ -570,7 +570,8 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     """Load a model folder (weights.pt, model.yaml, postproc.yaml[, prior.npz]).
 
     Args:
-        path: the model folder.
+        path: the model folder, or the name of a packaged model (``"default"``; None = the
+            default model shipped with the package, see ``ircr models list``).
         device: "auto" (default: CUDA, then MPS, then CPU), "cpu", "cuda[:N]" or "mps".
         batch_size, window, overlap: sliding-window inference; None = the folder's
             ``inference`` setting (the one ``ircr evaluate`` uses; see
@@ -585,9 +586,11 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
         IrcrError: the folder or one of its files is missing or corrupt.
     """
     from ircr.engine.model_folder import POSTPROC_YAML, load_model_folder, resolve_inference
+    from ircr.engine.packaged import resolve_model
     from ircr.postproc.watershed import WBISParams
     from ircr.ssl.prior import load_prior
 
+    path = resolve_model(path)
     loaded = load_model_folder(path, device="cpu")
     setting = resolve_inference(loaded.inference, window, overlap, batch_size)
     params = from_dict(WBISParams, loaded.postproc, where=str(Path(path) / POSTPROC_YAML))

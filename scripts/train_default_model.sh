@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Reproduce the packaged default model src/ircr/resources/models/default exactly:
+# data prepare -> ircr train (supervised, lite HoVer-Net) -> select the best validation epoch
+# -> ircr tune-postproc on the 3 validation images -> evaluate -> package (fp16 weights + card).
+#
+# Usage: scripts/train_default_model.sh [MONUSEG_TRAIN_ROOT] [WORK_DIR]
+#   MONUSEG_TRAIN_ROOT  default ../shared/data/MoNuSeg2018/train (next to the repository)
+#   WORK_DIR            default /tmp/ircr_default_model (data, run, evaluations; not the repo)
+# Interrupted? Run it again: training resumes from WORK_DIR/run/checkpoints/last.pt.
+# Threads: OMP_NUM_THREADS (default 2). On 2 shared CPU cores training takes about an hour.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA="${1:-$REPO/../shared/data/MoNuSeg2018/train}"
+WORK="${2:-/tmp/ircr_default_model}"
+DEST="$REPO/src/ircr/resources/models/default"
+CONFIG="$REPO/configs/default_model/lite_monuseg.yaml"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+SPLIT=ratio_1_seed0
+
+mkdir -p "$WORK"
+# 1. 30 labelled images -> 128 px patches; 3 images (10 %) held out by image for validation
+if [ ! -f "$WORK/prepared/dataset.json" ]; then
+  ircr data prepare monuseg "$DATA" -o "$WORK/prepared" --patch 128 --ratio 1 --seed 0
+fi
+# 2. train (resumes when a checkpoint exists)
+RESUME=()
+[ -f "$WORK/run/checkpoints/last.pt" ] && RESUME=(--resume)
+ircr train "$CONFIG" --out "$WORK/run" --set data.dataset="$WORK/prepared" --no-progress \
+  "${RESUME[@]}"
+# 3. model selection: the epoch with the best validation AJI
+rm -rf "$WORK/selected" "$WORK/eval_default" "$WORK/eval_tuned"
+python "$REPO/scripts/package_default_model.py" select "$WORK/run" "$WORK/selected"
+ircr evaluate "$WORK/selected" "$WORK/prepared" --split "$SPLIT" --out "$WORK/eval_default" \
+  --device cpu --no-progress
+# 4. WBIS thresholds tuned on the validation images (written into the selected folder)
+ircr tune-postproc "$WORK/selected" "$WORK/prepared" --split "$SPLIT" --device cpu
+ircr evaluate "$WORK/selected" "$WORK/prepared" --split "$SPLIT" --out "$WORK/eval_tuned" \
+  --device cpu --no-progress
+# 5. the shipped folder: fp16 weights, tuned postproc, metrics, model card
+python "$REPO/scripts/package_default_model.py" package "$WORK/selected" \
+  "$WORK/eval_default" "$WORK/eval_tuned" "$DEST"
+ircr models list

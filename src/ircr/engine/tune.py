@@ -1,0 +1,184 @@
+"""Tune the WBIS thresholds of a trained model on validation images (``ircr tune-postproc``).
+
+Like StarDist's ``optimize_thresholds``: the network runs once per image (sliding window,
+the model's inference setting), then WBIS runs for every point of a small grid over the
+documented post-processing parameters (:class:`ircr.postproc.watershed.WBISParams`); the
+point with the best mean metric (AJI by default) over the images wins. Ties keep the earlier
+grid point, and the grid starts from the model's current values, so a tie never changes them.
+
+The result is written into the model folder (``postproc.yaml`` replaced atomically, the whole
+grid in ``tuning.json``) or, for packaged models and with ``out``, into a copy of the folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ircr.config import from_dict
+from ircr.data.store import PreparedDataset
+from ircr.errors import IrcrError
+from ircr.metrics import aggregate, instance_metrics
+from ircr.postproc.watershed import WBISParams, wbis
+
+# the default grid: foreground threshold, marker (energy) threshold, Sobel kernel size and
+# the smallest kept object; 3 x 4 x 3 x 2 = 72 WBIS runs per image
+DEFAULT_GRID: dict[str, tuple[float | int, ...]] = {
+    "threshold": (0.4, 0.5, 0.6),
+    "marker_threshold": (0.3, 0.4, 0.5, 0.6),
+    "ksize": (15, 21, 25),
+    "min_size": (10, 30),
+}
+TUNABLE = ("threshold", "marker_threshold", "ksize", "min_size", "marker_min_size", "open_ksize")
+TUNE_METRICS = ("aji", "pq", "f1", "dice", "aji_plus")
+TUNING_JSON = "tuning.json"
+
+
+@dataclass
+class TuneResult:
+    """Best WBIS parameters, their score, the score of the starting ones, and every row."""
+
+    best: dict[str, Any]
+    best_score: float
+    start_score: float
+    metric: str
+    images: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        changed = ", ".join(f"{k}={v}" for k, v in self.best.items() if k in TUNABLE)
+        return (f"best mean {self.metric} {self.best_score:.4f} (was {self.start_score:.4f}) "
+                f"on {len(self.images)} image(s): {changed}")
+
+
+def parse_grid(items: list[str] | None) -> dict[str, tuple[float | int, ...]]:
+    """``["threshold=0.4,0.5", ...]`` -> grid (defaults for keys not given).
+
+    Raises:
+        IrcrError: unknown key, malformed or empty list (the message names ``--grid``).
+    """
+    grid = dict(DEFAULT_GRID)
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or key not in TUNABLE:
+            raise IrcrError(f"--grid: expected KEY=v1,v2,... with KEY one of "
+                            f"{', '.join(TUNABLE)}, got '{item}'")
+        cast = float if key in ("threshold", "marker_threshold") else int
+        try:
+            parsed = tuple(cast(v) for v in values.split(",") if v.strip())
+        except ValueError as exc:
+            raise IrcrError(f"--grid: {key}: not a list of numbers: '{values}'") from exc
+        if not parsed:
+            raise IrcrError(f"--grid: {key}: no values")
+        grid[key] = parsed
+    return grid
+
+
+def _grid_points(start: WBISParams, grid: dict[str, tuple[float | int, ...]]
+                 ) -> list[WBISParams]:
+    """Every grid point (current values first), each validated by WBISParams.effective."""
+    keys = list(grid)
+    values = [sorted(set(grid[k]) | {getattr(start, k)}, key=lambda v, k=k: (  # type: ignore[misc]
+        v != getattr(start, k), v)) for k in keys]
+    points = []
+    for combo in itertools.product(*values):
+        p = WBISParams(**{**asdict(start), **dict(zip(keys, combo))})
+        p.effective()
+        points.append(p)
+    return points
+
+
+def _score(maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], params: WBISParams,
+           metric: str) -> float:
+    results = [instance_metrics(gt, wbis(prob, hv, params)) for prob, hv, gt in maps]
+    return float(aggregate(results, mode="mean")[metric])
+
+
+def tune_postproc(maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], start: WBISParams,
+                  grid: dict[str, tuple[float | int, ...]] | None = None, metric: str = "aji",
+                  images: list[str] | None = None) -> TuneResult:
+    """Grid search over WBIS parameters on precomputed (prob, hv, gt) maps.
+
+    Raises:
+        IrcrError: unknown metric or no images.
+    """
+    if metric not in TUNE_METRICS:
+        raise IrcrError(f"--metric: must be one of {', '.join(TUNE_METRICS)}, got '{metric}'")
+    if not maps:
+        raise IrcrError("tune-postproc: no labelled images to tune on")
+    rows: list[dict[str, Any]] = []
+    best, best_score, start_score = start, -1.0, float("nan")
+    for i, params in enumerate(_grid_points(start, grid or DEFAULT_GRID)):
+        score = _score(maps, params, metric)
+        if i == 0:
+            start_score = score
+        rows.append({**{k: getattr(params, k) for k in TUNABLE}, metric: score})
+        if score > best_score:
+            best, best_score = params, score
+    return TuneResult(asdict(best), best_score, start_score, metric, list(images or []), rows)
+
+
+def predict_for_tuning(model_dir: str | Path, dataset: str | Path, split: str = "val",
+                       device: str = "auto", progress: bool = False
+                       ) -> tuple[Any, list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                                  list[str]]:
+    """Load a model folder and predict (prob, hv) once for each selected labelled image."""
+    from ircr.engine.evaluate import predict_whole, select_images
+    from ircr.engine.model_folder import load_model_folder
+    from ircr.train.config import EvalConfig
+    from ircr.train.trainer import select_device
+
+    dev = select_device(device)
+    loaded = load_model_folder(model_dir, device=dev)
+    ds = PreparedDataset(dataset)
+    names, _ = select_images(ds, split, loaded.meta)
+    inference = loaded.meta.get("inference")
+    inference = inference if isinstance(inference, dict) else {}
+    cfg = from_dict(EvalConfig, {k: v for k, v in inference.items()
+                                 if k in ("window", "overlap", "batch_size")},
+                    where=str(Path(model_dir) / "model.yaml"), prefix="inference.")
+    maps = []
+    for name in names:
+        idx = ds.index_of(name)
+        if not ds.images[idx].get("labelled"):
+            raise IrcrError(f"{ds.path}: image '{name}' has no labels; cannot tune on it")
+        prob, hv = predict_whole(loaded.model, ds, name, cfg, dev)
+        maps.append((prob, hv, np.asarray(ds.load_inst(idx))))
+        if progress:
+            print(f"tune-postproc: predicted {name}", flush=True)
+    return loaded, maps, names
+
+
+def write_tuned(model_dir: str | Path, result: TuneResult, out: str | Path | None = None,
+                dataset: str = "") -> Path:
+    """Write the best parameters into ``model_dir`` (or a copy at ``out``); returns the folder.
+
+    Raises:
+        IrcrError: the target is a packaged (read-only) model and no ``out`` was given, or
+            ``out`` already exists.
+    """
+    from ircr.engine.model_folder import write_postproc
+    from ircr.engine.packaged import is_packaged_folder
+
+    target = Path(model_dir)
+    if out is not None:
+        target = Path(out)
+        if target.exists():
+            raise IrcrError(f"{target}: already exists; choose a new --out folder")
+        shutil.copytree(model_dir, target)
+    elif is_packaged_folder(model_dir):
+        raise IrcrError(f"{model_dir}: a packaged model is not changed in place; "
+                        "pass --out DIR to write a tuned copy")
+    doc = {"metric": result.metric, "best_score": result.best_score,
+           "start_score": result.start_score, "images": result.images, "dataset": dataset,
+           "best": result.best, "grid": result.rows}
+    write_postproc(target, result.best,
+                   extra_files={TUNING_JSON: json.dumps(doc, indent=2) + "\n"})
+    return target
