@@ -7,7 +7,8 @@
 #   MONUSEG_TRAIN_ROOT  default ../shared/data/MoNuSeg2018/train (next to the repository)
 #   WORK_DIR            default /tmp/ircr_default_model (data, run, evaluations; not the repo)
 # Interrupted? Run it again: training resumes from WORK_DIR/run/checkpoints/last.pt.
-# Threads: OMP_NUM_THREADS (default 2). On 2 shared CPU cores training takes about an hour.
+# Threads: OMP_NUM_THREADS (default 1: on a busy 2-core machine two OpenMP threads spin-wait
+# for each other and run ~3x slower). On 2 shared CPU cores training takes well under an hour.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +16,7 @@ DATA="${1:-$REPO/../shared/data/MoNuSeg2018/train}"
 WORK="${2:-/tmp/ircr_default_model}"
 DEST="$REPO/src/ircr/resources/models/default"
 CONFIG="$REPO/configs/default_model/lite_monuseg.yaml"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 SPLIT=ratio_1_seed0
 
 mkdir -p "$WORK"
