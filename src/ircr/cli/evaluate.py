@@ -15,7 +15,8 @@ def register(subparsers: Any) -> None:
         "evaluate", help="evaluate a model folder on whole images of a prepared dataset",
         description="Sliding-window inference, WBIS on each whole image, AJI/Dice/F1/PQ/AJI+ "
                     "per image and their mean. Writes metrics.json and per_image.csv.")
-    p.add_argument("model", metavar="MODEL", type=Path, help="model folder (run/model)")
+    p.add_argument("model", metavar="MODEL",
+                   help="model folder (run/model) or packaged model name (default)")
     p.add_argument("dataset", metavar="DATASET", type=Path, help="prepared dataset folder")
     p.add_argument("--split", default="val",
                    help="val (default: the model's training split), test, all, or a split "
@@ -35,12 +36,17 @@ def handler(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write JSON/CSV."""
     from ircr.config import from_dict
     from ircr.engine.evaluate import evaluate_folder
+    from ircr.engine.packaged import is_packaged_folder, resolve_model
+    from ircr.errors import IrcrError
     from ircr.train.config import EvalConfig
 
     cfg = from_dict(EvalConfig, {"f1_mode": args.f1_mode}, where="ircr evaluate")
+    folder = resolve_model(args.model)
+    if args.out is None and is_packaged_folder(folder):
+        raise IrcrError(f"{args.model}: a packaged model folder is read-only; pass --out DIR")
     safe = str(args.split).replace("/", "_").replace("\\", "_")
-    out = args.out or Path(args.model) / "evaluation" / Path(safe).stem
-    res = evaluate_folder(args.model, args.dataset, split=args.split, out=out,
+    out = args.out or folder / "evaluation" / Path(safe).stem
+    res = evaluate_folder(folder, args.dataset, split=args.split, out=out,
                           overlays=args.overlays, device=args.device, cfg=cfg,
                           progress=not args.no_progress, window=args.window,
                           overlap=args.overlap, batch_size=args.batch_size)
