@@ -90,9 +90,10 @@ def _save(out: Path, model: torch.nn.Module, model_cfg: Any, postproc: dict[str,
                       metrics=metrics, extra=extra, **kwargs)
 
 
-def _mean(path: Path) -> dict[str, float]:
+def _mean(path: Path) -> tuple[dict[str, float], list[str]]:
     doc = json.loads(path.read_text())
-    return {k: round(float(v), 4) for k, v in doc["mean"].items()}
+    means = {k: round(float(v), 4) for k, v in doc["mean"].items()}
+    return means, [str(r["image"]) for r in doc["per_image"]]
 
 
 def package(selected: Path, eval_default: Path, eval_tuned: Path, dest: Path) -> None:
@@ -103,7 +104,8 @@ def package(selected: Path, eval_default: Path, eval_tuned: Path, dest: Path) ->
     meta = dict(loaded.meta)
     half = loaded.model.half()
     n_params = sum(p.numel() for p in loaded.model.parameters())
-    default, tuned = _mean(eval_default / "metrics.json"), _mean(eval_tuned / "metrics.json")
+    default, images = _mean(eval_default / "metrics.json")
+    tuned, _ = _mean(eval_tuned / "metrics.json")
     card: dict[str, Any] = {
         "description": "HoVer-Net lite (width 1/4, 2 residual units per encoder group, "
                        "decoder units [4, 2]; same 256 -> 256 design and WBIS post-processing "
@@ -117,9 +119,9 @@ def package(selected: Path, eval_default: Path, eval_tuned: Path, dest: Path) ->
                   f"{meta['train']['selected_epoch']}, {meta['train']['iterations']} iterations "
                   "of batch 4 on 128 px patches, 2 CPU cores)",
         "training_command": COMMAND,
-        "validation": {"images": 3, "default_wbis": default, "tuned_wbis": tuned,
-                       "note": "mean over the 3 validation images; the tuned thresholds were "
-                               "chosen on these same images (optimistic)"},
+        "validation": {"images": images, "default_wbis": default, "tuned_wbis": tuned,
+                       "note": f"mean over the {len(images)} validation images; the tuned "
+                               "thresholds were chosen on these same images (optimistic)"},
     }
     extra = {k: v for k, v in meta.items() if k not in (
         "ircr_version", "created", "model", "mpp", "patch_size", "files", "inference")}

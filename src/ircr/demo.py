@@ -8,7 +8,8 @@ Steps (everything under ``out``):
    iterations, same seed and same initialisation (``runs/<method>/``);
 3. evaluate both final students on the validation images (whole-image sliding window, WBIS,
    AJI / Dice / PQ / F1);
-4. segment one validation tile with :func:`ircr.load_model` and draw overlays;
+4. segment one validation tile with :func:`ircr.load_model` (both demo models and the
+   packaged ``default`` model) and draw overlays;
 5. write ``report.md`` with the numbers, loss curves and overlays — saying plainly which did
    better (on a tiny CPU budget the difference can go either way).
 
@@ -269,11 +270,13 @@ def segment_tile(out: Path, folder: Path, split: str, model_dirs: dict[str, Path
         score = f", val AJI {aji:.3f}" if aji is not None else ""
         panels.append((thick_overlay(image, np.asarray(seg.inst), PRED_COLOR),
                        f"{m} ({len(seg)} nuclei{score})"))
+    panels.append(default_model_panel(image, gt))
     h, w = image.shape[:2]
     path = panel_figure(out / "segmentation.png", panels,
-                        f"validation tile {sp.val_images[0]}: ground truth and both models",
+                        f"validation tile {sp.val_images[0]}: ground truth, both models and "
+                        "the packaged default model",
                         legend=[(GT_COLOR, "ground-truth outline"),
-                                (PRED_COLOR, "predicted outline")], ncols=3,
+                                (PRED_COLOR, "predicted outline")], ncols=4,
                         note=f"{w}x{h} px at 0.25 µm/px ({w * 0.25:.0f} µm wide)")
     return [path]
 
@@ -303,6 +306,18 @@ def diagnostics_figure(out: Path) -> Path | None:
                         legend=legend, ncols=4,
                         note="teacher pseudo-labels (filled) and student prediction (outlines) "
                              "on the same unlabelled patch, at the end of the epoch shown")
+
+
+def default_model_panel(image: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, str]:
+    """The same tile segmented by the packaged ``default`` model (trained on real MoNuSeg)."""
+    import ircr
+    from ircr.io.figures import thick_overlay
+    from ircr.metrics import instance_metrics
+
+    seg = ircr.load_model("default", device="cpu").segment(image, mpp=0.25)
+    aji = instance_metrics(gt, np.asarray(seg.inst)).aji
+    return (thick_overlay(image, np.asarray(seg.inst), PRED_COLOR),
+            f"packaged default model ({len(seg)} nuclei, AJI {aji:.3f} on this tile)")
 
 
 def write_report(res: DemoResult, s: DemoSettings, split: str, quick: bool) -> None:
@@ -338,7 +353,9 @@ def write_report(res: DemoResult, s: DemoSettings, split: str, quick: bool) -> N
                      "set and a tiny CPU budget: this is a demonstration of the pipeline, not "
                      "evidence for or against the method.")
     lines += ["", "![loss curves](loss_curves.png)", "",
-              "Segmentation of one validation tile (left: ground truth; then supervised, IRCR):",
+              "Segmentation of one validation tile (ground truth; supervised; IRCR; and the "
+              "packaged `default` model, trained on real MoNuSeg tiles, that `ircr segment "
+              "INPUT -o OUT` uses):",
               "", "![segmentation](segmentation.png)", ""]
     if (res.out / "diagnostics.png").is_file():
         n = len(list((res.out / "runs" / "ircr" / "diagnostics").rglob("*.png")))

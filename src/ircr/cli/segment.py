@@ -179,6 +179,8 @@ def handler(args: argparse.Namespace) -> int:
     seg = load_model(model, device=args.device, batch_size=args.batch_size, amp=args.amp,
                      tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers,
                      window=args.window, overlap=args.overlap)
+    where = "" if str(model) == seg.name else f" ({seg.name})"
+    print(f"ircr segment: model {model}{where}", file=sys.stderr)
     print(f"ircr segment: {seg.describe()}", file=sys.stderr)
     print(f"ircr segment: {len(files)} input(s) -> {args.out}", file=sys.stderr)
     rows = []
