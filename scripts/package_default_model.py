@@ -8,11 +8,13 @@ Two steps:
     ``OUT`` (fp32), with the sliding-window setting it was validated with (window 256,
     overlap 64) and the training record.
 
-``package SELECTED EVAL_DEFAULT EVAL_TUNED DEST``
+``package SELECTED EVAL_TUNED DEST``
     Writes the shipped folder ``DEST`` (``src/ircr/resources/models/default``): weights stored
     in fp16 (loaded as fp32), the tuned ``postproc.yaml`` and ``tuning.json`` of SELECTED,
-    ``metrics.json`` with the validation metrics before and after tuning, and the model card
-    (``card`` in model.yaml): data source and licence, training command, metrics.
+    ``metrics.json`` with the validation metrics before tuning (the training run's validation
+    of the selected epoch: same images, same 256/64 sliding window as ``ircr evaluate``) and
+    after tuning (``ircr evaluate`` output EVAL_TUNED), and the model card (``card`` in
+    model.yaml): data source and licence, training command, metrics.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def best_epoch(run: Path) -> tuple[int, dict[str, float]]:
     if not scored:
         raise SystemExit(f"{run / 'metrics.csv'}: no validation rows (val_student_aji)")
     best = max(scored, key=lambda r: (float(r["val_student_aji"]), int(r["epoch"])))
-    metrics = {k[len("val_student_"):]: float(v) for k, v in best.items()
+    metrics = {k[len("val_student_"):]: round(float(v), 4) for k, v in best.items()
                if k.startswith("val_student_") and v not in ("", None)}
     return int(best["epoch"]), metrics
 
@@ -72,7 +74,7 @@ def select(run: Path, out: Path) -> None:
                        "selected_epoch": epoch, "iterations": iterations,
                        "epochs": cfg.train.epochs, "selection": "best validation AJI"}}
     _save(out, model.eval(), cfg.model, to_dict(cfg.postproc), patch_size=cfg.data.patch_size,
-          metrics={"validation_at_selection": metrics}, extra=extra)
+          metrics={"validation_default_wbis": metrics}, extra=extra)
     print(f"selected epoch {epoch} (iteration {iterations}, val AJI {metrics['aji']:.4f}) "
           f"-> {out}")
 
@@ -96,7 +98,7 @@ def _mean(path: Path) -> tuple[dict[str, float], list[str]]:
     return means, [str(r["image"]) for r in doc["per_image"]]
 
 
-def package(selected: Path, eval_default: Path, eval_tuned: Path, dest: Path) -> None:
+def package(selected: Path, eval_tuned: Path, dest: Path) -> None:
     """Write the shipped model folder ``dest`` from the selected, tuned folder."""
     from ircr.engine.model_folder import load_model_folder
 
@@ -104,8 +106,8 @@ def package(selected: Path, eval_default: Path, eval_tuned: Path, dest: Path) ->
     meta = dict(loaded.meta)
     half = loaded.model.half()
     n_params = sum(p.numel() for p in loaded.model.parameters())
-    default, images = _mean(eval_default / "metrics.json")
-    tuned, _ = _mean(eval_tuned / "metrics.json")
+    tuned, images = _mean(eval_tuned / "metrics.json")
+    default = dict((loaded.metrics or {})["validation_default_wbis"])
     card: dict[str, Any] = {
         "description": "HoVer-Net lite (width 1/4, 2 residual units per encoder group, "
                        "decoder units [4, 2]; same 256 -> 256 design and WBIS post-processing "
@@ -126,8 +128,7 @@ def package(selected: Path, eval_default: Path, eval_tuned: Path, dest: Path) ->
     extra = {k: v for k, v in meta.items() if k not in (
         "ircr_version", "created", "model", "mpp", "patch_size", "files", "inference")}
     extra["card"] = card
-    metrics = {"validation_default_wbis": default, "validation_tuned_wbis": tuned,
-               **(loaded.metrics or {})}
+    metrics = {"validation_default_wbis": default, "validation_tuned_wbis": tuned}
     if dest.exists():
         shutil.rmtree(dest)
     _save(dest, half, loaded.model_cfg, loaded.postproc, patch_size=loaded.patch_size,
@@ -145,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("run", type=Path)
     s.add_argument("out", type=Path)
     p = sub.add_parser("package")
-    for name in ("selected", "eval_default", "eval_tuned", "dest"):
+    for name in ("selected", "eval_tuned", "dest"):
         p.add_argument(name, type=Path)
     args = ap.parse_args(argv)
     if args.step == "select":
         select(args.run, args.out)
     else:
-        package(args.selected, args.eval_default, args.eval_tuned, args.dest)
+        package(args.selected, args.eval_tuned, args.dest)
     return 0
 
 

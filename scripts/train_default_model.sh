@@ -2,6 +2,7 @@
 # Reproduce the packaged default model src/ircr/resources/models/default exactly:
 # data prepare -> ircr train (supervised, lite HoVer-Net) -> select the best validation epoch
 # -> ircr tune-postproc on the 3 validation images -> evaluate -> package (fp16 weights + card).
+# Each step only reads the previous one's output, so a step can be rerun on its own.
 #
 # Usage: scripts/train_default_model.sh [MONUSEG_TRAIN_ROOT] [WORK_DIR]
 #   MONUSEG_TRAIN_ROOT  default ../shared/data/MoNuSeg2018/train (next to the repository)
@@ -29,16 +30,15 @@ RESUME=()
 [ -f "$WORK/run/checkpoints/last.pt" ] && RESUME=(--resume)
 ircr train "$CONFIG" --out "$WORK/run" --set data.dataset="$WORK/prepared" --no-progress \
   "${RESUME[@]}"
-# 3. model selection: the epoch with the best validation AJI
-rm -rf "$WORK/selected" "$WORK/eval_default" "$WORK/eval_tuned"
+# 3. model selection: the epoch with the best validation AJI (its validation metrics, default
+#    WBIS, are those of the training run: same images, same 256/64 sliding window)
+rm -rf "$WORK/selected" "$WORK/eval_tuned"
 python "$REPO/scripts/package_default_model.py" select "$WORK/run" "$WORK/selected"
-ircr evaluate "$WORK/selected" "$WORK/prepared" --split "$SPLIT" --out "$WORK/eval_default" \
-  --device cpu --no-progress
 # 4. WBIS thresholds tuned on the validation images (written into the selected folder)
 ircr tune-postproc "$WORK/selected" "$WORK/prepared" --split "$SPLIT" --device cpu
 ircr evaluate "$WORK/selected" "$WORK/prepared" --split "$SPLIT" --out "$WORK/eval_tuned" \
   --device cpu --no-progress
 # 5. the shipped folder: fp16 weights, tuned postproc, metrics, model card
-python "$REPO/scripts/package_default_model.py" package "$WORK/selected" \
-  "$WORK/eval_default" "$WORK/eval_tuned" "$DEST"
+python "$REPO/scripts/package_default_model.py" package "$WORK/selected" "$WORK/eval_tuned" \
+  "$DEST"
 ircr models list
