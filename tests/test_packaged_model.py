@@ -33,8 +33,8 @@ FOLDER = packaged_root() / "default"
 VAL_IMAGE = "TCGA-21-5784-01Z-00-DX1"  # one of the 3 validation images (not trained on)
 # measured AJI of the crop below: see MEASURED_AJI; the floor leaves a margin for
 # platform differences in floating point (the result is otherwise deterministic)
-MEASURED_AJI = 0.0
-AJI_FLOOR = MEASURED_AJI - 0.05
+MEASURED_AJI = 0.4385  # measured 2026-11-30 (n_pred 142, n_gt 130)
+AJI_FLOOR = MEASURED_AJI - 0.03
 
 
 @pytest.fixture(scope="module", autouse=True)
