@@ -138,3 +138,19 @@ def test_cli_models_list_and_errors(tmp_path, capsys) -> None:
     assert "packaged model is not changed in place" in capsys.readouterr().err
     with pytest.raises(IrcrError, match="not a packaged model"):
         ircr.load_model("no-such-model")
+
+
+def test_which_positional_is_the_model(tmp_path) -> None:
+    from ircr.cli.segment import split_model
+
+    png, other = tmp_path / "a.png", tmp_path / "b.tif"
+    png.write_bytes(b"")
+    assert split_model(None, [png, other]) == ("default", [png, other])
+    assert split_model(None, [Path("default"), png]) == (Path("default"), [png])
+    assert split_model(None, [FOLDER, png]) == (FOLDER, [png])
+    # a missing path not named like an image is a (mistyped) model, as before MODEL was optional
+    assert split_model(None, [tmp_path / "runs_x", png]) == (tmp_path / "runs_x", [png])
+    assert split_model(None, [tmp_path / "missing.png", png])[0] == "default"
+    assert split_model("mine", [png]) == ("mine", [png])
+    with pytest.raises(IrcrError, match="this is a model"):
+        split_model(None, [FOLDER])

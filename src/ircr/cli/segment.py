@@ -81,11 +81,17 @@ def register(subparsers: Any) -> None:
 
 
 def _looks_like_model(arg: Path) -> bool:
-    """A packaged model name, or a folder holding a model (or a run folder with model/)."""
+    """A packaged model name, a folder holding a model (or a run folder with model/), or a
+    path that does not exist and is not named like an image (a mistyped model folder is then
+    reported as a missing model, as before MODEL became optional)."""
     from ircr.engine.packaged import is_packaged_name
+    from ircr.engine.segment import IMAGE_SUFFIXES
+    from ircr.io.wsi import SLIDE_SUFFIXES, TIFF_SUFFIXES
 
     if is_packaged_name(arg):
         return True
+    if not arg.exists():
+        return arg.suffix.lower() not in IMAGE_SUFFIXES | SLIDE_SUFFIXES | TIFF_SUFFIXES
     return arg.is_dir() and any((arg / f).is_file() for f in (
         "model.yaml", "weights.pt", "postproc.yaml", "model/model.yaml"))
 
@@ -93,19 +99,20 @@ def _looks_like_model(arg: Path) -> bool:
 def split_model(model: str | None, positionals: list[Path]) -> tuple[str | Path, list[Path]]:
     """(model, inputs) from ``--model`` and the positionals ``[MODEL] INPUT...``.
 
-    Without ``--model`` the first positional is the model when it is a packaged model name or
-    a model folder and more arguments follow; otherwise every positional is an input and the
-    packaged ``default`` model is used.
+    Without ``--model`` the first positional is the model when more arguments follow and it
+    is a packaged model name, a model folder, or a missing path not named like an image;
+    otherwise every positional is an input and the packaged ``default`` model is used.
 
     Raises:
         IrcrError: only a model was given (no input).
     """
-    from ircr.engine.packaged import DEFAULT_MODEL
+    from ircr.engine.packaged import DEFAULT_MODEL, is_packaged_name
 
     if model is not None:
         return model, positionals
     first = positionals[0]
-    if _looks_like_model(first):
+    if _looks_like_model(first) and (len(positionals) > 1 or first.exists()
+                                     or is_packaged_name(first)):
         if len(positionals) == 1:
             raise IrcrError(f"{first}: this is a model; give the images to segment after it "
                             "(ircr segment [MODEL] INPUT... -o OUTDIR)")
