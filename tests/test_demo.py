@@ -33,8 +33,10 @@ def test_quick_demo_writes_report_with_both_methods(tmp_path: Path) -> None:
 
     diag = sorted((out / "runs" / "ircr" / "diagnostics").rglob("*.png"))
     assert len(diag) == 4  # 2 overlays x 2 epochs in quick mode
-    # (height, width): 11 x 4 in at 100 dpi; 3 and 4 panels of 3.2 in + title/legend bands
-    for png, size in (("loss_curves.png", (400, 1100)), ("segmentation.png", (440, 960)),
+    # (height, width): 11 x 4 in at 100 dpi; 4 panels of 3.2 in + title/legend bands
+    # (segmentation: ground truth, both demo models, the packaged default model)
+    assert "packaged `default` model" in report
+    for png, size in (("loss_curves.png", (400, 1100)), ("segmentation.png", (440, 1280)),
                       ("diagnostics.png", (440, 1280))):
         img = cv2.imread(str(out / png))
         assert img is not None and img.shape[:2] == size, png
