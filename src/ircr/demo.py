@@ -317,7 +317,7 @@ def default_model_panel(image: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, 
     seg = ircr.load_model("default", device="cpu").segment(image, mpp=0.25)
     aji = instance_metrics(gt, np.asarray(seg.inst)).aji
     return (thick_overlay(image, np.asarray(seg.inst), PRED_COLOR),
-            f"packaged default model ({len(seg)} nuclei, AJI {aji:.3f} on this tile)")
+            f"default model ({len(seg)} nuclei, AJI {aji:.3f})")
 
 
 def write_report(res: DemoResult, s: DemoSettings, split: str, quick: bool) -> None:
@@ -355,7 +355,8 @@ def write_report(res: DemoResult, s: DemoSettings, split: str, quick: bool) -> N
     lines += ["", "![loss curves](loss_curves.png)", "",
               "Segmentation of one validation tile (ground truth; supervised; IRCR; and the "
               "packaged `default` model, trained on real MoNuSeg tiles, that `ircr segment "
-              "INPUT -o OUT` uses):",
+              "INPUT -o OUT` uses; its AJI is on this tile, the others' on all validation "
+              "tiles):",
               "", "![segmentation](segmentation.png)", ""]
     if (res.out / "diagnostics.png").is_file():
         n = len(list((res.out / "runs" / "ircr" / "diagnostics").rglob("*.png")))
