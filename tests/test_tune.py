@@ -89,3 +89,28 @@ def test_write_in_place_and_to_a_copy(tmp_path) -> None:
     assert doc["best"]["threshold"] == 0.4 and len(doc["grid"]) == 2
     with pytest.raises(IrcrError, match="already exists"):
         write_tuned(folder, res, out=copy)
+
+
+def test_cli_tunes_a_model_folder_on_a_prepared_dataset(tmp_path, capsys) -> None:
+    """End to end: the network runs on the validation images, the grid is searched, the
+    result is written to a copy; the copy's postproc.yaml holds the reported best values."""
+    from ircr.cli.main import main
+    from ircr.data.prepare import prepare_dataset
+
+    torch.set_num_threads(1)
+    ds = tmp_path / "ds"
+    prepare_dataset("synthetic", None, ds, options={"n_images": 3, "size": 96}, patch=64,
+                    ratio="1", val_fraction=0.4)
+    folder = _folder(tmp_path)
+    grid = ["--grid", "threshold=0.3,0.5", "--grid", "marker_threshold=0.4",
+            "--grid", "ksize=21", "--grid", "min_size=10"]
+    assert main(["tune-postproc", str(folder), str(ds), *grid, "--device", "cpu",
+                 "--out", str(tmp_path / "tuned")]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "tuned" / "tuning.json").read_text())
+    assert len(doc["grid"]) == 2 and len(doc["images"]) >= 1 and "best mean aji" in out
+    tuned = yaml.safe_load((tmp_path / "tuned" / "postproc.yaml").read_text())
+    assert tuned == doc["best"] and tuned["threshold"] in (0.3, 0.5)
+    assert yaml.safe_load((folder / "postproc.yaml").read_text())["threshold"] == 0.5
+    assert main(["tune-postproc", str(folder), str(ds), "--grid", "nope=1"]) == 2
+    assert "--grid: expected KEY=v1,v2" in capsys.readouterr().err
