@@ -22,6 +22,7 @@ from ircr.experiment.plan import Rate, compress_schedule, make_plan
 from ircr.experiment.protocol import expand, load_protocol
 from ircr.experiment.report import mean_std, write_report
 from ircr.experiment.runner import run_experiment
+from ircr.experiment.status import run_status
 from ircr.train.methods import Method, register_method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +173,7 @@ def test_kill_and_rerun_skips_finished_and_resumes(full: Path, synth: Path, tmp_
     first = out / "runs" / "supervised_r1-4_s0_t10" / "metrics.json"
     assert json.loads(first.read_text())["status"] == "done"
     second = out / "runs" / "supervised_r1-4_s1_t11"
-    assert runner.run_status(second)["status"] == "incomplete"
+    assert run_status(second)["status"] == "incomplete"
     md = (out / "report.md").read_text()  # written on Ctrl-C: the interrupted run is shown
     assert "| supervised | 1/4 | 1/2 (1 incomplete) |" in md
     mtime = first.stat().st_mtime_ns

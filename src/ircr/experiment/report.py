@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ircr.errors import IrcrError
-from ircr.experiment.runner import read_json, run_status
+from ircr.experiment.status import read_json, run_status
 
 COLUMNS = (("aji", "AJI"), ("dice", "Dice"), ("f1", "F1_obj"), ("pq", "PQ"),
            ("aji_plus", "AJI+"))

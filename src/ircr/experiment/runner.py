@@ -36,6 +36,7 @@ from typing import Any
 from ircr.errors import IrcrError
 from ircr.experiment import plan as planning
 from ircr.experiment.protocol import Protocol, RunSpec, expand, import_plugins, load_protocol
+from ircr.experiment.status import read_json, run_status
 
 METRIC_KEYS = ("aji", "dice", "f1", "pq", "aji_plus", "dq", "sq")
 
@@ -46,14 +47,6 @@ def write_json_atomic(path: Path, doc: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file with a one-line error naming it."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise IrcrError(f"{path}: cannot read JSON ({type(exc).__name__})") from None
 
 
 @dataclass
@@ -104,24 +97,6 @@ class Progress:
 
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-def run_status(run_dir: Path) -> dict[str, Any]:
-    """``metrics.json`` of a run, or ``{status: missing|incomplete, iteration}``."""
-    m = run_dir / "metrics.json"
-    if m.is_file():
-        doc: dict[str, Any] = read_json(m)
-        return doc
-    last = run_dir / "checkpoints" / "last.pt"
-    if last.is_file():
-        from ircr.train.checkpoint import load_checkpoint
-
-        try:
-            it = int(load_checkpoint(last)["iteration"])
-        except (IrcrError, KeyError):
-            it = -1
-        return {"status": "incomplete", "iterations": it}
-    return {"status": "missing"}
 
 
 def _val_from_csv(run_dir: Path, models: list[str]) -> dict[str, dict[str, float]]:
