@@ -299,12 +299,13 @@ def diagnostics_figure(out: Path) -> Path | None:
         ep, _, patch = f.stem.removeprefix("overlay_").partition("_")
         panels.append((cv2.cvtColor(img, cv2.COLOR_BGR2RGB),
                        f"epoch {int(ep.lstrip('e') or 0)}, unlabelled patch {patch[1:]}"))
-    legend = [(KEPT, "teacher nucleus kept (filled)"), (REJECTED, "rejected by the prior"),
+    legend = [(KEPT, "teacher nucleus kept (outline)"), (REJECTED, "rejected by the prior"),
               (STUDENT, "student outline"), (PAIR, "matched teacher-student pair")]
     return panel_figure(out / "diagnostics.png", panels,
                         "IRCR on unlabelled patches: teacher pseudo-labels, prior and matches",
                         legend=legend, ncols=4,
-                        note="teacher pseudo-labels (filled) and student prediction (outlines) "
+                        note="teacher pseudo-labels (green, red = rejected) and student "
+                             "prediction (blue outlines) "
                              "on the same unlabelled patch, at the end of the epoch shown")
 
 

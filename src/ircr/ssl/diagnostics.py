@@ -2,9 +2,9 @@
 
 * :class:`EpochStats` accumulates per-iteration numbers (losses, matched pairs, match
   distances, prior rejections) and returns per-epoch means for ``metrics.csv`` / TensorBoard.
-* :func:`instance_overlay` draws one unlabelled patch with the teacher instances coloured
-  kept (green) / rejected by the prior (red), the student instances outlined (blue) and the
-  matched teacher-student pairs linked by yellow lines between their centroids.
+* :func:`instance_overlay` draws one unlabelled patch with the teacher instances outlined
+  green when kept / filled red when rejected by the prior, the student instances outlined
+  blue and the matched teacher-student pairs linked by yellow lines between their centroids.
 * :func:`save_overlays` writes a few such overlays as PNG files.
 """
 
@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from ircr.io.figures import caption_image
 from ircr.io.paths import child_path, safe_name
 from ircr.io.writers import outline_mask
 
@@ -25,6 +26,7 @@ KEPT = (40, 200, 60)
 REJECTED = (230, 40, 40)
 STUDENT = (40, 120, 255)
 PAIR = (255, 230, 0)
+LEGEND = ((KEPT, "teacher"), (REJECTED, "rejected"), (STUDENT, "student"), (PAIR, "pair"))
 
 
 @dataclass
@@ -98,7 +100,7 @@ def instance_overlay(
     student: np.ndarray | None = None,
     rejected_ids: Iterable[int] = (),
     pairs: Sequence[tuple[int, int]] = (),
-    scale: int = 2,
+    scale: int = 3,
 ) -> np.ndarray:
     """Draw teacher/student instances and matches on an image.
 
@@ -106,7 +108,8 @@ def instance_overlay(
         image: (H, W, 3) uint8 RGB (the weak view the teacher saw).
         teacher: (H, W) int teacher instance map T.
         student: (H, W) int student instance map S, or None.
-        rejected_ids: teacher ids the prior rejected (U = 0): filled red; the others green.
+        rejected_ids: teacher ids the prior rejected (U = 0): filled red; the others
+            outlined green.
         pairs: kept matches as (teacher id, student id).
         scale: integer upscaling of the output for readability.
 
@@ -116,12 +119,14 @@ def instance_overlay(
     img = np.ascontiguousarray(image[..., :3]).astype(np.float32)
     teacher = np.asarray(teacher)
     rej = np.isin(teacher, np.fromiter(rejected_ids, dtype=np.int64, count=-1))
-    kept = (teacher > 0) & ~rej
-    for mask, colour in ((kept, KEPT), (rej, REJECTED)):
-        img[mask] = 0.6 * img[mask] + 0.4 * np.asarray(colour, np.float32)
+    # rejected nuclei filled (they are few); kept ones outlined only, so the tissue stays
+    # visible even when an early teacher predicts large merged regions
+    img[rej] = 0.6 * img[rej] + 0.4 * np.asarray(REJECTED, np.float32)
     out = np.ascontiguousarray(_up(img.clip(0, 255).astype(np.uint8), scale))
     t_big = _up(teacher, scale)
-    out[outline_mask(t_big)] = np.asarray(KEPT) // 2
+    t_edge = outline_mask(t_big)
+    out[t_edge] = KEPT
+    out[t_edge & _up(rej, scale)] = REJECTED
     if student is not None:
         s_big = _up(np.asarray(student), scale)
         out[outline_mask(s_big)] = STUDENT
@@ -165,6 +170,7 @@ def save_overlays(
             it.get("pairs", ()),  # type: ignore[arg-type]
         )
         name = str(it.get("name", k))
+        ov = caption_image(ov, name, LEGEND)
         path = child_path(folder, safe_name(f"{prefix}_{name}") + ".png")  # name from data
         cv2.imwrite(str(path), cv2.cvtColor(ov, cv2.COLOR_RGB2BGR))
         paths.append(path)
