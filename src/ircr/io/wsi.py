@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
+import traceback
 import warnings
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +46,9 @@ class _ZarrTaskNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             text = record.getMessage()
+            exc = record.exc_info[2] if record.exc_info else None
+            if exc is not None:  # e.g. "_GatheringFuture exception was never retrieved"
+                text += " ".join(f.filename for f in traceback.extract_tb(exc))
         except Exception:  # noqa: BLE001 - a broken record is not ours to judge
             return True
         return "zarr" not in text and "concurrent_map" not in text
@@ -53,6 +58,15 @@ def _quiet_zarr_tasks() -> None:
     log = logging.getLogger("asyncio")
     if not any(isinstance(f, _ZarrTaskNoise) for f in log.filters):
         log.addFilter(_ZarrTaskNoise())
+    hook = sys.unraisablehook
+    if not getattr(hook, "_ircr_zarr", False):  # "Exception ignored in: <coroutine
+        def quiet(unraisable: Any, _next: Any = hook) -> None:  # concurrent_map...>" at exit
+            if "concurrent_map" in repr(getattr(unraisable, "object", None)):
+                return
+            _next(unraisable)
+
+        quiet._ircr_zarr = True  # type: ignore[attr-defined]
+        sys.unraisablehook = quiet
     warnings.filterwarnings("ignore", message="coroutine 'concurrent_map", category=RuntimeWarning)
 
 
