@@ -7,10 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
+from fault_helpers import file_size_limit
 from ircr.cli.main import main
 from ircr.config import read_yaml
 from ircr.data.prepare import prepare_dataset, prepare_samples
@@ -104,19 +101,6 @@ def test_prepared_file_names_stay_in_their_folder(tmp_path: Path) -> None:
 
 
 # ---- 6. write errors -------------------------------------------------------------------------
-@contextmanager
-def file_size_limit(nbytes: int) -> Iterator[None]:
-    """Files may not grow beyond ``nbytes`` (writes fail with EFBIG, like a full disk)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, old)
-
-
 def last_error(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith("ircr: error: ") and not any("Traceback" in e for e in err)

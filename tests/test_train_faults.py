@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
-import signal
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +16,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from fault_helpers import file_size_limit
 from ircr.cli.main import main
 from ircr.config import read_yaml, write_yaml
 from ircr.data.prepare import prepare_dataset
@@ -165,19 +164,6 @@ def test_model_folder_files_follow_the_umask(tmp_path: Path, mask: int) -> None:
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in
              [*out.iterdir(), tmp_path / "c" / "last.pt"]}
     assert modes and all(m == 0o666 & ~mask for m in modes.values()), modes
-
-
-@contextmanager
-def file_size_limit(nbytes: int) -> Iterator[None]:
-    """Files may not grow beyond ``nbytes`` (writes fail with EFBIG, like a full disk)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, old)
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
