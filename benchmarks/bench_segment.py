@@ -34,7 +34,7 @@ def make_model(kind: str, folder: Path) -> None:
 
     from ircr.data.synthetic import make_tile
     from ircr.data.targets import hover_targets
-    from ircr.engine.model_folder import save_model_folder
+    from ircr.inference.model_folder import save_model_folder
     from ircr.losses import hovernet_loss
     from ircr.models import ModelConfig, build_model
     from ircr.postproc.watershed import WBISParams

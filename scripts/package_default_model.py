@@ -82,7 +82,7 @@ def select(run: Path, out: Path) -> None:
 def _save(out: Path, model: torch.nn.Module, model_cfg: Any, postproc: dict[str, Any],
           patch_size: int, metrics: dict[str, Any], extra: dict[str, Any]) -> None:
     """save_model_folder at 0.25 µm/px with the INFERENCE window (a keyword where supported)."""
-    from ircr.engine.model_folder import save_model_folder
+    from ircr.inference.model_folder import save_model_folder
 
     if "inference" in inspect.signature(save_model_folder).parameters:
         kwargs: dict[str, Any] = {"inference": INFERENCE}
@@ -100,7 +100,7 @@ def _mean(path: Path) -> tuple[dict[str, float], list[str]]:
 
 def package(selected: Path, eval_tuned: Path, dest: Path) -> None:
     """Write the shipped model folder ``dest`` from the selected, tuned folder."""
-    from ircr.engine.model_folder import load_model_folder
+    from ircr.inference.model_folder import load_model_folder
 
     loaded = load_model_folder(selected)
     meta = dict(loaded.meta)

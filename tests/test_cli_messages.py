@@ -12,8 +12,8 @@ import torch
 
 import ircr
 from ircr.cli.main import build_parser, main
-from ircr.engine.model_folder import load_model_folder, save_model_folder
 from ircr.errors import IrcrError
+from ircr.inference.model_folder import load_model_folder, save_model_folder
 from ircr.models import ModelConfig, build_model
 from ircr.postproc.watershed import WBISParams
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import ircr.engine.evaluate as ev
+import ircr.inference.evaluate as ev
 from ircr.cli.main import main
 from ircr.config import read_yaml
 from ircr.data.prepare import add_split, prepare_dataset
 from ircr.data.store import PreparedDataset
 from ircr.data.targets import hover_targets
 from ircr.errors import IrcrError
-from ircr.train.config import EvalConfig
+from ircr.inference.evaluate import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

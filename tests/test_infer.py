@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from ircr.engine.infer import blend_weight, predict_batch, predict_maps
 from ircr.errors import IrcrError
+from ircr.inference.predict import blend_weight, predict_batch, predict_maps
 from ircr.models import ModelConfig, build_model
 
 torch.set_num_threads(1)

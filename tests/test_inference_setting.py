@@ -12,12 +12,12 @@ import torch
 import yaml
 
 import ircr
-import ircr.engine.evaluate as ev
-import ircr.engine.infer as infer
+import ircr.inference.evaluate as ev
+import ircr.inference.predict as infer
 from ircr.cli.main import main
 from ircr.data.prepare import prepare_dataset
-from ircr.engine.model_folder import INFERENCE_DEFAULTS, load_model_folder, save_model_folder
 from ircr.errors import IrcrError
+from ircr.inference.model_folder import INFERENCE_DEFAULTS, load_model_folder, save_model_folder
 from ircr.models import ModelConfig, build_model
 from ircr.postproc.watershed import WBISParams
 
@@ -71,7 +71,7 @@ def test_evaluate_segment_and_api_use_the_same_setting(folder: Path, dataset: Pa
                                                         calls: list, capsys) -> None:
     res = ev.evaluate_folder(folder, dataset, split="all", device="cpu", progress=False)
     assert res.info["inference"] == SETTING
-    image = np.asarray(ircr.engine.evaluate.PreparedDataset(dataset).load_image(0))
+    image = np.asarray(ircr.inference.evaluate.PreparedDataset(dataset).load_image(0))
     ircr.load_model(folder, device="cpu").segment(image, mpp=0.25)
     assert set(calls) == {(64, 16, 2)} and len(calls) == 3
     calls.clear()

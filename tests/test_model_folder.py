@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from ircr.engine.model_folder import load_model_folder, save_model_folder
 from ircr.errors import IrcrError
+from ircr.inference.model_folder import load_model_folder, save_model_folder
 from ircr.models import ModelConfig, build_model
 
 torch.set_num_threads(1)

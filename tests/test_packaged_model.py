@@ -22,9 +22,9 @@ from PIL import Image
 
 import ircr
 from ircr.cli.main import main
-from ircr.engine.model_folder import load_model_folder
 from ircr.engine.packaged import packaged_models, packaged_root, resolve_model
 from ircr.errors import IrcrError
+from ircr.inference.model_folder import load_model_folder
 from ircr.metrics import instance_metrics
 from test_segment import check_outputs
 

@@ -39,7 +39,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, one_thread) -> Path:
     from ircr.data.targets import hover_targets
-    from ircr.engine.model_folder import save_model_folder
+    from ircr.inference.model_folder import save_model_folder
     from ircr.losses import hovernet_loss
     from ircr.models import ModelConfig, build_model
     from ircr.postproc.watershed import WBISParams

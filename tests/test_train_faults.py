@@ -20,8 +20,8 @@ from fault_helpers import file_size_limit
 from ircr.cli.main import main
 from ircr.config import read_yaml, write_yaml
 from ircr.data.prepare import prepare_dataset
-from ircr.engine.model_folder import load_model_folder, save_model_folder
 from ircr.errors import IrcrError
+from ircr.inference.model_folder import load_model_folder, save_model_folder
 from ircr.models import ModelConfig, build_model
 from ircr.postproc.watershed import WBISParams
 from ircr.train.checkpoint import NonFiniteState, load_checkpoint, save_checkpoint

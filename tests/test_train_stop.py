@@ -13,8 +13,8 @@ import torch
 from ircr.cli.main import main
 from ircr.config import read_yaml, write_yaml
 from ircr.data.prepare import prepare_dataset
-from ircr.engine.model_folder import load_model_folder
 from ircr.errors import IrcrError
+from ircr.inference.model_folder import load_model_folder
 from ircr.train.checkpoint import load_checkpoint
 from ircr.train.config import experiment_from_dict
 from ircr.train.stop import TrainingStopped

@@ -16,8 +16,8 @@ from ircr.data.augment import AugmentConfig
 from ircr.data.prepare import prepare_dataset
 from ircr.data.store import PreparedDataset
 from ircr.data.targets import hover_targets
-from ircr.engine.model_folder import load_model_folder
 from ircr.errors import IrcrError
+from ircr.inference.model_folder import load_model_folder
 from ircr.train import loaders
 from ircr.train.checkpoint import load_checkpoint
 from ircr.train.config import experiment_from_dict

@@ -66,7 +66,7 @@ def test_parse_grid() -> None:
 
 
 def _folder(tmp_path):
-    from ircr.engine.model_folder import save_model_folder
+    from ircr.inference.model_folder import save_model_folder
     from ircr.models import ModelConfig, build_model
 
     cfg = ModelConfig(width=0.125, blocks=[1, 1, 1, 1], decoder_units=[1, 1])
@@ -76,7 +76,7 @@ def _folder(tmp_path):
 
 
 def test_write_in_place_and_to_a_copy(tmp_path) -> None:
-    from ircr.engine.model_folder import load_model_folder
+    from ircr.inference.model_folder import load_model_folder
 
     folder = _folder(tmp_path)
     res = tune_postproc([hand_maps(1)], WBISParams(), {"threshold": (0.4, 0.5)})

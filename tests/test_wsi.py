@@ -10,9 +10,9 @@ import tifffile
 import torch
 from PIL import Image
 
-from ircr.engine.device import describe_device, select_device
 from ircr.engine.tissue import region_has_tissue, tissue_mask
 from ircr.errors import IrcrError
+from ircr.inference.device import describe_device, select_device
 from ircr.io.wsi import image_mpp, is_slide, open_slide, tiff_mpp
 
 

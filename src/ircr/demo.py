@@ -192,8 +192,8 @@ def train(out: Path, folder: Path, split: str, s: DemoSettings, method: str, see
 def evaluate(folder: Path, split: str, model_dirs: dict[str, Path], s: DemoSettings,
              seed: int, progress: bool = False) -> dict[str, dict[str, float]]:
     """Validation metrics of each model folder (whole images, WBIS, per-image mean)."""
-    from ircr.engine.evaluate import evaluate_models
-    from ircr.engine.model_folder import load_model_folder
+    from ircr.inference.evaluate import evaluate_models
+    from ircr.inference.model_folder import load_model_folder
     from ircr.train import loaders
 
     cfg = experiment(folder, split, s, "supervised", seed)

@@ -35,10 +35,9 @@ def register(subparsers: Any) -> None:
 def handler(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write JSON/CSV."""
     from ircr.config import from_dict
-    from ircr.engine.evaluate import evaluate_folder
     from ircr.engine.packaged import is_packaged_folder, resolve_model
     from ircr.errors import IrcrError
-    from ircr.train.config import EvalConfig
+    from ircr.inference.evaluate import EvalConfig, evaluate_folder
 
     cfg = from_dict(EvalConfig, {"f1_mode": args.f1_mode}, where="ircr evaluate")
     folder = resolve_model(args.model)

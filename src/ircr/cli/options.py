@@ -17,7 +17,7 @@ DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mp
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    """``--device`` (validated by :func:`ircr.engine.device.select_device`)."""
+    """``--device`` (validated by :func:`ircr.inference.device.select_device`)."""
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
 
 

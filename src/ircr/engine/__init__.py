@@ -1,5 +1,5 @@
 """Engines: inference, evaluation, segmentation and model folders (they own all I/O).
 
-Import the submodules directly (``ircr.engine.infer``, ``ircr.engine.model_folder``, ...);
+Import the submodules directly (``ircr.inference.predict``, ``ircr.inference.model_folder``, ...);
 this package imports nothing so that ``import ircr.engine.x`` stays light.
 """

@@ -1,6 +1,6 @@
 """Trained models shipped inside the package (``ircr/resources/models/<name>/``).
 
-Each packaged model is an ordinary model folder (:mod:`ircr.engine.model_folder`) whose
+Each packaged model is an ordinary model folder (:mod:`ircr.inference.model_folder`) whose
 ``model.yaml`` also carries a ``card`` mapping (description, training data and its licence,
 training command, validation metrics). They work offline: nothing is downloaded at run time.
 

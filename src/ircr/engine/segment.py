@@ -7,7 +7,7 @@ streaming whole-slide images (:mod:`ircr.engine.slide`-style pipeline in :meth:`
 
 Both paths share the same engine: the image is brought to the model's training resolution
 (``mpp`` in model.yaml), cut into ``tile`` x ``tile`` cores read with a ``margin`` of context,
-each read window goes through :func:`ircr.engine.infer.predict_maps` and WBIS, and instances
+each read window goes through :func:`ircr.inference.predict.predict_maps` and WBIS, and instances
 are stitched with the responsible-tile rule of :mod:`ircr.engine.tiling`.
 """
 
@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from ircr.config import from_dict
-from ircr.engine.device import describe_device, select_device
 from ircr.engine.tiling import Tile, stitch_image
 from ircr.errors import IrcrError, file_error
 from ircr.features import nucleus_features
+from ircr.inference.device import describe_device, select_device
 from ircr.io.atomic import clean_stale_temps
 from ircr.io.paths import child_path, ensure_dir
 from ircr.io.writers import TABLE_COLUMNS
@@ -244,7 +244,7 @@ class NucleusSegmenter:
     # ---- the shared per-window engine --------------------------------------------------------
     def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """NP probability (h, w) and HV (2, h, w) of a (h, w, 3) uint8 window."""
-        from ircr.engine.infer import predict_maps
+        from ircr.inference.predict import predict_maps
 
         return predict_maps(self.model, image, window=self.window, overlap=self.overlap,
                             batch_size=self.batch_size, device=self.device, amp=self.amp)
@@ -575,7 +575,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         device: "auto" (default: CUDA, then MPS, then CPU), "cpu", "cuda[:N]" or "mps".
         batch_size, window, overlap: sliding-window inference; None = the folder's
             ``inference`` setting (the one ``ircr evaluate`` uses; see
-            :mod:`ircr.engine.model_folder`).
+            :mod:`ircr.inference.model_folder`).
         amp: mixed precision.
         tile, margin: stitching tile core and margin (pixels at the model's resolution).
         prior: prior .npz for the ``prior_score`` column; default: the folder's prior.npz,
@@ -585,8 +585,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
     Raises:
         IrcrError: the folder or one of its files is missing or corrupt.
     """
-    from ircr.engine.model_folder import POSTPROC_YAML, load_model_folder, resolve_inference
     from ircr.engine.packaged import resolve_model
+    from ircr.inference.model_folder import POSTPROC_YAML, load_model_folder, resolve_inference
     from ircr.postproc.watershed import WBISParams
     from ircr.ssl.prior import load_prior
 

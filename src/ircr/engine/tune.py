@@ -130,10 +130,9 @@ def predict_for_tuning(model_dir: str | Path, dataset: str | Path, split: str = 
                        ) -> tuple[Any, list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                                   list[str]]:
     """Load a model folder and predict (prob, hv) once for each selected labelled image."""
-    from ircr.engine.evaluate import predict_whole, select_images
-    from ircr.engine.model_folder import load_model_folder
-    from ircr.train.config import EvalConfig
-    from ircr.train.trainer import select_device
+    from ircr.inference.device import select_device
+    from ircr.inference.evaluate import EvalConfig, predict_whole, select_images
+    from ircr.inference.model_folder import load_model_folder
 
     dev = select_device(device)
     loaded = load_model_folder(model_dir, device=dev)
@@ -164,8 +163,8 @@ def write_tuned(model_dir: str | Path, result: TuneResult, out: str | Path | Non
         IrcrError: the target is a packaged (read-only) model and no ``out`` was given, or
             ``out`` already exists.
     """
-    from ircr.engine.model_folder import write_postproc
     from ircr.engine.packaged import is_packaged_folder
+    from ircr.inference.model_folder import write_postproc
 
     target = Path(model_dir)
     if out is not None:

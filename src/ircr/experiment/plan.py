@@ -113,7 +113,7 @@ def _passes(cfg: dict[str, Any]) -> int:
 
 def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
     """Warm-up: a real trainer for ``iterations`` steps (self-training: its supervised step)."""
-    from ircr.engine.evaluate import evaluate_models
+    from ircr.inference.evaluate import evaluate_models
     from ircr.train.config import experiment_from_dict
     from ircr.train.trainer import Trainer, TrainingInterrupted
 

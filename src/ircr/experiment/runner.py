@@ -120,7 +120,7 @@ def _val_from_csv(run_dir: Path, models: list[str]) -> dict[str, dict[str, float
 def _test_metrics(tr: Any, ctx: RunContext) -> dict[str, Any]:
     """Mean metrics of each evaluated model on the test images (engine.evaluate)."""
     from ircr.data.store import PreparedDataset
-    from ircr.engine.evaluate import evaluate_model, select_images
+    from ircr.inference.evaluate import evaluate_model, select_images
 
     if not ctx.test_dataset:
         return {}
@@ -260,7 +260,7 @@ def _n_test(proto: Protocol) -> int:
     if proto.test_dataset is None:
         return 0
     from ircr.data.store import PreparedDataset
-    from ircr.engine.evaluate import select_images
+    from ircr.inference.evaluate import select_images
 
     if not Path(proto.test_dataset).is_dir():
         raise IrcrError(f"protocol key 'test_dataset': prepared dataset folder not found: "

@@ -1,11 +1,12 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)``.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no pickled
-objects), written with :func:`ircr.io.atomic.atomic_write` (temp file + fsync +
-:func:`os.replace`), so a crash never leaves a half-written ``last.pt``. A state holding a
-non-finite floating-point tensor is never written (:func:`first_nonfinite`): a checkpoint on
-disk is always a good one. RNG states (python, numpy, torch CPU and CUDA) are converted to
-tensors/lists so they survive ``weights_only``.
+objects), written with :func:`ircr.io.torchfile.save_torch` (temp file + fsync +
+:func:`os.replace`; the one helper model folders use too), so a crash never leaves a
+half-written ``last.pt``. A state holding a non-finite floating-point tensor is never written
+(:func:`ircr.io.torchfile.first_nonfinite`): a checkpoint on disk is always a good one.
+RNG states (python, numpy, torch CPU and CUDA) are converted to tensors/lists so they survive
+``weights_only``.
 """
 
 from __future__ import annotations
@@ -18,69 +19,10 @@ import numpy as np
 import torch
 
 from ircr.errors import IrcrError
-from ircr.io.atomic import atomic_write
 from ircr.io.paths import ensure_dir
+from ircr.io.torchfile import first_nonfinite, save_torch
 
 FORMAT_VERSION = 1
-
-
-def first_nonfinite(obj: Any, prefix: str = "") -> str | None:
-    """Dotted key of the first floating-point tensor in ``obj`` holding NaN/inf, else None.
-
-    ``obj`` is a tensor, a module (its parameters *and* buffers) or nested dicts/lists of them.
-    """
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, torch.Tensor):
-        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
-            return prefix or "tensor"
-        return None
-    if isinstance(obj, dict):
-        items: Any = obj.items()
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    else:
-        return None
-    for key, value in items:
-        found = first_nonfinite(value, f"{prefix}.{key}" if prefix else str(key))
-        if found is not None:
-            return found
-    return None
-
-
-class _RecordingFile:
-    """File wrapper that keeps the OSError of a failed write (torch reports a bare
-    RuntimeError), so a full disk becomes "<file>: cannot write (No space left on device)"."""
-
-    def __init__(self, fh: Any) -> None:
-        self.fh = fh
-        self.error: OSError | None = None
-
-    def write(self, data: Any) -> int:
-        try:
-            return int(self.fh.write(data))
-        except OSError as exc:
-            self.error = exc
-            raise
-
-    def flush(self) -> None:
-        try:
-            self.fh.flush()
-        except OSError as exc:
-            self.error = exc
-            raise
-
-
-def torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)`` whose write errors are OSErrors (see :class:`_RecordingFile`)."""
-    with open(path, "wb") as fh:
-        rec = _RecordingFile(fh)
-        try:
-            torch.save(obj, rec)  # type: ignore[arg-type]
-        except RuntimeError:
-            if rec.error is not None:
-                raise rec.error from None
-            raise
 
 
 class NonFiniteState(IrcrError):
@@ -103,7 +45,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     if bad is not None:
         raise NonFiniteState(f"{p}: not written, tensor '{bad}' holds NaN or inf", key=bad)
     ensure_dir(p.parent, "checkpoint folder")
-    atomic_write(p, lambda tmp: torch_save({"format_version": FORMAT_VERSION, **state}, tmp))
+    save_torch(p, {"format_version": FORMAT_VERSION, **state})
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

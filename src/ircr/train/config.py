@@ -24,6 +24,7 @@ from typing import Any, Literal
 from ircr.config import apply_overrides, from_dict, read_yaml
 from ircr.data.augment import AugmentConfig
 from ircr.errors import IrcrError
+from ircr.inference.evaluate import EvalConfig
 from ircr.losses import LossConfig
 from ircr.models.config import ModelConfig
 from ircr.postproc.watershed import WBISParams
@@ -141,36 +142,6 @@ class MethodConfig:
     rampup_iterations: int = 200
     clamp_teacher_hv: bool = True
     guard_ratio: float = 100.0
-
-
-@dataclass
-class EvalConfig:
-    """Whole-image evaluation (validation during training and ``ircr evaluate``).
-
-    Attributes:
-        window, overlap, batch_size: sliding-window inference (``predict_maps``).
-        f1_mode: "iou" (one-to-one at IoU > 0.5) or "centroid" (within f1_radius pixels).
-        max_images: validate on at most this many images (None = all; smoke tests).
-    """
-
-    window: int = 256
-    overlap: int = 64
-    batch_size: int = 8
-    f1_mode: Literal["iou", "centroid"] = "iou"
-    f1_radius: float = 12.0
-    max_images: int | None = None
-
-    def validate(self, where: str = "config") -> None:
-        """Window/overlap/batch checks (one-line IrcrError naming ``where``)."""
-        for ok, key, problem in (
-            (self.window >= 16, "eval.window", "must be >= 16"),
-            (0 <= self.overlap < self.window, "eval.overlap", "must be in [0, eval.window)"),
-            (self.batch_size >= 1, "eval.batch_size", "must be >= 1"),
-            (self.f1_radius > 0, "eval.f1_radius", "must be > 0"),
-            (self.max_images is None or self.max_images >= 1, "eval.max_images", "must be >= 1"),
-        ):
-            if not ok:
-                raise IrcrError(f"{where}: config key '{key}' {problem}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ Run folder::
     metrics.csv          one row per epoch (loss parts, val metrics per eval model, lr, it/s)
     tensorboard/         events, when tensorboard is installed
     checkpoints/last.pt  atomic; epoch_NNNN.pt copies every ``train.keep_every`` epochs
-    model/               final model folder (ircr.engine.model_folder), used by evaluate/segment
+    model/               final model folder (ircr.inference.model_folder), used by evaluate/segment
 
 Exact resume: the data of iteration ``i`` depends only on (seed, i) (see
 :mod:`ircr.train.loaders`), and checkpoints hold the model, optimiser, method state, RNG
@@ -37,15 +37,18 @@ from torch import Tensor, nn
 
 from ircr.config import to_dict, write_yaml
 from ircr.errors import IrcrError
+from ircr.inference.device import amp_dtype, autocast, select_device
+from ircr.inference.evaluate import evaluate_models, predict_whole
+from ircr.inference.model_folder import save_model_folder
 from ircr.io.atomic import atomic_write, clean_stale_temps
 from ircr.io.paths import ensure_dir
+from ircr.io.torchfile import first_nonfinite
 from ircr.losses import hovernet_loss
 from ircr.models import build_model
 from ircr.train import loaders
 from ircr.train.checkpoint import (
     NonFiniteState,
     capture_rng,
-    first_nonfinite,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -58,34 +61,6 @@ from ircr.train.stop import CheckpointClock, StopRequest, TrainingStopped
 
 class TrainingInterrupted(Exception):
     """Raised by the ``stop_after`` hook (tests of resume) after the given iteration."""
-
-
-def select_device(name: str) -> torch.device:
-    """Resolve ``auto|cpu|cuda|cuda:N|mps`` to a torch device (errors when not available)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise IrcrError(f"train.device: '{name}' requested but no CUDA device is available")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise IrcrError(f"train.device: '{name}' requested but only "
-                        f"{torch.cuda.device_count()} CUDA device(s) exist")
-    if name == "mps" and not (getattr(torch.backends, "mps", None)
-                              and torch.backends.mps.is_available()):
-        raise IrcrError("train.device: 'mps' requested but MPS is not available")
-    return torch.device(name)
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """bf16 for ``amp: bf16`` or (``auto`` on a CUDA device that supports it), else None."""
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def lr_at_epoch(base: float, steps: list[int], gamma: float, epoch: int) -> float:
@@ -127,7 +102,7 @@ class Trainer:
         self.resume = resume
         self.stop_after = stop_after
         self.where = config_source or str(self.run_dir / "config.yaml")
-        self.device = select_device(cfg.train.device)
+        self.device = select_device(cfg.train.device, key="train.device")
         self.amp = amp_dtype(cfg.train.amp, self.device)
         self.iteration = 0
         self.epoch = 0
@@ -188,10 +163,8 @@ class Trainer:
 
     # -- helpers for methods -----------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on the trainer's device when AMP is on, else a no-op context."""
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+        """Autocast on the trainer's device when AMP is on, else a no-op context."""
+        return autocast(self.device, self.amp)
 
     def supervised_loss(self, outputs: dict[str, Tensor],
                         labelled: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -221,10 +194,8 @@ class Trainer:
 
     def predict_image(self, model: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Sliding-window prediction of one whole dataset image: prob (H, W), hv (2, H, W)."""
-        from ircr.engine.evaluate import predict_whole
-
         return predict_whole(model, self.dataset, name, self.cfg.eval, self.device,
-                             amp=self.amp is not None)
+                             amp=self.amp)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -469,13 +440,11 @@ class Trainer:
 
     def validate(self, progress: bool = False) -> dict[str, float]:
         """Whole-image val metrics of every eval model: ``val_<model>_<metric>`` floats."""
-        from ircr.engine.evaluate import evaluate_models
-
         models = self.method.eval_models()
         was = {name: m.training for name, m in models.items()}
         try:
             res = evaluate_models(models, self.dataset, self.split.val_images, self.cfg.eval,
-                                  self.cfg.postproc, self.device, amp=self.amp is not None,
+                                  self.cfg.postproc, self.device, amp=self.amp,
                                   progress=progress)
         finally:
             for name, m in models.items():
@@ -483,8 +452,6 @@ class Trainer:
         return {f"val_{name}_{k}": v for name, metrics in res.items() for k, v in metrics.items()}
 
     def _finish(self) -> Path:
-        from ircr.engine.model_folder import save_model_folder
-
         self._finished_schedule = _schedule(to_dict(self.cfg))
         self.save()
         metrics = {k: v for k, v in self.last_row.items() if k.startswith("val_")} or None

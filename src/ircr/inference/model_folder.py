@@ -41,9 +41,9 @@ from ircr.config import from_dict, to_dict
 from ircr.errors import IrcrError
 from ircr.io.atomic import atomic_write, atomic_write_text, clean_stale_temps
 from ircr.io.paths import ensure_dir
+from ircr.io.torchfile import first_nonfinite, save_torch
 from ircr.io.wsi import MPP_RANGE
 from ircr.models import HoVerNet, ModelConfig, build_model
-from ircr.train.checkpoint import first_nonfinite, torch_save
 
 WEIGHTS = "weights.pt"
 MODEL_YAML = "model.yaml"
@@ -111,10 +111,6 @@ def resolve_inference(stored: dict[str, int], window: int | None = None,
     return check_inference(merged, "inference", flags=True)
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def save_model_folder(
     out_dir: str | Path,
     model: nn.Module,
@@ -158,10 +154,10 @@ def save_model_folder(
     clean_stale_temps(out)
     # model.yaml is written last: while it is missing the folder is incomplete
     (out / MODEL_YAML).unlink(missing_ok=True)
-    atomic_write(out / WEIGHTS, lambda p: torch_save(state, p))
+    save_torch(out / WEIGHTS, state)
     files = {"weights": WEIGHTS, "postproc": POSTPROC_YAML}
     if metrics is not None:
-        _write_text(out / METRICS_JSON, json.dumps(to_dict(metrics), indent=2) + "\n")
+        atomic_write_text(out / METRICS_JSON, json.dumps(to_dict(metrics), indent=2) + "\n")
         files["metrics"] = METRICS_JSON
     if prior_file is not None:
         atomic_write(out / PRIOR_NPZ, lambda p: shutil.copyfile(prior_file, p))
@@ -176,8 +172,8 @@ def save_model_folder(
         "files": files,
         **to_dict(extra),
     }
-    _write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False))
-    _write_text(out / MODEL_YAML, yaml.safe_dump(meta, sort_keys=False))
+    atomic_write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False))
+    atomic_write_text(out / MODEL_YAML, yaml.safe_dump(meta, sort_keys=False))
     return out
 
 
@@ -297,6 +293,6 @@ def write_postproc(folder: str | Path, postproc: dict[str, Any],
     """
     out = Path(folder)
     for name, text in (extra_files or {}).items():
-        _write_text(out / name, text)
-    _write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False))
+        atomic_write_text(out / name, text)
+    atomic_write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False))
     return out / POSTPROC_YAML

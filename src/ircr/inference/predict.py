@@ -1,4 +1,4 @@
-"""Sliding-window inference: image -> (NP probability, HV maps).
+"""Sliding-window HoVer-Net inference: image -> (NP probability, HV maps).
 
 The image is reflect-padded (a margin of ``overlap // 2`` for context plus whatever is needed
 to tile it), cut into ``window`` x ``window`` tiles with ``overlap`` pixels of overlap, run in
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ircr.errors import IrcrError
+from ircr.inference.device import AmpSetting, amp_dtype, autocast
 
 STRIDE_MULTIPLE = 8
 
@@ -26,16 +27,6 @@ def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast on CUDA (fp16 where bf16 is unsupported) and CPU; no-op when off."""
-    if not amp:
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def blend_weight(window: int, overlap: int) -> np.ndarray:
@@ -79,12 +70,12 @@ def _tile_starts(size: int, window: int, stride: int) -> list[int]:
 
 
 def _forward(
-    model: nn.Module, batch: np.ndarray, device: torch.device, amp: bool
+    model: nn.Module, batch: np.ndarray, device: torch.device, amp: AmpSetting
 ) -> tuple[np.ndarray, np.ndarray]:
     """(B, H, W, 3) uint8 -> prob (B, H, W), hv (B, 2, H, W) float32 numpy."""
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
     x = x.permute(0, 3, 1, 2).float()
-    with _autocast(device, amp):
+    with autocast(device, amp_dtype(amp, device)):
         out = model(x)
     prob = torch.softmax(out["np"].float(), dim=1)[:, 1]
     hv = out["hv"].float()
@@ -117,7 +108,7 @@ def predict_maps(
     overlap: int = 64,
     batch_size: int = 8,
     device: str | torch.device | None = None,
-    amp: bool = False,
+    amp: AmpSetting = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sliding-window NP/HV prediction for one image of any size.
 
@@ -126,7 +117,8 @@ def predict_maps(
             when one is given; otherwise the model's own device is used).
         image: (H, W, 3) uint8 RGB.
         window: tile size (multiple of 8); overlap: pixels shared by adjacent tiles (< window).
-        batch_size: tiles per forward pass; amp: bf16 autocast (fp16 on CUDA without bf16).
+        batch_size: tiles per forward pass; amp: autocast setting (True: bf16, fp16 on CUDA
+            without bf16; see :func:`ircr.inference.device.amp_dtype`).
 
     Returns:
         prob (H, W) float32 in [0, 1] (softmax channel 1) and hv (2, H, W) float32.
@@ -165,7 +157,7 @@ def predict_batch(
     patches: np.ndarray,
     batch_size: int = 8,
     device: str | torch.device | None = None,
-    amp: bool = False,
+    amp: AmpSetting = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Whole-patch prediction (no tiling) for a stack of equally sized patches.
 

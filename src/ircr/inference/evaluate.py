@@ -21,7 +21,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,17 +29,45 @@ from torch import nn
 
 from ircr.config import from_dict, to_dict
 from ircr.data.store import PreparedDataset
-from ircr.engine.infer import predict_maps
 from ircr.errors import IrcrError
+from ircr.inference.device import AmpSetting
+from ircr.inference.predict import predict_maps
 from ircr.io.atomic import atomic_write_text
 from ircr.io.paths import child_path, ensure_dir, unique_name
 from ircr.metrics import aggregate, instance_metrics
 from ircr.postproc.watershed import WBISParams, wbis
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ircr.train.config import EvalConfig
-
 METRICS = ("aji", "dice", "f1", "pq", "dq", "sq", "aji_plus")
+
+
+@dataclass
+class EvalConfig:
+    """Whole-image evaluation (validation during training and ``ircr evaluate``).
+
+    Attributes:
+        window, overlap, batch_size: sliding-window inference (``predict_maps``).
+        f1_mode: "iou" (one-to-one at IoU > 0.5) or "centroid" (within f1_radius pixels).
+        max_images: validate on at most this many images (None = all; smoke tests).
+    """
+
+    window: int = 256
+    overlap: int = 64
+    batch_size: int = 8
+    f1_mode: Literal["iou", "centroid"] = "iou"
+    f1_radius: float = 12.0
+    max_images: int | None = None
+
+    def validate(self, where: str = "config") -> None:
+        """Window/overlap/batch checks (one-line IrcrError naming ``where``)."""
+        for ok, key, problem in (
+            (self.window >= 16, "eval.window", "must be >= 16"),
+            (0 <= self.overlap < self.window, "eval.overlap", "must be in [0, eval.window)"),
+            (self.batch_size >= 1, "eval.batch_size", "must be >= 1"),
+            (self.f1_radius > 0, "eval.f1_radius", "must be > 0"),
+            (self.max_images is None or self.max_images >= 1, "eval.max_images", "must be >= 1"),
+        ):
+            if not ok:
+                raise IrcrError(f"{where}: config key '{key}' {problem}")
 
 
 @dataclass
@@ -75,7 +103,7 @@ def _wbis_params(postproc: WBISParams | dict[str, Any] | None) -> WBISParams:
 
 def predict_whole(model: nn.Module, ds: PreparedDataset, name: str, cfg: EvalConfig,
                   device: torch.device | str | None = None,
-                  amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  amp: AmpSetting = False) -> tuple[np.ndarray, np.ndarray]:
     """Whole-image prediction of dataset image ``name``: prob (H, W), hv (2, H, W) float32."""
     image = ds.load_image(ds.index_of(name))
     return predict_maps(model, np.asarray(image), window=cfg.window, overlap=cfg.overlap,
@@ -84,7 +112,7 @@ def predict_whole(model: nn.Module, ds: PreparedDataset, name: str, cfg: EvalCon
 
 def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg: EvalConfig,
                    postproc: WBISParams | dict[str, Any] | None = None,
-                   device: torch.device | str | None = None, amp: bool = False,
+                   device: torch.device | str | None = None, amp: AmpSetting = False,
                    overlays: Path | None = None, progress: bool = False) -> EvalResult:
     """Evaluate ``model`` on whole images ``names`` of ``ds`` (metrics averaged over images)."""
     params = _wbis_params(postproc)
@@ -122,7 +150,7 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
 
 def evaluate_models(models: dict[str, nn.Module], ds: PreparedDataset, names: list[str],
                     cfg: EvalConfig, postproc: WBISParams | dict[str, Any] | None,
-                    device: torch.device | str | None, amp: bool = False,
+                    device: torch.device | str | None, amp: AmpSetting = False,
                     progress: bool = False) -> dict[str, dict[str, float]]:
     """Mean metrics of each named model (validation during training; ``cfg.max_images``)."""
     chosen = list(names)[: cfg.max_images] if cfg.max_images else list(names)
@@ -224,10 +252,8 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     """
     import dataclasses
 
-    from ircr.engine.device import select_device
-    from ircr.engine.model_folder import load_model_folder, resolve_inference
-    from ircr.train.config import EvalConfig
-    from ircr.train.trainer import amp_dtype
+    from ircr.inference.device import amp_dtype, select_device
+    from ircr.inference.model_folder import load_model_folder, resolve_inference
 
     dev = select_device(device)
     loaded = load_model_folder(model_dir, device=dev)
@@ -240,7 +266,7 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     if out_dir is not None:  # fail before the (long) inference, not after
         ensure_dir(out_dir)
     res = evaluate_model(loaded.model, ds, names, cfg, loaded.postproc, dev,
-                         amp=amp_dtype("auto", dev) is not None,
+                         amp=amp_dtype("auto", dev),
                          overlays=(out_dir / "overlays") if (overlays and out_dir) else None,
                          progress=progress)
     res.split = label
