@@ -1,4 +1,4 @@
-"""Whole-image evaluation (engine.evaluate) and the ``ircr evaluate`` / ``ircr train`` CLIs."""
+"""Whole-image evaluation (inference.evaluate) and the ``ircr evaluate`` / ``ircr train`` CLIs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 
 import ircr.inference.evaluate as ev
+import ircr.inference.families.hovernet as hovernet
+import ircr.inference.predict as tiled
 from ircr.cli.main import main
 from ircr.config import read_yaml
 from ircr.data.prepare import add_split, prepare_dataset
@@ -70,19 +72,20 @@ def test_oracle_maps_score_high_and_mean_is_over_images(synth: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     ds = PreparedDataset(synth)
 
-    def oracle(model: Any, dset: PreparedDataset, name: str, cfg: Any, device: Any = None,
-               amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        gt = dset.load_inst(dset.index_of(name))
+    name_of = {np.asarray(ds.load_image(i)).tobytes(): n for i, n in enumerate(ds.names)}
+
+    def oracle(model: Any, image: np.ndarray, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+        gt = ds.load_inst(ds.index_of(name_of[image.tobytes()]))
         np_t, hv = hover_targets(np.asarray(gt))
         return np_t.astype(np.float32), hv
 
-    monkeypatch.setattr(ev, "predict_whole", oracle)
+    monkeypatch.setattr(tiled, "predict_maps", oracle)
     res = ev.evaluate_model(Background(), ds, ds.names, EvalConfig())
     assert len(res.per_image) == 5
     for r in res.per_image:  # WBIS on perfect maps: exact foreground, most nuclei found
         assert r["dice"] > 0.7 and r["f1"] > 0.75, r
     # WBIS that returns the ground truth itself: every metric is exactly 1
-    monkeypatch.setattr(ev, "wbis", lambda prob, hv, params: gt_of[prob.shape])
+    monkeypatch.setattr(hovernet, "wbis", lambda prob, hv, params: gt_of[prob.shape])
     gt_of: dict[tuple[int, ...], np.ndarray] = {}
     for name in ds.names[:1]:
         gt_of[(128, 128)] = np.asarray(ds.load_inst(ds.index_of(name)))

@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ircr.config import from_dict, to_dict
+from ircr.config import to_dict
 from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.inference.device import AmpSetting
+from ircr.inference.family import InferenceSetting, ModelFamily, get_family
 from ircr.inference.predict import predict_maps
 from ircr.io.atomic import atomic_write_text
 from ircr.io.paths import child_path, ensure_dir, unique_name
 from ircr.metrics import aggregate, instance_metrics
-from ircr.postproc.watershed import WBISParams, wbis
 
 METRICS = ("aji", "dice", "f1", "pq", "dq", "sq", "aji_plus")
 
@@ -93,14 +93,6 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def _wbis_params(postproc: WBISParams | dict[str, Any] | None) -> WBISParams:
-    if postproc is None:
-        return WBISParams()
-    if isinstance(postproc, WBISParams):
-        return postproc
-    return from_dict(WBISParams, dict(postproc), where="postproc")
-
-
 def predict_whole(model: nn.Module, ds: PreparedDataset, name: str, cfg: EvalConfig,
                   device: torch.device | str | None = None,
                   amp: AmpSetting = False) -> tuple[np.ndarray, np.ndarray]:
@@ -111,11 +103,20 @@ def predict_whole(model: nn.Module, ds: PreparedDataset, name: str, cfg: EvalCon
 
 
 def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg: EvalConfig,
-                   postproc: WBISParams | dict[str, Any] | None = None,
+                   postproc: Any = None,
                    device: torch.device | str | None = None, amp: AmpSetting = False,
-                   overlays: Path | None = None, progress: bool = False) -> EvalResult:
-    """Evaluate ``model`` on whole images ``names`` of ``ds`` (metrics averaged over images)."""
-    params = _wbis_params(postproc)
+                   overlays: Path | None = None, progress: bool = False,
+                   family: ModelFamily | None = None) -> EvalResult:
+    """Evaluate ``model`` on whole images ``names`` of ``ds`` (metrics averaged over images).
+
+    ``family`` (default HoVer-Net) predicts each whole image and turns it into instances;
+    ``postproc`` is its post-processing (a mapping, its dataclass, or None = defaults).
+    """
+    fam = family or get_family()
+    params = fam.parse_postproc(postproc)
+    dev = None if device is None else torch.device(device)
+    setting = InferenceSetting(window=cfg.window, overlap=cfg.overlap,
+                               batch_size=cfg.batch_size, device=dev, amp=amp)
     rows, results = [], []
     taken: set[str] = set()
     if overlays is not None:
@@ -129,8 +130,8 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
         idx = ds.index_of(name)
         if not ds.images[idx].get("labelled"):
             raise IrcrError(f"{ds.path}: image '{name}' has no labels; cannot evaluate it")
-        prob, hv = predict_whole(model, ds, name, cfg, device, amp)
-        pred = wbis(prob, hv, params)
+        image = np.asarray(ds.load_image(idx))
+        pred, _ = fam.predict_instances(model, image, setting, params)
         gt = np.asarray(ds.load_inst(idx))
         res = instance_metrics(gt, pred, f1_mode=cfg.f1_mode, radius=cfg.f1_radius)
         results.append(res)
@@ -149,7 +150,7 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
 
 
 def evaluate_models(models: dict[str, nn.Module], ds: PreparedDataset, names: list[str],
-                    cfg: EvalConfig, postproc: WBISParams | dict[str, Any] | None,
+                    cfg: EvalConfig, postproc: Any,
                     device: torch.device | str | None, amp: AmpSetting = False,
                     progress: bool = False) -> dict[str, dict[str, float]]:
     """Mean metrics of each named model (validation during training; ``cfg.max_images``)."""
@@ -268,7 +269,7 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     res = evaluate_model(loaded.model, ds, names, cfg, loaded.postproc, dev,
                          amp=amp_dtype("auto", dev),
                          overlays=(out_dir / "overlays") if (overlays and out_dir) else None,
-                         progress=progress)
+                         progress=progress, family=loaded.family)
     res.split = label
     res.info = {"model": str(Path(model_dir)), "dataset": str(Path(dataset)),
                 "eval": to_dict(cfg), "inference": setting, "postproc": loaded.postproc}

@@ -4,9 +4,9 @@ Layout::
 
     <folder>/
       weights.pt      state_dict only (torch.save); refused when a tensor holds NaN/inf
-      model.yaml      ircr_version, created, model (ModelConfig), mpp, patch_size, inference
-                      (window, overlap, batch_size), + extra keys (e.g. method, train);
-                      metrics/prior file names when present
+      model.yaml      ircr_version, created, family (default hovernet), model (the family's
+                      config), mpp, patch_size, inference (window, overlap, batch_size),
+                      + extra keys (e.g. method, train); metrics/prior file names when present
       postproc.yaml   WBIS parameters as a plain mapping
       metrics.json    optional evaluation/validation metrics
       prior.npz       optional morphological prior (copied)
@@ -18,6 +18,9 @@ Every file is written atomically with the umask's permissions (:mod:`ircr.io.ato
 ``ircr.load_model(...).segment(...)`` all use (each can override it). The trainer stores the
 ``eval`` section it validated with. Folders written before it existed load with
 :data:`INFERENCE_DEFAULTS` (window 256, overlap 64, batch size 8: the ``eval`` defaults).
+
+``family`` names the model family (:mod:`ircr.inference.family`) that parses ``model:`` and
+``postproc.yaml`` and builds the network; folders without it are HoVer-Net folders.
 
 Loading uses ``torch.load(weights_only=True)``; every missing or corrupt file gives a one-line
 :class:`IrcrError` naming that file.
@@ -37,21 +40,21 @@ import yaml
 from torch import nn
 
 from ircr._version import __version__
-from ircr.config import from_dict, to_dict
+from ircr.config import to_dict
 from ircr.errors import IrcrError
+from ircr.inference.family import DEFAULT_FAMILY, ModelFamily, get_family
 from ircr.io.atomic import atomic_write, atomic_write_text, clean_stale_temps
 from ircr.io.paths import ensure_dir
 from ircr.io.torchfile import first_nonfinite, save_torch
 from ircr.io.wsi import MPP_RANGE
-from ircr.models import HoVerNet, ModelConfig, build_model
 
 WEIGHTS = "weights.pt"
 MODEL_YAML = "model.yaml"
 POSTPROC_YAML = "postproc.yaml"
 METRICS_JSON = "metrics.json"
 PRIOR_NPZ = "prior.npz"
-RESERVED = frozenset({"ircr_version", "created", "model", "mpp", "patch_size", "files",
-                      "inference"})
+RESERVED = frozenset({"ircr_version", "created", "family", "model", "mpp", "patch_size",
+                      "files", "inference"})
 # sliding-window setting of folders whose model.yaml has no ``inference`` (the eval defaults)
 INFERENCE_DEFAULTS: dict[str, int] = {"window": 256, "overlap": 64, "batch_size": 8}
 
@@ -60,8 +63,8 @@ INFERENCE_DEFAULTS: dict[str, int] = {"window": 256, "overlap": 64, "batch_size"
 class LoadedModel:
     """A model folder read back: the network (eval mode) and everything needed to use it."""
 
-    model: HoVerNet
-    model_cfg: ModelConfig
+    model: nn.Module
+    model_cfg: Any
     postproc: dict[str, Any]
     mpp: float | None
     patch_size: int
@@ -70,6 +73,7 @@ class LoadedModel:
     metrics: dict[str, Any] | None = None
     prior_file: Path | None = field(default=None)
     inference: dict[str, int] = field(default_factory=lambda: dict(INFERENCE_DEFAULTS))
+    family: ModelFamily = field(default_factory=get_family)
 
 
 def check_inference(settings: dict[str, Any], where: str, flags: bool = False) -> dict[str, int]:
@@ -114,7 +118,7 @@ def resolve_inference(stored: dict[str, int], window: int | None = None,
 def save_model_folder(
     out_dir: str | Path,
     model: nn.Module,
-    model_cfg: ModelConfig,
+    model_cfg: Any,
     postproc: dict[str, Any],
     mpp: float | None,
     patch_size: int,
@@ -122,13 +126,14 @@ def save_model_folder(
     prior_file: str | Path | None = None,
     extra: dict[str, Any] | None = None,
     inference: dict[str, int] | None = None,
+    family: str = DEFAULT_FAMILY,
 ) -> Path:
     """Write a model folder and return its path.
 
     Args:
         out_dir: folder to create (or update).
         model: trained network (its state dict is saved on CPU).
-        model_cfg: the architecture it was built from.
+        model_cfg: the architecture it was built from (the family's ``config_class``).
         postproc: WBIS parameters as a plain dict (e.g. ``dataclasses.asdict(WBISParams())``).
         mpp: microns per pixel of the training data (None = unknown).
         patch_size: training patch size in px.
@@ -137,6 +142,7 @@ def save_model_folder(
         extra: extra top-level keys for model.yaml (method, training info, ...).
         inference: window/overlap/batch_size for evaluate and segment (default
             :data:`INFERENCE_DEFAULTS`).
+        family: the registered model family (:mod:`ircr.inference.family`).
     """
     out = Path(out_dir)
     extra = dict(extra or {})
@@ -146,6 +152,7 @@ def save_model_folder(
     if prior_file is not None and not Path(prior_file).is_file():
         raise IrcrError(f"{prior_file}: prior file not found")
     check_inference(dict(inference or {}), "inference")
+    fam = get_family(family, where="family")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     bad = first_nonfinite(state)
     if bad is not None:
@@ -165,6 +172,7 @@ def save_model_folder(
     meta = {
         "ircr_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "family": fam.name,
         "model": to_dict(model_cfg),
         "mpp": None if mpp is None else float(mpp),
         "patch_size": int(patch_size),
@@ -218,7 +226,7 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
-def _read_meta(folder: Path) -> tuple[dict[str, Any], ModelConfig, float | None, int]:
+def _read_meta(folder: Path) -> tuple[dict[str, Any], ModelFamily, Any, float | None, int]:
     yml = folder / MODEL_YAML
     if not yml.is_file():
         raise IrcrError(f"{yml}: missing from the model folder (a model folder holds "
@@ -230,7 +238,11 @@ def _read_meta(folder: Path) -> tuple[dict[str, Any], ModelConfig, float | None,
             raise IrcrError(f"{yml}: missing key '{key}'")
     if not isinstance(meta["model"], dict):
         raise IrcrError(f"{yml}: 'model' must be a mapping")
-    cfg = from_dict(ModelConfig, meta["model"], where=str(yml), prefix="model.")
+    family = meta.get("family", DEFAULT_FAMILY)
+    if not isinstance(family, str):
+        raise IrcrError(f"{yml}: 'family' must be a model family name, got {family!r}")
+    fam = get_family(family, where=f"{yml}: family")
+    cfg = fam.parse_config(meta["model"], where=str(yml))
     mpp, patch = meta.get("mpp"), meta["patch_size"]
     if mpp is not None and (not isinstance(mpp, (int, float)) or isinstance(mpp, bool)
                             or not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]):
@@ -238,7 +250,7 @@ def _read_meta(folder: Path) -> tuple[dict[str, Any], ModelConfig, float | None,
                         f"[{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}] or null, got {mpp!r}")
     if not isinstance(patch, int) or patch <= 0:
         raise IrcrError(f"{yml}: 'patch_size' must be a positive integer, got {patch!r}")
-    return meta, cfg, None if mpp is None else float(mpp), patch
+    return meta, fam, cfg, None if mpp is None else float(mpp), patch
 
 
 def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -253,7 +265,7 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
     if not (folder / MODEL_YAML).is_file() and (folder / "model" / MODEL_YAML).is_file():
         raise IrcrError(f"{folder}: this is a training run folder; pass its model folder "
                         f"{folder / 'model'}")
-    meta, cfg, mpp, patch = _read_meta(folder)
+    meta, fam, cfg, mpp, patch = _read_meta(folder)
     stored = meta.get("inference", {})
     if not isinstance(stored, dict):
         raise IrcrError(f"{folder / MODEL_YAML}: 'inference' must be a mapping")
@@ -267,7 +279,7 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
             raise IrcrError(f"{folder / METRICS_JSON}: corrupt JSON") from exc
     weights = folder / WEIGHTS
     state = _read_weights(weights)
-    model = build_model(cfg, load_pretrained=False)
+    model = fam.build(cfg)
     _load_state(model, state, weights)
     model.to(torch.device(device)).eval()
     prior = folder / PRIOR_NPZ
@@ -282,6 +294,7 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
         metrics=metrics,
         prior_file=prior if prior.is_file() else None,
         inference=inference,
+        family=fam,
     )
 
 
