@@ -22,7 +22,7 @@ from ircr.config import read_yaml
 from ircr.data.prepare import prepare_dataset, prepare_samples
 from ircr.data.sample import Sample
 from ircr.data.synthetic import make_tile
-from ircr.engine.segment import load_model
+from ircr.engine.segmenter import load_model
 from ircr.errors import IrcrError
 from ircr.inference.model_folder import load_model_folder, save_model_folder
 from ircr.io.atomic import atomic_write_text, clean_stale_temps

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ircr.engine.segment import geojson_features
+from ircr.engine.measure import geojson_features
 from ircr.io import outlines as ol
 from ircr.io import writers as wr
 from ircr.io.outlines import geometry_rings

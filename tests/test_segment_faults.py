@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 import ircr.io.atomic as atomic
 from ircr.cli.main import main
-from ircr.engine.segment import NucleusSegmenter
+from ircr.engine.segmenter import NucleusSegmenter
 from ircr.errors import IrcrError
 from ircr.postproc.watershed import WBISParams
 from test_segment import make_slide
@@ -176,7 +176,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
-import ircr.engine.segment as engine
+import ircr.engine.segmenter as engine
 import ircr.io.atomic as atomic
 from test_segment_faults import dark_segmenter
 
@@ -246,7 +246,7 @@ def test_sigterm_is_an_interrupt_that_cleans_up(slide: Path, tmp_path: Path,
         return predict(window)
 
     monkeypatch.setattr(seg, "predict", predict_then_term)
-    monkeypatch.setattr("ircr.engine.segment.load_model", lambda *a, **k: seg)
+    monkeypatch.setattr("ircr.engine.segmenter.load_model", lambda *a, **k: seg)
     out = tmp_path / "out"
     before = signal.getsignal(signal.SIGTERM)
     rc = main(["segment", "MODEL", str(slide), "-o", str(out), "--no-tissue", "--no-progress"])
@@ -267,7 +267,7 @@ def test_existing_outputs_need_overwrite_or_skip_done(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
-    monkeypatch.setattr("ircr.engine.segment.load_model", lambda *a, **k: dark_segmenter())
+    monkeypatch.setattr("ircr.engine.segmenter.load_model", lambda *a, **k: dark_segmenter())
     png = tile_png(tmp_path / "t.png")
     out = tmp_path / "out"
     base = ["segment", "MODEL", str(png), "-o", str(out), "--no-progress", "--mpp", "0.25"]
@@ -294,7 +294,7 @@ def test_existing_outputs_need_overwrite_or_skip_done(tmp_path: Path,
 def test_implausible_mpp_is_refused_with_the_range(tmp_path: Path, mpp: str,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("ircr.engine.segment.load_model", lambda *a, **k: dark_segmenter())
+    monkeypatch.setattr("ircr.engine.segmenter.load_model", lambda *a, **k: dark_segmenter())
     png = tile_png(tmp_path / "t.png", 64)
     rc = main(["segment", "MODEL", str(png), "-o", str(tmp_path / "o"), "--mpp", mpp])
     err = capsys.readouterr().err.strip().splitlines()
@@ -328,7 +328,7 @@ def test_output_names_stay_inside_the_output_folder(tmp_path: Path) -> None:
 def test_unwritable_output_is_one_line(tmp_path: Path, case: str,
                                        monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("ircr.engine.segment.load_model", lambda *a, **k: dark_segmenter())
+    monkeypatch.setattr("ircr.engine.segmenter.load_model", lambda *a, **k: dark_segmenter())
     png = tile_png(tmp_path / "t.png", 64)
     (tmp_path / "file").write_text("x")
     out = {"out_is_file": tmp_path / "file", "parent_is_file": tmp_path / "file" / "sub",

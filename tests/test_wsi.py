@@ -161,7 +161,7 @@ def test_slide_streaming_memory_is_bounded(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(slide_mod, "THUMB_SIZE", 128)
 
     from ircr.data.synthetic import make_tile
-    from ircr.engine.segment import NucleusSegmenter
+    from ircr.engine.segmenter import NucleusSegmenter
     from ircr.postproc.watershed import WBISParams
 
     seg = NucleusSegmenter(_DarkBlobs(), WBISParams(), model_mpp=0.25, device="cpu", tile=64,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ircr._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ircr.engine.segment import NucleusSegmenter
+    from ircr.engine.segmenter import NucleusSegmenter
 
 __all__ = ["__version__", "load_model"]
 
@@ -21,6 +21,6 @@ def load_model(path: Any = None, **kwargs: Any) -> NucleusSegmenter:
     ``path`` is a model folder or a packaged model name; ``"default"`` (or None) is the
     HoVer-Net lite model shipped with the package (MoNuSeg-trained, CC BY-NC-SA 4.0 weights).
     """
-    from ircr.engine.segment import load_model as _load
+    from ircr.engine.segmenter import load_model as _load
 
     return _load(path, **kwargs)

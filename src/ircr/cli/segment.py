@@ -33,8 +33,6 @@ from typing import Any
 from ircr.cli.options import add_device, add_inference, add_progress
 from ircr.errors import IrcrError
 
-DEFAULT_OUTPUTS = "labels,geojson,csv,overlay,summary"
-
 
 def register(subparsers: Any) -> None:
     """Add ``ircr segment``."""
@@ -52,8 +50,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, metavar="OUTDIR",
                    help="output folder (created)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
-    p.add_argument("--outputs", default=DEFAULT_OUTPUTS,
-                   help=f"comma-separated outputs (default {DEFAULT_OUTPUTS})")
+    p.add_argument("--outputs", default=None,
+                   help="comma-separated outputs (default: all; built in: labels, geojson, "
+                        "csv, overlay, summary)")
     p.add_argument("--mpp", type=float, default=None,
                    help="microns per pixel of the inputs (overrides the files' metadata)")
     add_device(p)
@@ -84,14 +83,13 @@ def _looks_like_model(arg: Path) -> bool:
     """A packaged model name, a folder holding a model (or a run folder with model/), or a
     path that does not exist and is not named like an image (a mistyped model folder is then
     reported as a missing model, as before MODEL became optional)."""
+    from ircr.engine.inputs import supported_suffixes
     from ircr.engine.packaged import is_packaged_name
-    from ircr.engine.segment import IMAGE_SUFFIXES
-    from ircr.io.wsi import SLIDE_SUFFIXES, TIFF_SUFFIXES
 
     if is_packaged_name(arg):
         return True
     if not arg.exists():
-        return arg.suffix.lower() not in IMAGE_SUFFIXES | SLIDE_SUFFIXES | TIFF_SUFFIXES
+        return arg.suffix.lower() not in supported_suffixes()
     return arg.is_dir() and any((arg / f).is_file() for f in (
         "model.yaml", "weights.pt", "postproc.yaml", "model/model.yaml"))
 
@@ -127,10 +125,9 @@ def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path
         IrcrError: an input is missing, a folder holds no supported file, or two inputs would
             write the same output names.
     """
-    from ircr.engine.segment import IMAGE_SUFFIXES, check_input_file, output_stem
-    from ircr.io.wsi import SLIDE_SUFFIXES, TIFF_SUFFIXES
+    from ircr.engine.inputs import check_input_file, output_stem, supported_suffixes
 
-    suffixes = IMAGE_SUFFIXES | SLIDE_SUFFIXES | TIFF_SUFFIXES
+    suffixes = supported_suffixes()
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         if item.is_dir():
@@ -167,13 +164,13 @@ def _fmt_rate(summary: dict[str, Any]) -> str:
 def handler(args: argparse.Namespace) -> int:
     """Run ``ircr segment``."""
     from ircr.engine.folder_outputs import summary_row, write_folder_outputs
-    from ircr.engine.segment import OUTPUTS, load_model
+    from ircr.engine.outputs import check_outputs, output_names
+    from ircr.engine.segmenter import load_model
 
+    if args.outputs is None:
+        args.outputs = ",".join(output_names())
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
-    bad = [o for o in outputs if o not in OUTPUTS]
-    if bad or not outputs:
-        raise IrcrError(f"--outputs: unknown output '{bad[0] if bad else args.outputs}' "
-                        f"(choose from {', '.join(OUTPUTS)})")
+    check_outputs(outputs, raw=args.outputs)
     if args.mpp is not None:
         from ircr.io.wsi import check_mpp
 

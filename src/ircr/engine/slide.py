@@ -4,9 +4,14 @@ Pipeline per tile (raster order, background tiles skipped by the thumbnail tissu
 read the read window from the best pyramid level and resize it to the model's resolution
 (a background thread reads the next tile while the network runs) -> network
 (:func:`predict_maps`) -> WBIS (a small thread pool, so post-processing overlaps the network)
--> stitch (:class:`ircr.engine.tiling.Stitcher`, in order) -> per-nucleus table and polygons,
-appended to the CSV/GeoJSON files and drawn on the thumbnail overlay; finished label rows go
-straight into the tiled pyramidal TIFF.
+-> stitch (:class:`ircr.engine.tiling.Stitcher`, in order) -> per-nucleus table, handed to the
+slide sink of every selected output (:mod:`ircr.engine.outputs`: CSV/GeoJSON appended, outlines
+drawn on the thumbnail overlay); finished label rows go to the output that wants bands (the
+tiled pyramidal label TIFF).
+
+The segmenter is any object with the :class:`TileSegmenter` attributes (no import of the
+segmenter module: it imports this one). The summary fields come back as a typed
+:class:`SlideRun`; the caller writes the summary (last).
 
 Memory: one band of ``tile + margin`` label rows (full width), a few tiles in flight, the
 thumbnail, and the label sub-resolution levels as compressed tiles; nothing grows with the
@@ -21,30 +26,91 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from ircr.engine.segment import (
-    MAX_INMEMORY_PIXELS,
-    Timer,
+from ircr.engine.inputs import MAX_INMEMORY_PIXELS, output_stem
+from ircr.engine.measure import nucleus_table
+from ircr.engine.outputs import OutputFormat, SlideFrame, SlideSink, TileNuclei
+from ircr.engine.resolution import (
     check_processing_size,
-    geojson_features,
-    nucleus_table,
     rescale_factor,
     resize_image,
+    resolve_mpp,
 )
-from ircr.engine.tiling import Stitcher, Tile, tile_grid
+from ircr.engine.tiling import Stitcher, Tile, TileResult, tile_grid
+from ircr.engine.timer import Timer
 from ircr.engine.tissue import region_has_tissue, tissue_mask
-from ircr.io import writers as wr
-from ircr.io.outlines import geometry_rings
+from ircr.inference.family import Prediction
 from ircr.io.wsi import Slide, open_slide
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ircr.engine.segment import NucleusSegmenter
-
 THUMB_SIZE = 2048
+
+
+class TileSegmenter(Protocol):
+    """What the slide pipeline uses of a segmenter (:class:`NucleusSegmenter` has it)."""
+
+    tile: int
+    margin: int
+    workers: int
+    prior: Any
+    model_mpp: float | None
+
+    def predict(self, window: np.ndarray) -> Prediction:
+        """Network part for one (h, w, 3) uint8 window (main thread)."""
+        ...
+
+    def postprocess(self, pred: Prediction) -> np.ndarray:
+        """Instance map (h, w) int32 of one window (worker threads)."""
+        ...
+
+
+@dataclass
+class SlideRun:
+    """What one slide run measured (the slide-specific fields of its summary)."""
+
+    size: tuple[int, int]
+    in_mpp: float | None
+    mpp_source: str
+    level: int
+    processing_size: tuple[int, int]
+    processing_mpp: float | None
+    tissue_mm2: float | None
+    n_tiles: int
+    n_processed: int
+    processed_megapixels: float
+    n_nuclei: int
+    stitching: dict[str, int]
+    timings: dict[str, float]
+    total_s: float
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The summary keys of a slide (besides the common ones and ``outputs``)."""
+        w0, h0 = self.size
+        mm2_per_px0 = (self.in_mpp**2 / 1e6) if self.in_mpp else None
+        tissue = self.tissue_mm2
+        # read and postprocess run in worker threads and overlap the network; the main
+        # thread's remaining time is label-TIFF writing plus waiting for those workers
+        main = sum(v for k, v in self.timings.items() if k not in ("read", "postprocess"))
+        timings = {**self.timings, "labels_and_wait": max(0.0, self.total_s - main)}
+        timings = {k: round(v, 3) for k, v in timings.items()}
+        timings["total"] = round(self.total_s, 3)
+        n = self.n_nuclei
+        return dict(
+            image_size_px=[w0, h0], level_used=self.level,
+            processing_size_px=list(self.processing_size),
+            label_image_mpp=self.processing_mpp, n_nuclei=n,
+            area_mm2=(w0 * h0 * mm2_per_px0) if mm2_per_px0 else None,
+            tissue_area_mm2=tissue, nuclei_per_mm2=(n / tissue) if tissue else None,
+            seconds_per_mm2_tissue=(self.total_s / tissue) if tissue else None,
+            tiles={"total": self.n_tiles, "processed": self.n_processed,
+                   "skipped_background": self.n_tiles - self.n_processed,
+                   "processed_megapixels": self.processed_megapixels},
+            timings_s=timings, stitching=self.stitching,
+        )
 
 
 class _Geometry:
@@ -72,7 +138,7 @@ class _Geometry:
         return resize_image(region, y1 - y0, x1 - x0)
 
 
-def _tiles_in_flight(seg: NucleusSegmenter, slide: Slide, geo: _Geometry, todo: list[Tile],
+def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: list[Tile],
                      times: dict[str, float]) -> Iterator[tuple[Tile, np.ndarray, np.ndarray,
                                                                 np.ndarray]]:
     """Yield (tile, window image, prob, local instance map) in order, pipelined."""
@@ -82,9 +148,9 @@ def _tiles_in_flight(seg: NucleusSegmenter, slide: Slide, geo: _Geometry, todo: 
         t0 = time.perf_counter()
         return geo.read(slide, t), time.perf_counter() - t0
 
-    def post(prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, float]:
+    def post(pred: Prediction) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        return seg.postprocess(prob, hv), time.perf_counter() - t0
+        return seg.postprocess(pred), time.perf_counter() - t0
 
     pending: deque[tuple[Tile, np.ndarray, np.ndarray, Future[Any]]] = deque()
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(workers) as pool:
@@ -95,9 +161,9 @@ def _tiles_in_flight(seg: NucleusSegmenter, slide: Slide, geo: _Geometry, todo: 
             times["read"] += dt
             nxt = reader.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
             t0 = time.perf_counter()
-            prob, hv = seg.predict(window)
+            pred = seg.predict(window)
             times["network"] += time.perf_counter() - t0
-            pending.append((t, window, prob, pool.submit(post, prob, hv)))
+            pending.append((t, window, pred.prob, pool.submit(post, pred)))
             while pending and (len(pending) > workers or pending[0][3].done()):
                 pt, pw, pp, fut = pending.popleft()
                 local, dt = fut.result()
@@ -110,61 +176,61 @@ def _tiles_in_flight(seg: NucleusSegmenter, slide: Slide, geo: _Geometry, todo: 
             yield pt, pw, pp, local
 
 
-class _Sinks:
-    """The per-nucleus outputs of one slide (CSV, GeoJSON, thumbnail overlay)."""
-
-    def __init__(self, out: Path, stem: str, outputs: Sequence[str], thumb: np.ndarray,
-                 tscale: float) -> None:
-        self.csv = wr.CSVWriter(out / f"{stem}.csv") if "csv" in outputs else None
-        self.geo = wr.GeoJSONWriter(out / f"{stem}.geojson") if "geojson" in outputs else None
-        self.canvas = thumb.copy() if "overlay" in outputs else None
-        self.tscale = tscale
-        self.count = 0
-
-    def add(self, labels: np.ndarray, table: dict[str, np.ndarray], id_offset: int,
-            origin: tuple[int, int], s: float) -> None:
-        self.count += len(table["id"])
-        if self.geo is not None or self.canvas is not None:
-            feats = geojson_features(labels, table, offset_xy=origin, scale=s, id_offset=id_offset)
-            if self.geo is not None:
-                self.geo.add(feats)
-            if self.canvas is not None:
-                rings = [r for f in feats for r in geometry_rings(f["geometry"])]
-                wr.draw_polygons(self.canvas, rings, self.tscale)
-        if self.csv is not None:
-            self.csv.add(dict(table, id=table["id"] + id_offset))
-
-    def close(self) -> None:
-        for w in (self.csv, self.geo):
-            if w is not None:
-                w.close()
-
-    def abort(self) -> None:
-        """Drop the unfinished files (interrupted or failed slide)."""
-        for w in (self.csv, self.geo):
-            if w is not None:
-                w.abort()
-
-
-def _measure(seg: NucleusSegmenter, res: Any, t: Tile, window: np.ndarray, prob: np.ndarray,
-             geo: _Geometry) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
-    """Table of one tile's new instances (ids made local to keep arrays small)."""
+def _measure(seg: TileSegmenter, res: TileResult, t: Tile, window: np.ndarray,
+             prob: np.ndarray, geo: _Geometry) -> TileNuclei:
+    """The new instances of one tile with their table (ids made local: small arrays)."""
     base = int(res.ids[0]) - 1
     labels = np.where(res.labels > 0, res.labels - base, 0).astype(np.int32)
     oy = t.core[0] - t.read[0]
     table = nucleus_table(window[oy:], labels, prob[oy:], geo.proc_mpp, seg.prior,
                           coord_scale=geo.s, offset_xy=(res.origin_x, res.origin_y))
-    return labels, table, base
+    return TileNuclei(labels, table, base, (res.origin_x, res.origin_y), geo.s)
 
 
-def run_slide(seg: NucleusSegmenter, path: Path, out: Path, stem: str, outputs: Sequence[str],
-              mpp: float | None, use_tissue: bool = True, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Segment one whole-slide image, streaming every output; returns the summary."""
+class _Sinks:
+    """The selected outputs' slide sinks, fed together; aborted together on failure."""
+
+    def __init__(self, formats: Sequence[OutputFormat], files: dict[str, Path],
+                 frame: SlideFrame) -> None:
+        self.sinks: list[SlideSink] = []
+        try:
+            for f in formats:
+                if f.open_slide is not None:
+                    self.sinks.append(f.open_slide(files[f.name], frame))
+        except BaseException:
+            self.abort()
+            raise
+        banded = [s for s in self.sinks if s.wants_bands]
+        if len(banded) > 1:
+            raise ValueError("at most one slide output may consume label bands")
+        self.bands = banded[0] if banded else None
+
+    def add(self, nuclei: TileNuclei) -> None:
+        for s in self.sinks:
+            s.add(nuclei)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+
+    def abort(self) -> None:
+        for s in self.sinks:
+            s.abort()
+
+
+def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
+              files: dict[str, Path], mpp: float | None, use_tissue: bool = True,
+              progress: bool = False, log: Callable[[str], None] | None = None) -> SlideRun:
+    """Segment one whole-slide image, streaming every selected output except the summary.
+
+    Args:
+        formats: the selected outputs (:func:`ircr.engine.outputs.check_outputs`); those with
+            a slide sink are written here. files: output name -> final path.
+    """
     timer = Timer()
     t_start = time.perf_counter()
     with open_slide(path, mpp=mpp) as slide:
-        in_mpp, src = seg._resolve_mpp(str(path), slide.mpp, mpp, slide=True)
+        in_mpp, src = resolve_mpp(str(path), slide.mpp, mpp, seg.model_mpp, slide=True)
         geo = _Geometry(slide, in_mpp, seg.model_mpp)
         w0, h0 = slide.dimensions
         check_processing_size(str(path), (w0, h0), (geo.width, geo.height),
@@ -179,22 +245,27 @@ def run_slide(seg: NucleusSegmenter, path: Path, out: Path, stem: str, outputs: 
                 f"{geo.width}x{geo.height} px at {geo.proc_mpp} µm/px; tissue "
                 f"{mask.mean():.0%} of the thumbnail; {len(todo)}/{len(tiles)} tiles")
         stitcher = Stitcher(geo.height, geo.width, seg.tile, seg.margin, streaming=True)
-        sinks = _Sinks(out, stem, outputs, thumb, tscale)
+        sinks = _Sinks(formats, files, SlideFrame(geo.height, geo.width, geo.proc_mpp, thumb,
+                                                  tscale))
         times = {"read": 0.0, "network": 0.0, "postprocess": 0.0}
+        count = 0
 
         def bands() -> Iterator[np.ndarray]:
+            nonlocal count
             from tqdm import tqdm
 
-            bar = tqdm(total=len(todo), unit="tile", disable=not progress, desc=stem)
+            bar = tqdm(total=len(todo), unit="tile", disable=not progress,
+                       desc=output_stem(path))
             for t, window, prob, local in _tiles_in_flight(seg, slide, geo, todo, times):
                 yield from stitcher.pop_final(t.core[0])
                 with timer("stitch"):
                     res = stitcher.add(t, local)
                 if res.ids.size:
                     with timer("measure"):
-                        labels, table, base = _measure(seg, res, t, window, prob, geo)
+                        nuclei = _measure(seg, res, t, window, prob, geo)
+                    count += len(nuclei.table["id"])
                     with timer("write"):
-                        sinks.add(labels, table, base, (res.origin_x, res.origin_y), geo.s)
+                        sinks.add(nuclei)
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.0f}s" for k, v in {**times, **timer.totals}.items()},
                                 refresh=False)
@@ -202,59 +273,24 @@ def run_slide(seg: NucleusSegmenter, path: Path, out: Path, stem: str, outputs: 
             yield from stitcher.pop_final(geo.height)
 
         try:
-            if "labels" in outputs:
-                wr.LabelPyramidWriter(out / f"{stem}_labels.tif", geo.height, geo.width,
-                                      geo.proc_mpp).write(bands())
+            if sinks.bands is not None:
+                sinks.bands.write_bands(bands())
             else:
                 for _ in bands():
                     pass
+            with timer("write"):
+                sinks.close()
         except BaseException:
             sinks.abort()  # an interrupted slide leaves no complete-looking CSV/GeoJSON
             raise
-        sinks.close()
-        t0 = time.perf_counter()
-        if sinks.canvas is not None:
-            wr.write_png(out / f"{stem}_overlay.png", sinks.canvas)
-        timer.totals["write"] = timer.totals.get("write", 0.0) + time.perf_counter() - t0
     total = time.perf_counter() - t_start
-    state = {"slide": slide, "geo": geo, "src": src, "in_mpp": in_mpp, "mask": mask,
-             "tscale": tscale, "tiles": tiles, "todo": todo, "stitcher": stitcher,
-             "sinks": sinks, "times": times, "timer": timer, "total": total}
-    return _slide_summary(seg, path, out, stem, outputs, state)
-
-
-def _slide_summary(seg: NucleusSegmenter, path: Path, out: Path, stem: str,
-                   outputs: Sequence[str], st: dict[str, Any]) -> dict[str, Any]:
-    geo, mask, in_mpp = st["geo"], st["mask"], st["in_mpp"]
-    w0, h0 = st["slide"].dimensions
     mm2_per_px0 = (in_mpp**2 / 1e6) if in_mpp else None
-    tissue_mm2 = (float(mask.sum()) / st["tscale"] ** 2 * mm2_per_px0) if mm2_per_px0 else None
-    # read and postprocess run in worker threads and overlap the network; the main thread's
-    # remaining time is label-TIFF writing plus waiting for those workers
-    timings = {**st["times"], **st["timer"].totals}
-    main = sum(v for k, v in timings.items() if k not in ("read", "postprocess"))
-    timings["labels_and_wait"] = max(0.0, st["total"] - main)
-    timings = {k: round(v, 3) for k, v in timings.items()}
-    timings["total"] = round(st["total"], 3)
-    n = st["sinks"].count
-    files = {k: str(out / name) for k, name in (
-        ("labels", f"{stem}_labels.tif"), ("geojson", f"{stem}.geojson"),
-        ("csv", f"{stem}.csv"), ("overlay", f"{stem}_overlay.png"),
-        ("summary", f"{stem}_summary.json")) if k in outputs}
-    summary = seg.summary_base(path, "slide", in_mpp, st["src"], geo.proc_mpp)
-    summary.update(
-        image_size_px=[w0, h0], level_used=geo.level, processing_size_px=[geo.width, geo.height],
-        label_image_mpp=geo.proc_mpp, n_nuclei=n, area_mm2=(w0 * h0 * mm2_per_px0)
-        if mm2_per_px0 else None, tissue_area_mm2=tissue_mm2,
-        nuclei_per_mm2=(n / tissue_mm2) if tissue_mm2 else None,
-        seconds_per_mm2_tissue=(st["total"] / tissue_mm2) if tissue_mm2 else None,
-        tiles={"total": len(st["tiles"]), "processed": len(st["todo"]),
-               "skipped_background": len(st["tiles"]) - len(st["todo"]),
-               "processed_megapixels": sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1])
-                                           for t in st["todo"]) * 1e-6},
-        timings_s=timings, stitching=st["stitcher"].stats.as_dict(), outputs=files,
-        warnings=[],
-    )
-    if "summary" in outputs:
-        wr.write_summary_json(files["summary"], summary)
-    return summary
+    return SlideRun(
+        size=(w0, h0), in_mpp=in_mpp, mpp_source=src, level=geo.level,
+        processing_size=(geo.width, geo.height), processing_mpp=geo.proc_mpp,
+        tissue_mm2=(float(mask.sum()) / tscale**2 * mm2_per_px0) if mm2_per_px0 else None,
+        n_tiles=len(tiles), n_processed=len(todo),
+        processed_megapixels=sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1])
+                                 for t in todo) * 1e-6,
+        n_nuclei=count, stitching=stitcher.stats.as_dict(),
+        timings={**times, **timer.totals}, total_s=total)

@@ -1,0 +1,315 @@
+"""Segmentation engine: one trained model folder applied to tiles, folders and whole slides.
+
+``load_model(folder)`` returns a :class:`NucleusSegmenter`. ``segment(image_or_path)`` runs
+an in-memory image (or image file) and returns a :class:`~ircr.engine.result.SegmentResult`
+(instance map and per-nucleus table); ``process(path, out_dir)`` writes the chosen outputs
+(:mod:`ircr.engine.outputs`) for one input file, streaming whole-slide images
+(:mod:`ircr.engine.slide`).
+
+Both paths share the same engine: the image is brought to the model's training resolution
+(``mpp`` in model.yaml; :mod:`ircr.engine.resolution`), cut into ``tile`` x ``tile`` cores
+read with a ``margin`` of context, each read window goes through the model family
+(:mod:`ircr.inference.family`: HoVer-Net = blended sliding-window maps + WBIS), and instances
+are stitched with the responsible-tile rule of :mod:`ircr.engine.tiling`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from ircr.engine.inputs import MAX_INMEMORY_PIXELS, check_input_file, load_input, output_stem
+from ircr.engine.measure import empty_table, nucleus_table
+from ircr.engine.outputs import (
+    OutputFormat,
+    check_outputs,
+    finished_summary,
+    output_files,
+    output_names,
+)
+from ircr.engine.packaged import resolve_model
+from ircr.engine.provenance import versions
+from ircr.engine.resolution import (
+    check_processing_size,
+    rescale_factor,
+    resize_image,
+    resize_labels,
+)
+from ircr.engine.result import SegmentResult
+from ircr.engine.slide import run_slide
+from ircr.engine.tiling import Tile, stitch_image
+from ircr.engine.timer import Timer
+from ircr.errors import IrcrError, file_error
+from ircr.inference.device import describe_device, select_device
+from ircr.inference.family import InferenceSetting, ModelFamily, Prediction, get_family
+from ircr.inference.model_folder import POSTPROC_YAML, load_model_folder, resolve_inference
+from ircr.io.atomic import clean_stale_temps
+from ircr.io.paths import ensure_dir
+from ircr.io.wsi import check_mpp, is_slide
+from ircr.ssl.prior import load_prior
+
+
+class NucleusSegmenter:
+    """A trained network plus everything needed to segment images with it.
+
+    Args:
+        model: a network of ``family`` (HoVer-Net: ``forward`` returns ``{"np", "hv"}``).
+        postproc: the family's post-processing parameters (HoVer-Net:
+            :class:`ircr.postproc.watershed.WBISParams`, a mapping of them, or None).
+        model_mpp: microns per pixel the model was trained at (None: never rescale).
+        device: "auto", "cpu", "cuda[:N]", "mps" or a torch.device.
+        batch_size: network windows per forward pass; amp: mixed precision (True: bf16, fp16
+            on CUDA without bf16; :func:`ircr.inference.device.amp_dtype`).
+        window, overlap: network window and its overlap (sliding-window inference).
+        tile, margin: core size and context margin of the stitching tiles, in pixels at the
+            model's resolution; ``margin`` must exceed the largest nucleus (default 24 µm).
+        prior: morphological prior for the ``prior_score`` column (None: NaN).
+        name, meta: the model folder and its model.yaml facts (for summaries).
+        workers: post-processing threads overlapping the network on whole slides.
+        family: the model family (None = HoVer-Net).
+    """
+
+    def __init__(self, model: nn.Module, postproc: Any, model_mpp: float | None = None,
+                 device: str | torch.device | None = None, batch_size: int = 8,
+                 amp: bool = False, window: int = 256, overlap: int = 64, tile: int = 1024,
+                 margin: int | None = None, prior: Any = None, name: str = "",
+                 meta: dict[str, Any] | None = None, workers: int = 2,
+                 family: ModelFamily | None = None) -> None:
+        if batch_size < 1:
+            raise IrcrError(f"--batch-size: must be >= 1, got {batch_size}")
+        self.family = family or get_family()
+        self.device = select_device(device)
+        self.model = model.to(self.device).eval()
+        self.postproc = self.family.parse_postproc(postproc)
+        self.model_mpp = model_mpp
+        self.batch_size, self.amp = int(batch_size), bool(amp)
+        self.window, self.overlap = int(window), int(overlap)
+        if margin is None:
+            margin = int(math.ceil(24.0 / (model_mpp or 0.25) / 8.0) * 8)
+        if tile < 64 or margin < 0:
+            raise IrcrError(f"--tile/--margin: tile must be >= 64 and margin >= 0 "
+                            f"(got {tile}, {margin})")
+        self.tile, self.margin = int(tile), int(margin)
+        self.prior = prior
+        self.workers = max(1, int(workers))
+        self.name = name
+        self.meta = dict(meta or {})
+
+    def __repr__(self) -> str:
+        return f"NucleusSegmenter({self.name or 'model'}: {self.describe()})"
+
+    def describe(self) -> str:
+        """One line for the log: device, batch size, AMP, resolution, tiling."""
+        amp = "on" if self.amp else "off"
+        mpp = f"{self.model_mpp:g} µm/px" if self.model_mpp else "unknown mpp"
+        return (f"device {describe_device(self.device)}; window {self.window} / overlap "
+                f"{self.overlap} px, batch size {self.batch_size}; AMP {amp}; model at {mpp}; "
+                f"tile {self.tile} + margin {self.margin} px")
+
+    # ---- the shared per-window engine --------------------------------------------------------
+    def setting(self) -> InferenceSetting:
+        """The sliding-window and compute setting of every network call."""
+        return InferenceSetting(window=self.window, overlap=self.overlap,
+                                batch_size=self.batch_size, device=self.device, amp=self.amp)
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Network part for a (h, w, 3) uint8 window: ``prob`` (h, w) + family maps."""
+        return self.family.predict(self.model, image, self.setting())
+
+    def postprocess(self, pred: Prediction) -> np.ndarray:
+        """Instance map (h, w) int32 of one window's prediction (thread-safe)."""
+        return self.family.instances(pred, self.postproc)
+
+    # ---- in-memory images ----------------------------------------------------------------------
+    def segment(self, image_or_path: Any, mpp: float | None = None) -> SegmentResult:
+        """Segment one image.
+
+        Args:
+            image_or_path: (H, W, 3) uint8 RGB array, or an image file (PNG, JPEG, TIFF, or a
+                whole-slide file small enough to hold in memory).
+            mpp: microns per pixel of the input; overrides the file's. Without either, the
+                model's resolution is assumed (with a warning).
+
+        Returns:
+            :class:`SegmentResult` at the input's resolution.
+        """
+        timer = Timer()
+        with timer("read"):
+            inp = load_input(image_or_path, mpp, self.model_mpp)
+        image, in_mpp = inp.image, inp.mpp
+        h, w = image.shape[:2]
+        f = rescale_factor(in_mpp, self.model_mpp)
+        proc_mpp = (in_mpp / f) if in_mpp else self.model_mpp
+        ph, pw = max(1, round(h * f)), max(1, round(w * f))
+        check_processing_size(inp.source, (w, h), (pw, ph), max(MAX_INMEMORY_PIXELS, h * w),
+                              in_mpp, self.model_mpp)
+        with timer("resize"):
+            work = resize_image(image, ph, pw)
+        prob_full = np.zeros((ph, pw), np.float32)
+
+        def run_window(t: Tile) -> np.ndarray:
+            y0, x0, y1, x1 = t.read
+            with timer("network"):
+                pred = self.predict(np.ascontiguousarray(work[y0:y1, x0:x1]))
+            cy0, cx0, cy1, cx1 = t.core
+            prob_full[cy0:cy1, cx0:cx1] = pred.prob[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+            with timer("postprocess"):
+                return self.postprocess(pred)
+
+        t0 = time.perf_counter()
+        inst, stats = stitch_image(ph, pw, run_window, self.tile, self.margin)
+        timer.totals["stitch"] = (time.perf_counter() - t0 - timer.totals.get("network", 0.0)
+                                  - timer.totals.get("postprocess", 0.0))
+        with timer("resize"):
+            inst = resize_labels(inst, h, w)
+            prob = prob_full if (ph, pw) == (h, w) else cv2.resize(
+                prob_full, (w, h), interpolation=cv2.INTER_LINEAR)
+        with timer("measure"):
+            table = nucleus_table(image, inst, prob, in_mpp, self.prior,
+                                  prior_area_scale=f * f) if inst.any() else empty_table()
+        return SegmentResult(inst, table, prob, in_mpp, inp.mpp_source, proc_mpp,
+                             timer.rounded(), stats.as_dict(), image)
+
+    # ---- files -------------------------------------------------------------------------------
+    def process(self, path: str | Path, out_dir: str | Path,
+                outputs: Sequence[str] | None = None, mpp: float | None = None,
+                stem: str | None = None, tissue: bool = True, progress: bool = False,
+                log: Callable[[str], None] | None = None, overwrite: bool = False,
+                skip_done: bool = False) -> dict[str, Any]:
+        """Segment one file and write the selected ``outputs`` (default: all) into ``out_dir``.
+
+        Whole-slide images (see :func:`ircr.io.wsi.is_slide`) are streamed; other images are
+        segmented in memory. Returns the summary dict (also written as JSON when selected).
+
+        Every output is written under a temporary name and renamed when complete; the summary
+        comes last and marks the input done. Existing outputs are refused unless
+        ``overwrite``; with ``skip_done`` a done input is skipped (the returned dict has
+        ``skipped: True``) and an unfinished one is redone.
+        """
+        path = Path(path)
+        check_input_file(path)
+        formats = check_outputs(list(output_names() if outputs is None else outputs))
+        if mpp is not None:
+            mpp = check_mpp(mpp)
+        out = ensure_dir(out_dir)
+        stem = stem or output_stem(path)
+        files = output_files(out, stem, [f.name for f in formats])
+        clean_stale_temps(out)
+        if skip_done:
+            done = finished_summary(files)
+            if done is not None:
+                return {**done, "skipped": True}
+        elif not overwrite:
+            for f in files.values():
+                if f.exists():
+                    raise file_error(f, "output exists (pass --overwrite to replace it or "
+                                        "--skip-done to skip finished inputs)")
+        for fmt in formats:  # not done until the summary is rewritten
+            if fmt.write_summary is not None:
+                files[fmt.name].unlink(missing_ok=True)
+        if is_slide(path):
+            run = run_slide(self, path, formats, files, mpp, tissue, progress, log)
+            summary = self.summary_base(path, "slide", run.in_mpp, run.mpp_source,
+                                        run.processing_mpp)
+            summary.update(run.summary_fields())
+            summary.update(outputs={k: str(v) for k, v in files.items()}, warnings=[])
+        else:
+            summary = self._write_tile_outputs(path, formats, files, mpp)
+        for fmt in formats:
+            if fmt.write_summary is not None:
+                fmt.write_summary(files[fmt.name], summary)
+        return summary
+
+    def _write_tile_outputs(self, path: Path, formats: Sequence[OutputFormat],
+                            files: dict[str, Path], mpp: float | None) -> dict[str, Any]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = self.segment(path, mpp=mpp)
+        notes = [str(c.message) for c in caught]
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+        t0 = time.perf_counter()
+        for fmt in formats:
+            if fmt.write_tile is not None:
+                fmt.write_tile(files[fmt.name], res)
+        timings = dict(res.timings, write=round(time.perf_counter() - t0, 3))
+        h, w = res.inst.shape
+        area_mm2 = h * w * res.mpp**2 / 1e6 if res.mpp else None
+        summary = self.summary_base(path, "tile", res.mpp, res.mpp_source, res.processing_mpp)
+        summary.update(
+            image_size_px=[w, h], n_nuclei=len(res), area_mm2=area_mm2,
+            nuclei_per_mm2=(len(res) / area_mm2) if area_mm2 else None,
+            timings_s=timings, stitching=res.stats,
+            outputs={k: str(v) for k, v in files.items()}, warnings=notes,
+        )
+        return summary
+
+    def summary_base(self, path: Path, kind: str, mpp: float | None, mpp_source: str,
+                     processing_mpp: float | None) -> dict[str, Any]:
+        """Fields common to tile and slide summaries (input, model, device, versions)."""
+        return {
+            "input": str(path), "kind": kind, "model": self.name, "model_meta": self.meta,
+            "device": describe_device(self.device), "batch_size": self.batch_size,
+            "amp": self.amp, "window": self.window, "overlap": self.overlap,
+            "tile": self.tile, "margin": self.margin,
+            "input_mpp": mpp, "mpp_source": mpp_source, "processing_mpp": processing_mpp,
+            "versions": versions(),
+        }
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device | None = None,
+               batch_size: int | None = None, amp: bool = False, tile: int = 1024,
+               margin: int | None = None, prior: str | Path | None = None,
+               workers: int = 2, window: int | None = None,
+               overlap: int | None = None) -> NucleusSegmenter:
+    """Load a model folder (weights.pt, model.yaml, postproc.yaml[, prior.npz]).
+
+    Args:
+        path: the model folder, or the name of a packaged model (``"default"``; None = the
+            default model shipped with the package, see ``ircr models list``).
+        device: "auto" (default: CUDA, then MPS, then CPU), "cpu", "cuda[:N]" or "mps".
+        batch_size, window, overlap: sliding-window inference; None = the folder's
+            ``inference`` setting (the one ``ircr evaluate`` uses; see
+            :mod:`ircr.inference.model_folder`).
+        amp: mixed precision.
+        tile, margin: stitching tile core and margin (pixels at the model's resolution).
+        prior: prior .npz for the ``prior_score`` column; default: the folder's prior.npz,
+            else the package's default prior.
+        workers: post-processing threads for whole slides.
+
+    Raises:
+        IrcrError: the folder or one of its files is missing or corrupt.
+    """
+    path = resolve_model(path)
+    loaded = load_model_folder(path, device="cpu")
+    setting = resolve_inference(loaded.inference, window, overlap, batch_size)
+    params = loaded.family.parse_postproc(loaded.postproc, where=str(Path(path) / POSTPROC_YAML))
+    prior_path = prior if prior is not None else loaded.prior_file
+    try:
+        morph = load_prior(prior_path)
+    except IrcrError as exc:
+        if prior is not None:
+            raise
+        if prior_path is not None:  # the folder's prior.npz: never silently ignored
+            raise IrcrError(f"{exc} (pass --prior to use another prior)") from None
+        warnings.warn(f"packaged prior unusable, prior_score will be empty: {exc}", stacklevel=2)
+        morph = None
+    return NucleusSegmenter(
+        loaded.model, params, model_mpp=loaded.mpp, device=device,
+        batch_size=setting["batch_size"], amp=amp, window=setting["window"],
+        overlap=setting["overlap"], tile=tile,
+        margin=margin, prior=morph, name=str(path),
+        meta={**{k: loaded.meta.get(k) for k in ("ircr_version", "created", "method", "mpp",
+                                                 "patch_size") if k in loaded.meta},
+              "inference": setting},
+        workers=workers, family=loaded.family,
+    )
