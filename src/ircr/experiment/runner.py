@@ -118,7 +118,7 @@ def _val_from_csv(run_dir: Path, models: list[str]) -> dict[str, dict[str, float
 
 
 def _test_metrics(tr: Any, ctx: RunContext) -> dict[str, Any]:
-    """Mean metrics of each evaluated model on the test images (engine.evaluate)."""
+    """Mean metrics of each evaluated model on the test images (inference.evaluate)."""
     from ircr.data.store import PreparedDataset
     from ircr.inference.evaluate import evaluate_model, select_images
 
