@@ -20,14 +20,17 @@ Contract (shapes and dtypes; every array is numpy, on the CPU):
   CPU, loading nothing from disk or the network (the model folder loads ``weights.pt`` into
   it with ``load_state_dict``; the state dict's keys and shapes must match exactly).
 * ``predict(model, image, setting) -> Prediction``: the network part for one image or tile.
-  ``image`` is (h, w, 3) uint8 RGB of any size >= 1 px (not padded; the family pads/tiles as it
-  needs). ``setting`` is an :class:`InferenceSetting` (window/overlap/batch size, device, AMP
-  per :func:`ircr.inference.device.amp_dtype`). Runs in eval mode under ``torch.inference_mode``
-  and leaves the module's train/eval mode as it found it. Returns a :class:`Prediction` whose
-  ``prob`` is the (h, w) float32 foreground probability in [0, 1] (used for the
-  ``np_prob_mean`` column and the stitched probability map) and ``maps`` whatever the family's
-  :meth:`instances` needs (HoVer-Net: ``{"hv": (2, h, w) float32}``; a detector: boxes, scores,
-  masks). Called from one thread at a time.
+  ``image`` is (h, w, 3) uint8 RGB of any size >= 1 px, possibly read-only (copy before
+  writing); it is not padded: the family pads or tiles it as it needs. ``setting`` is an
+  :class:`InferenceSetting`: window/overlap/batch size, ``device`` (None = the model's own;
+  the caller has already moved the model there) and ``amp`` (apply
+  :func:`ircr.inference.device.amp_dtype` / :func:`~ircr.inference.device.autocast`). Runs
+  in eval mode under ``torch.inference_mode`` and leaves the module's train/eval mode as it
+  found it. Returns a :class:`Prediction`: ``prob`` is the (h, w) float32 foreground
+  probability in [0, 1] (the ``np_prob_mean`` column and the stitched probability map),
+  ``maps`` whatever :meth:`instances` needs (HoVer-Net: ``{"hv": (2, h, w) float32}``; a
+  detector: boxes (K, 4) float32 x0, y0, x1, y1 in pixels of ``image``, scores (K,), masks).
+  Called from one thread at a time.
 * ``instances(pred, postproc) -> np.ndarray``: the CPU part: (h, w) int32 instance map,
   0 = background, ids >= 1 (not necessarily contiguous), each instance one connected or
   disconnected set of pixels that the instance map owns exclusively. Must be thread-safe
