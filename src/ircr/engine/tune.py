@@ -136,6 +136,9 @@ def predict_for_tuning(model_dir: str | Path, dataset: str | Path, split: str = 
 
     dev = select_device(device)
     loaded = load_model_folder(model_dir, device=dev)
+    if loaded.family.name != "hovernet":
+        raise IrcrError(f"{model_dir}: tune-postproc tunes the WBIS thresholds of HoVer-Net "
+                        f"models; this is a '{loaded.family.name}' model")
     ds = PreparedDataset(dataset)
     names, _ = select_images(ds, split, loaded.meta)
     inference = loaded.meta.get("inference")
