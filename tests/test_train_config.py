@@ -113,3 +113,14 @@ def test_bad_configs_give_one_line_errors(tmp_path: Path, text: str, overrides: 
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(IrcrError, match="config file not found"):
         load_experiment(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("ratio", ["1-32", "1-16", "1-8", "1-4"])
+def test_monuseg_supervised_and_ssl_runs_share_one_setting(ratio: str) -> None:
+    """SupOnly (monuseg/supervised_r*) and the SSL runs of a ratio differ only in the method."""
+    sup = to_dict(load_experiment(REPO / "configs" / "monuseg" / f"supervised_r{ratio}.yaml"))
+    for m in ("mt", "st", "ircr"):
+        ssl = to_dict(load_experiment(REPO / "configs" / "monuseg" / "ssl" / f"{m}_r{ratio}.yaml"))
+        assert {k: v for k, v in ssl.items() if k != "method"} == \
+            {k: v for k, v in sup.items() if k != "method"}
+    assert not list((REPO / "configs" / "monuseg" / "ssl").glob("sup_r*.yaml"))
