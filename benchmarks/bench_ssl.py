@@ -29,7 +29,6 @@ from ircr.data.targets import hover_targets
 from ircr.losses import LossConfig, hovernet_loss
 from ircr.models import ModelConfig, build_model
 from ircr.postproc.watershed import WBISParams
-from ircr.train.config import MethodConfig
 from ircr.train.methods import get_method
 
 TIMES: dict[str, float] = defaultdict(float)
@@ -97,7 +96,8 @@ class Runner:
         torch.manual_seed(0)
         model = build_model(ModelConfig(width=args.width, blocks=args.blocks))
         trainer: Any = stand_in_trainer(model, args.size)
-        self.m = get_method(name)(MethodConfig(name=name, **opts), trainer)  # type: ignore[arg-type]
+        cls = get_method(name)
+        self.m = cls(cls.options_type(**opts), trainer)
         self.m.setup()
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         self.secs: list[float] = []

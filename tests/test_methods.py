@@ -1,26 +1,25 @@
-"""Unit tests of the semi-supervised method plug-ins (no data on disk, tiny network).
+"""Unit tests of the semi-supervised method plug-ins (tiny network, hand-made batches).
 
-The trainer is replaced by a small stand-in exposing the attributes the Method interface
-documents (model, cfg, device, supervised_loss, wbis_params, run_dir, epoch), so each test
-checks one property of a method with hand-derived expectations.
+Each method runs inside a real :class:`~ircr.train.trainer.Trainer` on a tiny synthetic
+prepared dataset (the trainer builds the model, the method and its setup as in a run); the
+batches are made by hand so each test checks one property of a method with hand-derived
+expectations.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from ircr.models import ModelConfig, build_model
-from ircr.postproc.watershed import WBISParams
-from ircr.train.config import MethodConfig
-from ircr.train.methods import get_method
+from ircr.data.prepare import prepare_dataset
+from ircr.train.config import experiment_from_dict
+from ircr.train.methods import register_method
 from ircr.train.methods.base import map_to_view
-from ircr.train.methods.ircr import pack, to_patch_frame, unpack
+from ircr.train.methods.ircr import IRCR, pack, to_patch_frame, unpack
 from ircr.train.methods.mean_teacher import feature_maps, masked_mse
 
 torch.set_num_threads(1)
@@ -30,20 +29,36 @@ P = 32
 PAPER = {"warmup_iterations": 0, "rampup_iterations": 0, "clamp_teacher_hv": False}
 
 
-def _sup_loss(out: dict[str, torch.Tensor], lab: dict[str, torch.Tensor]):
-    ce = torch.nn.functional.cross_entropy(out["np"], lab["np"])
-    mse = (out["hv"] - lab["hv"]).pow(2).mean()
-    return ce + mse, {"ce": float(ce.detach()), "mse": float(mse.detach())}
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 synthetic 64 px images cut into 32 px patches (the trainer needs a dataset)."""
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    prepare_dataset("synthetic", None, out, options={"n_images": 3, "size": 64}, patch=P,
+                    ratio="1/2", val_fraction=0.34)
+    return out
 
 
-def _trainer(tmp_path: Path) -> SimpleNamespace:
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(width=0.125, blocks=[1, 1, 1, 1], decoder_units=[1, 1]))
-    return SimpleNamespace(
-        model=model, device=torch.device("cpu"), supervised_loss=_sup_loss,
-        wbis_params=WBISParams(), run_dir=tmp_path, epoch=0, iteration=0,
-        cfg=SimpleNamespace(data=SimpleNamespace(patch_size=P)),
-    )
+_DATA: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _dataset(synth: Path) -> None:
+    _DATA[:] = [synth]
+
+
+def _trainer(tmp_path: Path, name: str = "supervised", patch: int = P, **opts):
+    """A real Trainer (tiny HoVer-Net, CPU, seed 0) with method ``name`` and its options."""
+    from ircr.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    data = {"data": {"dataset": str(_DATA[0]), "split": "ratio_1-2_seed0_val0.34",
+                     "patch_size": patch, "workers": 0},
+            "model": {"width": 0.125, "blocks": [1, 1, 1, 1], "decoder_units": [1, 1]},
+            "train": {"seed": 0, "device": "cpu", "amp": "off", "progress": False,
+                      "tensorboard": False},
+            "method": {"name": name, **opts}}
+    run = tmp_path / f"run_{name}_{len(list(tmp_path.glob('run_*')))}"
+    return Trainer(experiment_from_dict(data, "test"), run, config_source="test")
 
 
 def _discs(n: int, seed: int) -> np.ndarray:
@@ -73,10 +88,8 @@ def _batches(n: int = 2, seed: int = 0):
 
 
 def _method(name: str, tmp_path: Path, **opts):
-    tr = _trainer(tmp_path)
-    m = get_method(name)(MethodConfig(name=name, **{**PAPER, **opts}), tr)  # type: ignore
-    m.setup()
-    return m, tr
+    tr = _trainer(tmp_path, name, **{**PAPER, **opts})
+    return tr.method, tr
 
 
 def test_mt_teacher_gets_no_gradient_and_ema_includes_bn(tmp_path: Path) -> None:
@@ -178,14 +191,20 @@ class _DarkIsNucleus(torch.nn.Module):
         return {"np": torch.cat([-dark, dark], dim=1), "hv": hv_t}
 
 
+@register_method("test_dark_ircr")
+class _DarkIRCR(IRCR):
+    """IRCR-Net with its own model (a method may build any network: methods/base.py)."""
+
+    def build_model(self) -> torch.nn.Module:
+        return _DarkIsNucleus()
+
+
 def _fake_ircr(tmp_path: Path, shift: int = 0, **opts):
     from ircr.data.synthetic import make_tile
 
-    tr = _trainer(tmp_path)
-    tr.model = _DarkIsNucleus()
-    tr.cfg.data.patch_size = 64
-    m = get_method("ircr")(MethodConfig(name="ircr", **{**PAPER, **opts}), tr)  # type: ignore
-    m.setup()
+    tr = _trainer(tmp_path, "test_dark_ircr", patch=64, **{**PAPER, **opts})
+    m = tr.method
+    assert isinstance(tr.model, _DarkIsNucleus) and isinstance(m, _DarkIRCR)
     rng = np.random.default_rng(0)
     imgs = np.stack([make_tile(rng, 64, touching=0.0)[0] for _ in range(2)])
     weak = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()

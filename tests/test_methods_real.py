@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ircr.cli import data as data_cli
-from ircr.train.config import experiment_from_dict
+from ircr.train.config import experiment_from_dict, method_takes
 from ircr.train.trainer import Trainer, TrainingInterrupted
 
 torch.set_num_threads(2)
@@ -49,7 +49,9 @@ def _cfg(prepared: Path, method: str, val: bool = False, **opts: object):
                   "amp": "off", "progress": False, "tensorboard": False, "checkpoint_every": 1,
                   "val_every": 0},
         # consistency from iteration 2 on (defaults: 100 warm-up + 200 ramp-up iterations)
-        "method": {"name": method, "warmup_iterations": 1, "rampup_iterations": 1, **opts},
+        "method": {"name": method, **opts, **({"warmup_iterations": 1, "rampup_iterations": 1}
+                                              if method_takes(method, "warmup_iterations")
+                                              else {})},
         "eval": {"window": 256, "overlap": 32, "batch_size": 4, "max_images": 1},
     })
 

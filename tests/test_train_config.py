@@ -50,16 +50,17 @@ def test_paper_schedules() -> None:
 
 def test_method_defaults_are_the_spec_defaults(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
-    p.write_text("data: {dataset: x}\n")
-    m = load_experiment(p).method
-    assert (m.name, m.ema_alpha, m.gamma1, m.gamma2) == ("supervised", 0.95, 0.1, 100.0)
+    p.write_text("data: {dataset: x}\nmethod: {name: ircr}\n")
+    cfg = load_experiment(p).method
+    m = cfg.options
+    assert (cfg.name, m.ema_alpha, m.gamma1, m.gamma2) == ("ircr", 0.95, 0.1, 100.0)
     assert (m.miac_boundary_beta, m.match_radius, m.prior_tau, m.piac_weight) == (0.5, 1.5, 0.35,
                                                                                    2.0)
     assert (m.prior, m.prior_combine, m.mask_source, m.piac, m.miac) == (None, "mean", "current",
                                                                          True, True)
-    assert (m.weak_noise_std, m.rounds, m.wbis_workers) == (0.02, 1, 0)
-    t = load_experiment(p).train
-    assert (t.lr, t.optimizer, t.lr_steps, t.lr_gamma) == (1e-4, "adam", [100], 0.1)
+    assert (cfg.weak_noise_std, m.wbis_workers) == (0.02, 0)
+    p.write_text("data: {dataset: x}\nmethod: {name: self_training}\n")
+    assert load_experiment(p).method.options.rounds == 1
 
 
 def test_base_include_merges_and_overrides(tmp_path: Path) -> None:
@@ -85,7 +86,8 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("data: {dataset: d}\nbogus: 1\n", [], r"unknown config key 'bogus'"),
         ("data: {dataset: d}\ntrain: {epochs: ten}\n", [], r"'train.epochs' must be int"),
         ("data: {dataset: d}\ntrain: {lr: [1]}\n", [], r"'train.lr' must be float"),
-        ("data: {dataset: d}\nmethod: {piac: maybe}\n", [], r"'method.piac' must be bool"),
+        ("data: {dataset: d}\nmethod: {name: ircr, piac: maybe}\n", [],
+         r"'method.piac' must be bool"),
         ("data: {dataset: d}\nmethod: {name: fancy}\n", [], r"'method.name' must be"),
         ("train: {epochs: 3}\n", [], r"missing required config key 'data.dataset'"),
         ("data: {dataset: d}\neval: {window: 64, overlap: 64}\n", [], r"'eval.overlap'"),

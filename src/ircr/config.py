@@ -8,10 +8,15 @@ file and the dotted key. ``--set key=value`` overrides are applied with
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Path``, ``Literal[...]``,
 ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]``, nested dataclasses.
+
+A section whose schema depends on its own content (the ``method`` section: its keys are the
+chosen method's options) defines a classmethod ``parse_config(data, where, prefix)`` and a
+method ``config_dict()``; :func:`from_dict` and :func:`to_dict` defer to them.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -114,6 +119,9 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise bad
+        parse = getattr(tp, "parse_config", None)
+        if callable(parse):  # a section that validates itself (see the module docstring)
+            return parse(value, where, f"{key}.")
         return from_dict(tp, value, where=where, prefix=f"{key}.")  # type: ignore[arg-type]
     if tp in _SCALARS:
         accept, conv = _SCALARS[tp]
@@ -164,6 +172,9 @@ def from_dict(
 
 def to_dict(obj: Any) -> Any:
     """Convert a (nested) dataclass to plain YAML-serialisable Python objects."""
+    dump = getattr(obj, "config_dict", None)
+    if callable(dump) and not isinstance(obj, type):
+        return dump()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
@@ -209,6 +220,22 @@ def write_yaml(path: str | Path, data: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(data), sort_keys=False))
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str = "config") -> None:
+    """``data["a"]["b"] = value`` for ``key = "a.b"`` (intermediate mappings created).
+
+    The one dotted-key setter of the package (``--set``, protocol overrides, sub-trainings);
+    ``value`` is deep-copied so the mapping never shares mutable values with the caller.
+    """
+    node = data
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise IrcrError(f"{where}: override '{key}' goes through a non-mapping key '{part}'")
+        node = child
+    node[leaf] = copy.deepcopy(value)
+
+
 def apply_overrides(
     data: dict[str, Any], overrides: list[str], where: str = "--set"
 ) -> dict[str, Any]:
@@ -221,12 +248,5 @@ def apply_overrides(
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise IrcrError(f"{where}: cannot parse value of '{key}': {raw!r}") from exc
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise IrcrError(f"{where}: '{key}' goes through a non-mapping key '{part}'")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(data, key, value, where)
     return data

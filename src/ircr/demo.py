@@ -150,7 +150,7 @@ def prepare_data(out: Path, s: DemoSettings, seed: int) -> tuple[Path, str]:
 def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int,
                progress: bool = False) -> Any:
     """The experiment config of one demo run (tiny HoVer-Net, CPU, fixed iterations)."""
-    from ircr.train.config import experiment_from_dict
+    from ircr.train.config import experiment_from_dict, method_takes
 
     ipe = max(1, s.iterations // s.epochs)
     data = {
@@ -163,9 +163,10 @@ def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int
                   "amp": "off", "progress": progress, "tensorboard": False, "val_every": 0,
                   "checkpoint_minutes": 1.0},
         # warm-up and ramp-up scaled to the demo's short budget (defaults: 100 + 200 iterations)
-        "method": {"name": method, "diagnostic_overlays": 2 if method == "ircr" else 0,
-                   "warmup_iterations": s.iterations // 8,
-                   "rampup_iterations": max(1, s.iterations // 4)},
+        "method": {"name": method, **({"diagnostic_overlays": 2} if method == "ircr" else {}),
+                   **({"warmup_iterations": s.iterations // 8,
+                       "rampup_iterations": max(1, s.iterations // 4)}
+                      if method_takes(method, "warmup_iterations") else {})},
         "eval": {"window": s.patch_size, "overlap": s.patch_size // 4, "batch_size": 4},
     }
     return experiment_from_dict(data, where=f"demo ({method})")

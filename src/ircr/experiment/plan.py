@@ -30,9 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ircr.config import set_dotted
 from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
-from ircr.experiment.protocol import Protocol, RunSpec, set_dotted
+from ircr.experiment.protocol import Protocol, RunSpec
 
 
 @dataclass
@@ -114,14 +115,15 @@ def _passes(cfg: dict[str, Any]) -> int:
 def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
     """Warm-up: a real trainer for ``iterations`` steps (self-training: its supervised step)."""
     from ircr.inference.evaluate import evaluate_models
-    from ircr.train.config import experiment_from_dict
+    from ircr.train.config import experiment_from_dict, method_takes
     from ircr.train.trainer import Trainer, TrainingInterrupted
 
     d = copy.deepcopy(run.config)
     if d.get("method", {}).get("name") == "self_training":
         set_dotted(d, "method.name", "supervised", "warm-up")
     # the method's supervised-only warm-up steps are cheaper: measure full-cost steps
-    set_dotted(d, "method.warmup_iterations", 0, "warm-up")
+    if method_takes(d.get("method", {}).get("name", "supervised"), "warmup_iterations"):
+        set_dotted(d, "method.warmup_iterations", 0, "warm-up")
     for key, val in (("train.progress", False), ("train.tensorboard", False),
                      ("train.checkpoint_every", 0), ("train.max_iterations", None),
                      ("train.epochs", 1), ("train.iterations_per_epoch", iterations + 1)):
@@ -294,14 +296,14 @@ def format_plan(plan: list[PlannedRun], jobs: int, budget_min: float | None) -> 
 
 def ramp_notes(plan: list[PlannedRun]) -> list[str]:
     """Notes for semi-supervised runs shorter than their consistency warm-up + ramp-up."""
-    from ircr.train.config import MethodConfig
     from ircr.train.methods import get_method
 
-    default = MethodConfig()
     notes = []
     for p in plan:
         m = p.config.get("method", {})
-        if not get_method(m.get("name", "supervised")).uses_unlabelled:
+        cls = get_method(m.get("name", "supervised"))
+        default = cls.options_type()
+        if not (cls.uses_unlabelled and hasattr(default, "warmup_iterations")):
             continue
         warm = int(m.get("warmup_iterations", default.warmup_iterations))
         ramp = int(m.get("rampup_iterations", default.rampup_iterations))

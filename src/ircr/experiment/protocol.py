@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ircr.config import from_dict, read_yaml
+from ircr.config import from_dict, read_yaml, set_dotted
 from ircr.data.splits import parse_ratio, ratio_text, split_name
 from ircr.errors import IrcrError
 from ircr.train.config import ExperimentConfig, experiment_from_dict, resolve_includes
@@ -199,18 +199,6 @@ def _beside(protocol: Path, rel: Path) -> Path:
     if not out.is_file():
         raise IrcrError(f"{protocol}: config file not found: {out}")
     return out
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
-    """``data["a"]["b"] = value`` for ``key = "a.b"`` (intermediate mappings created)."""
-    node = data
-    *parents, leaf = key.split(".")
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise IrcrError(f"{where}: override '{key}' goes through a non-mapping key '{part}'")
-        node = child
-    node[leaf] = copy.deepcopy(value)
 
 
 def run_id(method: str, ratio: str, split_seed: int, train_seed: int) -> str:

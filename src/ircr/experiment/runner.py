@@ -162,7 +162,7 @@ def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
                                                   "train_seed")}
     try:
         cfg = experiment_from_dict(json.loads(json.dumps(entry["config"])),
-                                   where=str(run_json))
+                                   where=str(run_json), stored=True)
         tr = Trainer(cfg, run_dir, resume="auto", config_source=str(run_json))
         resumed = tr.iteration
         out(f"{ctx.index} {entry['run_id']}: " + (f"resuming at iteration {resumed}"

@@ -16,12 +16,13 @@ Relative paths in a config (``data.dataset``, ``data.split`` when it is a file,
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from ircr.config import apply_overrides, from_dict, read_yaml
+from ircr.config import apply_overrides, from_dict, read_yaml, to_dict
 from ircr.data.augment import AugmentConfig
 from ircr.errors import IrcrError
 from ircr.inference.evaluate import EvalConfig
@@ -107,41 +108,90 @@ class TrainConfig:
     grad_clip: float | None = None
 
 
+# The one flat option bag of every method before methods owned their options: a config
+# written by an older version (a run folder's config.yaml, an experiment's plan.json) holds
+# all of these keys whatever its method. ``experiment_from_dict(..., stored=True)`` drops the
+# ones the method does not take (they never had an effect); user configs get the error.
+LEGACY_METHOD_KEYS = frozenset({
+    "ema_alpha", "gamma1", "gamma2", "miac_boundary_beta", "match_radius", "prior_tau",
+    "piac_weight", "prior", "prior_combine", "mask_source", "piac", "miac", "rounds",
+    "wbis_workers", "diagnostic_overlays", "warmup_iterations", "rampup_iterations",
+    "clamp_teacher_hv", "guard_ratio"})
+
+
 @dataclass
 class MethodConfig:
-    """Training method and every option of every method (ircr-method.md defaults).
+    """The ``method:`` section: the method's name, shared keys and the method's own options.
 
-    ``name`` is a built-in method (supervised, mean_teacher, self_training, ircr) or one
-    registered with :func:`ircr.train.methods.register_method` before the config is loaded.
+    In YAML the section is flat (``method: {name: ircr, gamma1: 0.1}``): besides the shared
+    keys below, its keys are the fields of the named method's ``options_type`` dataclass
+    (:mod:`ircr.train.methods.base`), validated by :func:`ircr.config.from_dict`; a key the
+    named method does not take is an error.
+
+    Attributes:
+        name: a built-in method (supervised, mean_teacher, self_training, ircr) or one
+            registered with :func:`ircr.train.methods.register_method` before loading.
+        weak_noise_std: Gaussian noise (fraction of 0..255) of the teacher's weak view of the
+            unlabelled batches (loaders; methods with ``uses_unlabelled``).
+        options: the named method's options (an ``options_type`` instance; None = defaults).
     """
 
     name: str = "supervised"
-    ema_alpha: float = 0.95
-    gamma1: float = 0.1
-    gamma2: float = 100.0
-    miac_boundary_beta: float = 0.5
-    match_radius: float = 1.5
-    prior_tau: float = 0.35
-    piac_weight: float = 2.0
-    prior: Path | None = None
-    prior_combine: Literal["mean", "geometric"] = "mean"
-    mask_source: Literal["current", "previous"] = "current"
-    piac: bool = True
-    miac: bool = True
     weak_noise_std: float = 0.02
-    rounds: int = 1
-    wbis_workers: int = 0
-    diagnostic_overlays: int = 0  # ircr: overlay PNGs of this many unlabelled patches per epoch
-    # Training from scratch (docs/method.md "Stability from scratch"): the unsupervised terms
-    # are 0 for warmup_iterations, then ramped up by exp(-5 (1 - t)^2) over rampup_iterations;
-    # the teacher's HV maps are clamped to [-1, 1] (the range of HV targets) before they are
-    # used as consistency targets. The paper: warmup_iterations 0, rampup_iterations 0,
-    # clamp_teacher_hv false. guard_ratio: warn when the weighted unsupervised terms exceed
-    # this multiple of the supervised loss (0 = never).
-    warmup_iterations: int = 100
-    rampup_iterations: int = 200
-    clamp_teacher_hv: bool = True
-    guard_ratio: float = 100.0
+    options: Any = None
+
+    SHARED: ClassVar[tuple[str, ...]] = ("name", "weak_noise_std")
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            from ircr.train.methods import get_method
+
+            self.options = get_method(self.name).options_type()
+
+    @classmethod
+    def parse_config(cls, data: dict[str, Any], where: str = "config",
+                     prefix: str = "method.") -> MethodConfig:
+        """Validate a flat ``method:`` mapping against the named method's options."""
+        import difflib
+
+        from ircr.config import _convert
+        from ircr.train.methods import get_method
+
+        name = _convert(data.get("name", "supervised"), str, f"{prefix}name", where)
+        opt_type = get_method(name, where).options_type
+        fields = {f.name for f in dataclasses.fields(opt_type)}
+        rest = {k: v for k, v in data.items() if k not in cls.SHARED}
+        unknown = sorted(set(rest) - fields)
+        if unknown:
+            valid = sorted(set(cls.SHARED) | fields)
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+            raise IrcrError(f"{where}: unknown config key '{prefix}{unknown[0]}' for method "
+                            f"'{name}' ({hint}valid keys: {', '.join(valid)})")
+        noise = _convert(data.get("weak_noise_std", 0.02), float, f"{prefix}weak_noise_std",
+                         where)
+        if not 0 <= noise <= 1:
+            raise IrcrError(f"{where}: config key '{prefix}weak_noise_std' must be in [0, 1] "
+                            "(fraction of the 0..255 range)")
+        return cls(name=name, weak_noise_std=noise,
+                   options=from_dict(opt_type, rest, where=where, prefix=prefix))
+
+    def config_dict(self) -> dict[str, Any]:
+        """The flat YAML form (shared keys, then the method's options)."""
+        return {"name": self.name, "weak_noise_std": self.weak_noise_std,
+                **to_dict(self.options)}
+
+    def shared_dict(self) -> dict[str, Any]:
+        """The shared keys only (a sub-training's ``method:`` before its own options)."""
+        return {k: v for k, v in self.config_dict().items() if k in self.SHARED}
+
+
+def method_takes(name: str, key: str) -> bool:
+    """Whether ``method.<key>`` is a valid key for method ``name`` (shared or its option)."""
+    from ircr.train.methods import get_method
+
+    fields = {f.name for f in dataclasses.fields(get_method(name).options_type)}
+    return key in MethodConfig.SHARED or key in fields
 
 
 @dataclass
@@ -158,7 +208,7 @@ class ExperimentConfig:
 
     def validate(self, where: str = "config") -> None:
         """Cross-field checks with one-line errors naming ``where`` and the dotted key."""
-        d, t, m = self.data, self.train, self.method
+        d, t = self.data, self.train
         if d.dataset is None:
             raise IrcrError(f"{where}: missing required config key 'data.dataset' (a prepared "
                             "dataset folder, see 'ircr data prepare')")
@@ -183,29 +233,10 @@ class ExperimentConfig:
              "must be auto, cpu, cuda, cuda:N or mps"),
             (t.val_every >= 0, "train.val_every", "must be >= 0"),
             (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "must be > 0 or null"),
-            (0 <= m.ema_alpha <= 1, "method.ema_alpha", "must be in [0, 1]"),
-            (m.gamma1 >= 0 and m.gamma2 >= 0, "method.gamma1/gamma2", "must be >= 0"),
-            (m.miac_boundary_beta >= 0, "method.miac_boundary_beta", "must be >= 0"),
-            (m.match_radius >= 0, "method.match_radius", "must be >= 0"),
-            (0 <= m.prior_tau <= 1, "method.prior_tau", "must be in [0, 1]"),
-            (m.piac_weight >= 0, "method.piac_weight", "must be >= 0"),
-            (0 <= m.weak_noise_std <= 1, "method.weak_noise_std",
-             "must be in [0, 1] (fraction of the 0..255 range)"),
-            (m.rounds >= 1, "method.rounds", "must be >= 1"),
-            (m.wbis_workers >= 0, "method.wbis_workers", "must be >= 0"),
-            (m.warmup_iterations >= 0, "method.warmup_iterations", "must be >= 0"),
-            (m.rampup_iterations >= 0, "method.rampup_iterations", "must be >= 0"),
-            (m.guard_ratio >= 0, "method.guard_ratio", "must be >= 0 (0 = no warnings)"),
         ]
         for ok, key, problem in checks:
             if not ok:
                 raise IrcrError(f"{where}: config key '{key}' {problem}")
-        from ircr.train.methods import BUILTIN, METHODS
-
-        if m.name not in BUILTIN and m.name not in METHODS:
-            known = ", ".join(sorted(set(BUILTIN) | set(METHODS)))
-            raise IrcrError(f"{where}: config key 'method.name' must be one of {known}, "
-                            f"got {m.name!r}")
         try:
             self.postproc.effective()  # validates post-processing parameters
         except IrcrError as exc:
@@ -268,7 +299,6 @@ def check_override_key(item: str) -> None:
     Unknown keys in the file itself are reported by :func:`ircr.config.from_dict` (naming the
     file); this catches typos on the command line first, with a suggestion.
     """
-    import dataclasses
     import difflib
     import typing
 
@@ -278,6 +308,8 @@ def check_override_key(item: str) -> None:
     for part in key.split("."):
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             raise IrcrError(f"--set {item}: '{'.'.join(done)}' is a value, not a section")
+        if hasattr(cls, "parse_config"):  # keys depend on the method: checked when loading
+            return
         hints = typing.get_type_hints(cls)
         if part not in hints:
             prefix = ".".join(done + [""])
@@ -289,6 +321,21 @@ def check_override_key(item: str) -> None:
         cls = hints[part]
 
 
-def experiment_from_dict(data: dict[str, Any], where: str = "config") -> ExperimentConfig:
-    """Validate an already-read mapping (e.g. a run folder's ``config.yaml``)."""
+def experiment_from_dict(data: dict[str, Any], where: str = "config",
+                         stored: bool = False) -> ExperimentConfig:
+    """Validate an already-read mapping.
+
+    ``stored=True`` for a config written by the package (a run folder's ``config.yaml``, an
+    experiment's plan): older versions wrote every method's options into ``method:``; the
+    ones of other methods (:data:`LEGACY_METHOD_KEYS`) are dropped before validation.
+    """
+    method = data.get("method")
+    if stored and isinstance(method, dict) and isinstance(method.get("name", ""), str):
+        from ircr.train.methods import get_method, known_methods
+
+        name = method.get("name", "supervised")
+        if name in known_methods():
+            fields = {f.name for f in dataclasses.fields(get_method(name).options_type)}
+            data = {**data, "method": {k: v for k, v in method.items()
+                                       if k in fields or k not in LEGACY_METHOD_KEYS}}
     return from_dict(ExperimentConfig, data, where=where)

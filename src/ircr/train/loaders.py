@@ -112,8 +112,10 @@ class IterationSet(Dataset[dict[str, Any]]):
     """Map-style dataset: item ``i`` = the whole batch of iteration ``i`` (CPU tensors)."""
 
     def __init__(self, ds: PreparedDataset, split: TrainSplit, cfg: ExperimentConfig,
-                 extra: ExtraLabelled | None, uses_unlabelled: bool) -> None:
+                 extra: ExtraLabelled | None, uses_unlabelled: bool,
+                 instances: bool = False) -> None:
         self.ds = ds
+        self.instances = instances  # labelled samples also carry "inst" (methods/base.py)
         self.cfg = cfg
         self.seed = int(cfg.train.seed)
         self.size = int(cfg.data.patch_size)
@@ -182,8 +184,11 @@ class IterationSet(Dataset[dict[str, Any]]):
         np_t, hv_t = hover_targets(code // 2, crop=(m, m, size, size))
         crop = (slice(m, m + size), slice(m, m + size))
         img = photometric(np.ascontiguousarray(img_w[crop]), rng, aug)
-        return {"image": img, "np": np_t, "hv": hv_t, "valid": (code[crop] % 2) == 1,
-                "index": pid}
+        out: dict[str, np.ndarray | int] = {"image": img, "np": np_t, "hv": hv_t,
+                                            "valid": (code[crop] % 2) == 1, "index": pid}
+        if self.instances:
+            out["inst"] = np.ascontiguousarray(code[crop] // 2)
+        return out
 
     def unlabelled_sample(self, key: int) -> dict[str, np.ndarray | int]:
         """Weak/strong views of one unlabelled patch after one shared geometry."""
@@ -248,9 +253,10 @@ class IterationData:
     """The training data of one run: pools, epoch length and per-range loaders."""
 
     def __init__(self, ds: PreparedDataset, split: TrainSplit, cfg: ExperimentConfig,
-                 extra: ExtraLabelled | None, uses_unlabelled: bool, where: str) -> None:
+                 extra: ExtraLabelled | None, uses_unlabelled: bool, where: str,
+                 instances: bool = False) -> None:
         self.cfg = cfg
-        self.set = IterationSet(ds, split, cfg, extra, uses_unlabelled)
+        self.set = IterationSet(ds, split, cfg, extra, uses_unlabelled, instances)
         if not self.set.lab_pool:
             raise IrcrError(f"{where}: data.split '{split.name}' has no labelled patches")
         if uses_unlabelled and not self.set.unl_pool:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ircr.config import to_dict, write_yaml
+from ircr.config import set_dotted, to_dict, write_yaml
 from ircr.errors import IrcrError
 from ircr.inference.device import amp_dtype, autocast, select_device
 from ircr.inference.evaluate import evaluate_models, predict_whole
@@ -44,7 +44,6 @@ from ircr.io.atomic import atomic_write, clean_stale_temps
 from ircr.io.paths import ensure_dir
 from ircr.io.torchfile import first_nonfinite
 from ircr.losses import hovernet_loss
-from ircr.models import build_model
 from ircr.train import loaders
 from ircr.train.checkpoint import (
     NonFiniteState,
@@ -134,11 +133,11 @@ class Trainer:
         self.dataset = loaders.open_prepared(cfg.data.dataset, self.where)
         self.split = loaders.resolve_split(self.dataset, cfg.data.split, self.where)
         self.wbis_params = cfg.postproc
-        self.model: nn.Module = build_model(cfg.model).to(self.device)
+        method_cls = get_method(cfg.method.name, self.where)
+        self.method: Method = method_cls(cfg.method.options, self)
+        self.model: nn.Module = self.method.build_model().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           betas=(0.9, 0.999), weight_decay=cfg.train.weight_decay)
-        method_cls = get_method(cfg.method.name, self.where)
-        self.method: Method = method_cls(cfg.method, self)
         self.method.setup()
         ensure_dir(self.run_dir, "run folder")
         for sub in ("checkpoints", "model"):  # leftovers of a killed atomic write
@@ -153,7 +152,7 @@ class Trainer:
         if self.resume and cfg_path.is_file():
             from ircr.config import read_yaml
 
-            old = experiment_from_dict(read_yaml(cfg_path), where=str(cfg_path))
+            old = experiment_from_dict(read_yaml(cfg_path), where=str(cfg_path), stored=True)
             for section in ("model", "method", "loss"):
                 if to_dict(getattr(old, section)) != to_dict(getattr(self.cfg, section)):
                     raise IrcrError(f"{cfg_path}: config section '{section}' differs from the "
@@ -178,16 +177,18 @@ class Trainer:
 
     def spawn(self, method: str, run_dir: str | Path,
               overrides: dict[str, Any] | None = None) -> Trainer:
-        """A sub-training with this config but another method (resumes if interrupted)."""
+        """A sub-training with this config but another method (resumes if interrupted).
+
+        The sub-run's ``method:`` is ``method`` with its default options and this run's
+        shared method keys; ``overrides`` (dotted keys, e.g. ``{"method.rounds": 2}``) apply
+        last, so a method sets the options and any other config key of its sub-runs.
+        """
         data = to_dict(self.cfg)
-        data["method"]["name"] = method
+        data["method"] = {**self.cfg.method.shared_dict(), "name": method}
+        where = f"{self.where} ({method} sub-training)"
         for key, val in (overrides or {}).items():
-            node = data
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node[part]
-            node[leaf] = val
-        sub_cfg = experiment_from_dict(data, where=f"{self.where} ({method} sub-training)")
+            set_dotted(data, key, val, where)
+        sub_cfg = experiment_from_dict(data, where=where)
         sub = Trainer(sub_cfg, run_dir, resume="auto", config_source=self.where)
         sub.on_step = self.on_step
         return sub
@@ -281,7 +282,8 @@ class Trainer:
         self.method.before_training()
         extra = self.method.extra_labelled()
         self.data = loaders.IterationData(self.dataset, self.split, self.cfg, extra,
-                                          self.method.uses_unlabelled, self.where)
+                                          self.method.uses_unlabelled, self.where,
+                                          instances=self.method.uses_instances)
         self.ipe = self.cfg.train.iterations_per_epoch or self.data.default_iterations()
         self.total = self.cfg.train.epochs * self.ipe
         if self.cfg.train.max_iterations is not None:

@@ -1,15 +1,29 @@
-"""The method plug-in interface of the one trainer.
+"""The method plug-in contract of the one trainer (read this to write a new method).
 
-A *method* decides what loss one training iteration computes (supervised, Mean Teacher,
-self-training, IRCR-Net). The :class:`~ircr.train.trainer.Trainer` owns everything else: the
-student model, the optimiser (Adam), the lr schedule, AMP, the gradient step, NaN checks,
-logging, checkpoints, validation and the data loaders. A new method is a subclass of
-:class:`Method` registered with :func:`ircr.train.methods.register_method`; the trainer never
-changes for it.
+A *method* decides what one training iteration computes (supervised, Mean Teacher,
+self-training, IRCR-Net, BASS, ...). The :class:`~ircr.train.trainer.Trainer` owns everything
+else: the optimiser (Adam) over ``trainer.model``'s parameters, the lr schedule, AMP, the
+gradient step, NaN checks, logging, checkpoints, validation and the data loaders.
+
+Adding a method = one new module, nothing else edited:
+
+* put it in ``ircr/train/methods/<name>.py`` (a built-in: every module of the package is
+  imported on the first method look-up) or in any module imported before the config is loaded
+  (a plug-in: ``plugins:`` of an experiment protocol, or an import in a test);
+* define a ``@dataclass`` of its options (``options_type``); its fields are the keys the method
+  accepts under ``method:`` of a config, next to the shared ``name`` and ``weak_noise_std``
+  (:class:`~ircr.train.config.MethodConfig`). Keys are validated by
+  :func:`ircr.config.from_dict`: an unknown key, a wrong type (error naming
+  ``method.<key>``) or a failed ``validate(where)`` of the dataclass is a one-line error. A key
+  of another method is unknown too: a config names one method and only its options;
+* subclass :class:`Method`, set ``options_type`` (default :class:`NoOptions`) and decorate
+  the class with ``@register_method("<name>")`` from :mod:`ircr.train.methods`.
 
 Call order (one run)::
 
-    m = MethodCls(cfg.method, trainer)     # trainer.model (student) already built, on device
+    m = MethodCls(options, trainer)        # options: an options_type instance (validated)
+    trainer.model = m.build_model()        # default: HoVer-Net from cfg.model; moved to device
+    (trainer: Adam over trainer.model.parameters())
     m.setup()                              # e.g. build the EMA teacher from trainer.model
     m.load_state_dict(state)               # only when resuming from a checkpoint
     m.before_training()                    # e.g. self-training rounds (sub-trainings); may
@@ -23,6 +37,33 @@ Call order (one run)::
         diag = m.epoch_end()               # -> metrics.csv columns (floats)
         models = m.eval_models()           # val AJI/Dice/PQ/F1 computed for each
     final model folder = m.final_model()   # default: the student (trainer.model)
+
+What a method can do
+--------------------
+
+* **Its own model and loss.** :meth:`Method.build_model` returns the network the trainer
+  optimises (default: HoVer-Net built from ``cfg.model``). Any ``nn.Module`` works; put every
+  trainable part into it (the optimiser sees ``trainer.model.parameters()`` only).
+  :meth:`Method.train_step` returns any scalar loss; ``trainer.supervised_loss`` is the
+  HoVer-Net loss, a helper, not an obligation. The models of :meth:`eval_models` are validated
+  by whole-image sliding-window inference + WBIS, so they must follow the network output
+  contract (``{"np": (N, 2, H, W) logits, "hv": (N, 2, H, W)}``, docs/architecture.md);
+  return ``{}`` to skip that validation (and log own diagnostics from :meth:`epoch_end`). The
+  model of :meth:`final_model` is written to ``model/`` with ``cfg.model`` as its description.
+* **Sub-trainings with their own overrides.** ``trainer.spawn(method, run_dir, overrides)``
+  returns a new :class:`~ircr.train.trainer.Trainer` of this config with ``method.name =
+  method``, that method's default options and the dotted ``overrides`` (any config key, e.g.
+  ``{"method.rounds": 2, "model.width": 0.5, "train.epochs": 20}``; a method's options are
+  given as ``"method.<key>"``). It resumes its own run folder when interrupted. Call
+  ``sub.run()`` (returns the sub-run's model folder) and use ``sub.method`` (e.g.
+  ``sub.method.final_model()``); to hand a sub-run Python objects (not config), narrow
+  ``sub.method`` with ``isinstance`` and set an attribute before ``run()`` (self_training's
+  ``preset``).
+* **Raw instance maps.** With ``uses_instances = True`` the labelled batch also holds
+  ``"inst"`` (below): the ground-truth (or pseudo-label) instance map after the same geometric
+  augmentation, e.g. to build boxes and masks for a detector.
+* **Unlabelled data.** With ``uses_unlabelled = True`` every iteration also gets an unlabelled
+  batch, and one epoch is one pass over the unlabelled patches.
 
 Batch dicts (tensors already on ``trainer.device``)
 ----------------------------------------------------
@@ -39,6 +80,11 @@ Batch dicts (tensors already on ``trainer.device``)
              rotation/scaling brings in. Loss terms are restricted to valid pixels.
     "index": (N,) int64 patch ids (positions in ``trainer.dataset`` patch table; pseudo-
              labelled patches of ``extra_labelled`` keep their own patch id).
+    "inst":  (N, H, W) int64 instance map (0 = background), only when the method sets
+             ``uses_instances``: the labels the NP/HV targets were computed from, after the
+             geometric augmentation, cropped to the patch. Ids are not contiguous; a nucleus
+             cut by the patch border keeps its part inside; mirrored copies in the reflect
+             padding have their own ids; pixels of "valid" False may hold mirrored nuclei.
 
 ``unlabelled`` (``None`` unless ``uses_unlabelled``; batch size
 ``cfg.data.batch_size_unlabelled``)::
@@ -56,37 +102,90 @@ Batch dicts (tensors already on ``trainer.device``)
               mask from the un-augmented frame into this view (``mask_source: previous``).
     "valid":  (N, H, W) bool: as for labelled.
 
-Trainer attributes a method may use
------------------------------------
+What a method may use of the trainer
+------------------------------------
 
-``trainer.cfg`` (ExperimentConfig), ``trainer.model`` (student nn.Module on device),
-``trainer.device``, ``trainer.autocast()`` (context manager: bf16 autocast when AMP is on),
-``trainer.supervised_loss(outputs, labelled) -> (loss, parts)`` (HoVer-Net L_sup on valid
-pixels; ``parts`` are floats), ``trainer.iteration`` (optimiser steps done), ``trainer.epoch``,
-``trainer.run_dir`` (Path), ``trainer.dataset`` (PreparedDataset), ``trainer.split``
-(TrainSplit: labelled / unlabelled patch ids, val image names), ``trainer.wbis_params``
-(WBISParams), ``trainer.spawn(method, run_dir, overrides) -> Trainer`` (a sub-training with the
-same config and another method, e.g. the supervised teacher of self-training) and
-``trainer.predict_patches(model, patch_ids) -> (prob (N, P, P), hv (N, 2, P, P))``
-(sliding-window inference with context, for pseudo-labels).
+Exactly :class:`TrainerAPI` (a ``typing.Protocol``; the trainer implements it):
+``cfg`` (the ExperimentConfig; the method's own options are ``self.options``), ``model``
+(the network of :meth:`Method.build_model`, on ``device``), ``device``, ``autocast()``
+(context manager: bf16 autocast when AMP is on), ``supervised_loss(outputs, labelled) ->
+(loss, parts)`` (HoVer-Net L_sup on valid pixels; ``parts`` are floats), ``iteration``
+(optimiser steps done), ``epoch``, ``run_dir`` (Path), ``dataset`` (PreparedDataset: images,
+labels, patches), ``split`` (TrainSplit: labelled / unlabelled patch ids, val image names),
+``wbis_params`` (WBISParams), ``spawn(method, run_dir, overrides) -> Trainer`` (above) and
+``predict_image(model, name) -> (prob (H, W), hv (2, H, W))`` (sliding-window inference of a
+whole dataset image with ``cfg.eval``'s window, for pseudo-labels).
 
 Randomness inside a method must come from ``torch``'s global generator (or one the method
 checkpoints itself) so that resume stays exact. ``state_dict`` must contain only tensors,
 numbers, strings, lists and dicts of them (checkpoints are read with ``weights_only=True``).
+Files a method writes (pseudo-labels, stage outputs) belong under ``trainer.run_dir`` so a
+resumed run finds them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ircr.train.config import MethodConfig
+    from ircr.data.store import PreparedDataset
+    from ircr.postproc.watershed import WBISParams
+    from ircr.train.config import ExperimentConfig
+    from ircr.train.loaders import TrainSplit
     from ircr.train.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a method that has none (``supervised``): only the shared ``method:`` keys."""
+
+
+class TrainerAPI(Protocol):
+    """What a method may use of the trainer (see the module docstring)."""
+
+    @property
+    def cfg(self) -> ExperimentConfig: ...
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def iteration(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def run_dir(self) -> Path: ...
+    @property
+    def dataset(self) -> PreparedDataset: ...
+    @property
+    def split(self) -> TrainSplit: ...
+    @property
+    def wbis_params(self) -> WBISParams: ...
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast when AMP is on, else a no-op context."""
+        ...
+
+    def supervised_loss(self, outputs: dict[str, Tensor],
+                        labelled: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """HoVer-Net L_sup on the valid pixels of a labelled batch."""
+        ...
+
+    def spawn(self, method: str, run_dir: str | Path,
+              overrides: dict[str, Any] | None = None) -> Trainer:
+        """A sub-training of this config with another method and dotted overrides."""
+        ...
+
+    def predict_image(self, model: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Sliding-window prediction of one whole dataset image: prob (H, W), hv (2, H, W)."""
+        ...
 
 
 @dataclass
@@ -109,13 +208,21 @@ class Method:
     """Base class of training methods; subclass it and register with ``@register_method``."""
 
     name: ClassVar[str] = "base"
+    options_type: ClassVar[type[Any]] = NoOptions
     uses_unlabelled: ClassVar[bool] = False
+    uses_instances: ClassVar[bool] = False
 
-    def __init__(self, cfg: MethodConfig, trainer: Trainer) -> None:
-        self.cfg = cfg
+    def __init__(self, options: Any, trainer: TrainerAPI) -> None:
+        self.options = options
         self.trainer = trainer
 
     # -- lifecycle -------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """The network the trainer optimises (default: HoVer-Net from ``cfg.model``)."""
+        from ircr.models import build_model
+
+        return build_model(self.trainer.cfg.model)
+
     def setup(self) -> None:
         """Build extra state (e.g. the EMA teacher); ``trainer.model`` is the student."""
 

@@ -27,7 +27,7 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,7 +41,53 @@ from ircr.ssl.piac import piac_loss, rejected_ids
 from ircr.ssl.prior import MorphPrior, default_prior_path
 from ircr.train.methods import register_method
 from ircr.train.methods.base import map_to_view
-from ircr.train.methods.mean_teacher import MeanTeacher, feature_maps, masked_mse
+from ircr.train.methods.mean_teacher import (
+    MeanTeacher,
+    MeanTeacherOptions,
+    feature_maps,
+    masked_mse,
+)
+
+
+@dataclass
+class IrcrOptions(MeanTeacherOptions):
+    """Options of ``ircr``: Mean Teacher's plus PIAC / MIAC (ircr-method.md defaults).
+
+    Attributes:
+        gamma2: weight of L_MIAC. miac_boundary_beta: weight of the boundary band term
+            (0 = MIAC "w/o B"). match_radius: Hungarian matching radius r in px (Table 4).
+        prior_tau: prior score below which a teacher instance is rejected (U = 0).
+        piac_weight: U on kept pixels (w). prior: a prior .npz (None = the packaged one).
+        prior_combine: how the five feature densities combine (mean | geometric).
+        mask_source: masks of this iteration (current) or of the previous visit (previous).
+        piac / miac: switch PIAC (false = plain MSE, U = 1) / MIAC (false = no term) off.
+        wbis_workers: WBIS worker processes for the masks (0 = in the mask thread).
+        diagnostic_overlays: overlay PNGs of this many unlabelled patches per epoch.
+    """
+
+    gamma2: float = 100.0
+    miac_boundary_beta: float = 0.5
+    match_radius: float = 1.5
+    prior_tau: float = 0.35
+    piac_weight: float = 2.0
+    prior: Path | None = None
+    prior_combine: Literal["mean", "geometric"] = "mean"
+    mask_source: Literal["current", "previous"] = "current"
+    piac: bool = True
+    miac: bool = True
+    wbis_workers: int = 0
+    diagnostic_overlays: int = 0
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """Mean Teacher's checks plus the PIAC / MIAC ranges."""
+        return [*super().checks(),
+                (self.gamma2 >= 0, "gamma2", "must be >= 0"),
+                (self.miac_boundary_beta >= 0, "miac_boundary_beta", "must be >= 0"),
+                (self.match_radius >= 0, "match_radius", "must be >= 0"),
+                (0 <= self.prior_tau <= 1, "prior_tau", "must be in [0, 1]"),
+                (self.piac_weight >= 0, "piac_weight", "must be >= 0"),
+                (self.wbis_workers >= 0, "wbis_workers", "must be >= 0"),
+                (self.diagnostic_overlays >= 0, "diagnostic_overlays", "must be >= 0")]
 
 
 @dataclass
@@ -110,13 +156,16 @@ def unpack(t: Tensor, size: int) -> np.ndarray:
 class IRCR(MeanTeacher):
     """IRCR-Net consistency: prior-weighted PIAC + matched-instance MIAC."""
 
+    options_type = IrcrOptions
+    options: IrcrOptions
+
     def setup(self) -> None:
         """EMA teacher, morphological prior, thread pool and the per-sample mask cache."""
         super().setup()
         self.prior: MorphPrior | None = None
-        if self.cfg.piac:
-            path = self.cfg.prior if self.cfg.prior else default_prior_path()
-            self.prior = MorphPrior.load(path, combine=self.cfg.prior_combine)
+        if self.options.piac:
+            path = self.options.prior if self.options.prior else default_prior_path()
+            self.prior = MorphPrior.load(path, combine=self.options.prior_combine)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ircr-wbis")
         self.cache: dict[int, dict[str, Tensor]] = {}
         self.pending: list[tuple[Future[tuple[TeacherSide, list[np.ndarray]]], np.ndarray,
@@ -125,7 +174,7 @@ class IRCR(MeanTeacher):
 
     # -- masks (run in the thread pool; numpy only, no autograd) ------------------------------
     def _wbis(self, probs: np.ndarray, hvs: np.ndarray) -> list[np.ndarray]:
-        maps = wbis_batch(probs, hvs, self.trainer.wbis_params, workers=self.cfg.wbis_workers)
+        maps = wbis_batch(probs, hvs, self.trainer.wbis_params, workers=self.options.wbis_workers)
         return [np.asarray(m, dtype=np.int32) for m in maps]
 
     def _rejected(self, images: np.ndarray, teacher: list[np.ndarray]
@@ -135,7 +184,7 @@ class IRCR(MeanTeacher):
             return [np.zeros(0, np.int64) for _ in teacher], [0 for _ in teacher]
         rej, scored = [], []
         for img, t in zip(images, teacher):
-            ids, _, n = rejected_ids(img, t, self.prior, self.cfg.prior_tau)
+            ids, _, n = rejected_ids(img, t, self.prior, self.options.prior_tau)
             rej.append(np.asarray(ids, dtype=np.int64))
             scored.append(n)
         return rej, scored
@@ -151,13 +200,13 @@ class IRCR(MeanTeacher):
         """Hungarian matching within ``match_radius`` and the pair/band maps of the batch."""
         pairs, dists, maps = [], [], []
         for t, s, a in zip(teacher, student, active):
-            if self.cfg.miac and a:
-                pr, d = matching.match_instances(t, s, radius=self.cfg.match_radius)
+            if self.options.miac and a:
+                pr, d = matching.match_instances(t, s, radius=self.options.match_radius)
             else:
                 pr, d = np.zeros((0, 2), np.int64), np.zeros(0, np.float64)
             pairs.append(pr)
             dists.append(d)
-            if self.cfg.miac:
+            if self.options.miac:
                 maps.append(matching.pair_index_maps(t, s, pr))
         stacked = None
         if maps:
@@ -174,7 +223,7 @@ class IRCR(MeanTeacher):
     def _all_masks(self, pt: np.ndarray, hvt: np.ndarray, images: np.ndarray,
                    ps: np.ndarray, hvs: np.ndarray) -> tuple[TeacherSide, list[np.ndarray]]:
         t = self._teacher_side(pt, hvt, images)
-        s = self._wbis(ps, hvs) if self.cfg.miac else [np.zeros_like(x) for x in t.inst]
+        s = self._wbis(ps, hvs) if self.options.miac else [np.zeros_like(x) for x in t.inst]
         return t, s
 
     # -- losses ------------------------------------------------------------------------------
@@ -185,9 +234,9 @@ class IRCR(MeanTeacher):
         weight = valid.to(fs.dtype) * act
         self.stats.add_prior(sum(n for n, a in zip(t.scored, active) if a),
                              sum(len(r) for r, a in zip(t.rejected, active) if a))
-        if not self.cfg.piac:
+        if not self.options.piac:
             return masked_mse(fs, ft, weight)
-        u = np.full((len(t.inst), *t.inst[0].shape), self.cfg.piac_weight, np.float32)
+        u = np.full((len(t.inst), *t.inst[0].shape), self.options.piac_weight, np.float32)
         for k, (inst, rej) in enumerate(zip(t.inst, t.rejected)):
             if rej.size:
                 u[k][np.isin(inst, rej)] = 0.0
@@ -200,7 +249,7 @@ class IRCR(MeanTeacher):
             return fs.new_zeros(())
         m = s.maps
         loss, _ = matching.miac_loss(fs, ft, bs, bt, m.lt, m.ls, m.band_t, m.band_s, m.band_ts,
-                                     beta=self.cfg.miac_boundary_beta, n_pairs=m.n_pairs)
+                                     beta=self.options.miac_boundary_beta, n_pairs=m.n_pairs)
         return loss
 
     # -- iteration ---------------------------------------------------------------------------
@@ -212,7 +261,7 @@ class IRCR(MeanTeacher):
             raise RuntimeError("ircr needs an unlabelled batch")
         self._collect(block=False)
         w = self.unsup_weight()
-        name = "piac" if self.cfg.piac else "mse"
+        name = "piac" if self.options.piac else "mse"
         if w == 0.0:  # supervised warm-up: no teacher forward, no WBIS
             return self.warmup_step(labelled, unlabelled["strong"], (name, "miac"))
         out_t = self.teacher_forward(unlabelled["weak"])
@@ -220,16 +269,16 @@ class IRCR(MeanTeacher):
         weak_np = to_uint8_images(unlabelled["weak"])
         pt_np, hvt_np = bt[:, 0].cpu().numpy(), ft[:, 1:].cpu().numpy()
         n = int(unlabelled["weak"].shape[0])
-        if not (self.cfg.piac or self.cfg.miac):  # Scheme.1: plain MT, no masks needed
+        if not (self.options.piac or self.options.miac):  # Scheme.1: plain MT, no masks needed
             out_l, out_u = self.student_forward(labelled, unlabelled["strong"])
             sup, _ = self.trainer.supervised_loss(out_l, labelled)
             fs, bs = feature_maps(out_u)
             cons = masked_mse(fs, ft, unlabelled["valid"].float())
-            weighted = self.cfg.gamma1 * w * cons
+            weighted = self.options.gamma1 * w * cons
             self.check_balance(sup, {"mse": weighted})
             return sup + weighted, {"sup": float(sup.detach()), "mse": float(cons.detach()),
                                     "miac": 0.0, "unsup_weight": w}
-        current = self.cfg.mask_source == "current"
+        current = self.options.mask_source == "current"
         fut_t = self.pool.submit(self._teacher_side, pt_np, hvt_np, weak_np) if current else None
         out_l, out_u = self.student_forward(labelled, unlabelled["strong"])
         sup, _ = self.trainer.supervised_loss(out_l, labelled)
@@ -237,7 +286,7 @@ class IRCR(MeanTeacher):
         ps_np, hvs_np = bs[:, 0].detach().cpu().numpy(), fs[:, 1:].detach().cpu().numpy()
         if fut_t is not None:
             fut_s = self.pool.submit(self._student_side, ps_np, hvs_np, fut_t) \
-                if self.cfg.miac else None
+                if self.options.miac else None
             t_side, active = fut_t.result(), [True] * n
             cons = self._cons_term(fs, ft, unlabelled["valid"], t_side, active)
             s_side = fut_s.result() if fut_s is not None else self._match(
@@ -251,7 +300,7 @@ class IRCR(MeanTeacher):
             s_side = self._match(t_side.inst, s_inst, active)
         miac = self._miac_term(fs, ft, bs, bt, s_side, sum(active))
         self._keep_overlays(weak_np, t_side, s_side, unlabelled["index"])
-        w_cons, w_miac = self.cfg.gamma1 * w * cons, self.cfg.gamma2 * w * miac
+        w_cons, w_miac = self.options.gamma1 * w * cons, self.options.gamma2 * w * miac
         self.check_balance(sup, {name: w_cons, "miac": w_miac})
         return sup + w_cons + w_miac, {"sup": float(sup.detach()), name: float(cons.detach()),
                                        "miac": float(miac.detach()), "unsup_weight": w}
@@ -305,7 +354,7 @@ class IRCR(MeanTeacher):
     def _keep_overlays(self, weak_np: np.ndarray, t: TeacherSide, s: StudentSide,
                        index: Tensor) -> None:
         """Keep the first few unlabelled patches of the epoch for the overlay PNGs."""
-        want = int(self.cfg.diagnostic_overlays)
+        want = int(self.options.diagnostic_overlays)
         for k in range(len(t.inst)):
             if len(self.overlay_items) >= want:
                 return
@@ -330,7 +379,7 @@ class IRCR(MeanTeacher):
         """Teacher plus (``previous`` mode) the compressed mask cache."""
         self._collect(block=True)
         state = super().state_dict()
-        if self.cfg.mask_source == "previous":
+        if self.options.mask_source == "previous":
             state["cache"] = {str(k): v for k, v in self.cache.items()}
         return state
 

@@ -17,17 +17,58 @@ warns when the weighted unsupervised terms run away and logs ``teacher_max_abs``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ircr.errors import IrcrError
 from ircr.ssl.diagnostics import EpochStats
 from ircr.ssl.ema import ema_update, make_teacher
 from ircr.ssl.guard import ConsistencyGuard
 from ircr.ssl.ramp import consistency_weight
 from ircr.train.methods import register_method
 from ircr.train.methods.base import Method
+
+
+@dataclass
+class MeanTeacherOptions:
+    """Options of ``mean_teacher`` (ircr-method.md defaults; docs/method.md for the ramp).
+
+    Attributes:
+        ema_alpha: EMA decay of the teacher (weights and BN buffers).
+        gamma1: weight of the consistency term.
+        warmup_iterations: the unsupervised terms are 0 for this many iterations, then
+            ramped up by exp(-5 (1 - t)^2) over rampup_iterations (paper: 0 and 0).
+        clamp_teacher_hv: clamp the teacher's HV maps to [-1, 1] before they are used as
+            targets (paper: false).
+        guard_ratio: warn when the weighted unsupervised terms exceed this multiple of the
+            supervised loss (0 = never).
+    """
+
+    ema_alpha: float = 0.95
+    gamma1: float = 0.1
+    warmup_iterations: int = 100
+    rampup_iterations: int = 200
+    clamp_teacher_hv: bool = True
+    guard_ratio: float = 100.0
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """(ok, key, problem) of every range check (subclasses add theirs)."""
+        return [
+            (0 <= self.ema_alpha <= 1, "ema_alpha", "must be in [0, 1]"),
+            (self.gamma1 >= 0, "gamma1", "must be >= 0"),
+            (self.warmup_iterations >= 0, "warmup_iterations", "must be >= 0"),
+            (self.rampup_iterations >= 0, "rampup_iterations", "must be >= 0"),
+            (self.guard_ratio >= 0, "guard_ratio", "must be >= 0 (0 = no warnings)"),
+        ]
+
+    def validate(self, where: str = "config") -> None:
+        """One-line IrcrError naming ``method.<key>`` for a value out of range."""
+        for ok, key, problem in self.checks():
+            if not ok:
+                raise IrcrError(f"{where}: config key 'method.{key}' {problem}")
 
 
 def feature_maps(out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -61,19 +102,21 @@ def split_output(out: dict[str, Tensor], n: int) -> tuple[dict[str, Tensor], dic
 class MeanTeacher(Method):
     """EMA teacher + plain MSE consistency on F = concat(NP prob, HV)."""
 
+    options_type = MeanTeacherOptions
+    options: MeanTeacherOptions
     uses_unlabelled = True
 
     def setup(self) -> None:
         """Build the EMA teacher (a frozen copy of the student)."""
         self.teacher: nn.Module = make_teacher(self.trainer.model)
         self.stats = EpochStats()
-        self.guard = ConsistencyGuard(ratio=self.cfg.guard_ratio)
+        self.guard = ConsistencyGuard(ratio=self.options.guard_ratio)
         self._teacher_max: float | None = None
 
     def unsup_weight(self) -> float:
         """Ramp multiplier in [0, 1] of the unsupervised terms at this iteration."""
-        return consistency_weight(self.trainer.iteration, self.cfg.warmup_iterations,
-                                  self.cfg.rampup_iterations)
+        return consistency_weight(self.trainer.iteration, self.options.warmup_iterations,
+                                  self.options.rampup_iterations)
 
     # -- forward passes ----------------------------------------------------------------------
     def teacher_forward(self, weak: Tensor) -> dict[str, Tensor]:
@@ -88,7 +131,7 @@ class MeanTeacher(Method):
     def teacher_maps(self, out_t: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Teacher F (HV clamped to [-1, 1] when ``clamp_teacher_hv``) and B, float32."""
         ft, bt = feature_maps(out_t)
-        if self.cfg.clamp_teacher_hv:
+        if self.options.clamp_teacher_hv:
             ft = torch.cat([ft[:, :1], ft[:, 1:].clamp(-1.0, 1.0)], dim=1)
         return ft, bt
 
@@ -131,14 +174,14 @@ class MeanTeacher(Method):
         fs, _ = feature_maps(out_u)
         ft, _ = self.teacher_maps(out_t)
         cons = masked_mse(fs, ft, unlabelled["valid"].float())
-        weighted = self.cfg.gamma1 * w * cons
+        weighted = self.options.gamma1 * w * cons
         self.check_balance(sup, {"mse": weighted})
         return sup + weighted, {"sup": float(sup.detach()), "mse": float(cons.detach()),
                                 "unsup_weight": w}
 
     def after_optimizer_step(self) -> None:
         """θ_t ← α·θ_t + (1 − α)·θ_s (weights and BN buffers)."""
-        ema_update(self.teacher, self.trainer.model, self.cfg.ema_alpha)
+        ema_update(self.teacher, self.trainer.model, self.options.ema_alpha)
 
     def epoch_end(self) -> dict[str, float]:
         """Per-epoch means of the iteration diagnostics."""

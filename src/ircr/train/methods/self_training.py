@@ -16,22 +16,43 @@ Everything a round produces lives under the run folder (``st_round<r>/`` sub-run
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
 
+from ircr.errors import IrcrError
 from ircr.io.paths import child_path, unique_name
 from ircr.postproc.batch import wbis_batch
 from ircr.train.methods import register_method
 from ircr.train.methods.base import ExtraLabelled, Method
 
 
+@dataclass
+class SelfTrainingOptions:
+    """Options of ``self_training``.
+
+    Attributes:
+        rounds: teacher -> pseudo-label -> student rounds (the student of round r teaches
+            round r + 1; the main run trains the student of the last round).
+    """
+
+    rounds: int = 1
+
+    def validate(self, where: str = "config") -> None:
+        """``rounds`` >= 1 (one-line IrcrError naming the key)."""
+        if self.rounds < 1:
+            raise IrcrError(f"{where}: config key 'method.rounds' must be >= 1")
+
+
 @register_method("self_training")
 class SelfTraining(Method):
     """Supervised loss on labelled + pseudo-labelled patches (teacher's WBIS instances)."""
 
+    options_type = SelfTrainingOptions
+    options: SelfTrainingOptions
     uses_unlabelled = False
 
     def setup(self) -> None:
@@ -47,7 +68,7 @@ class SelfTraining(Method):
             return
         run_dir = Path(self.trainer.run_dir)
         extra: ExtraLabelled | None = None
-        for r in range(int(self.cfg.rounds)):
+        for r in range(int(self.options.rounds)):
             pseudo_dir = run_dir / f"pseudo_round{r}"
             done = pseudo_dir / "pseudo.json"
             if done.is_file():
@@ -64,7 +85,9 @@ class SelfTraining(Method):
             sub = self.trainer.spawn("supervised", sub_dir)
         else:
             sub = self.trainer.spawn("self_training", sub_dir, {"method.rounds": r})
-            sub.method.preset = extra  # type: ignore[attr-defined]
+            if not isinstance(sub.method, SelfTraining):  # pragma: no cover - spawn's contract
+                raise TypeError("spawn('self_training') did not build a SelfTraining method")
+            sub.method.preset = extra
         sub.run()
         return sub.method.final_model()
 
