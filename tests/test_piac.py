@@ -147,3 +147,12 @@ def test_merged_clusters_rejection_rate_matches_spec(monuseg_root: Path) -> None
     rejected = np.concatenate(rows).mean(axis=0)
     assert rejected[0] == pytest.approx(SPEC_CLUSTER_REJECTED["mean"], abs=0.08)
     assert rejected[1] == pytest.approx(SPEC_CLUSTER_REJECTED["geometric"], abs=0.08)
+
+
+def test_one_keep_rule_for_piac_and_prior_score() -> None:
+    """Kept = score >= tau, or touching the border (then never judged, score may be NaN)."""
+    from ircr.ssl.prior import prior_keeps
+
+    keep = prior_keeps(np.array([0.1, 0.35, 0.5, np.nan, 0.0]),
+                       np.array([False, False, False, True, True]), 0.35)
+    assert keep.tolist() == [False, True, True, True, True]

@@ -186,30 +186,44 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping from ``path`` with one-line errors for missing/invalid files."""
+def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` with one-line errors for missing/invalid files.
+
+    ``what`` names the kind of file in the messages ("config", "split", ...).
+    """
+    data = load_yaml_file(path, what)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IrcrError(f"{path}: top level of a {what} must be a mapping")
+    return data
+
+
+def load_yaml_file(path: str | Path, what: str = "config") -> Any:
+    """The one YAML file reader of the package: any YAML document, one-line errors.
+
+    Missing file, unreadable file, non-UTF-8 bytes and invalid YAML are
+    :class:`~ircr.errors.IrcrError` s naming the file (``what`` names its kind).
+    """
     p = Path(path)
     if not p.is_file():
-        raise IrcrError(f"{p}: config file not found")
+        raise IrcrError(f"{p}: {what} file not found")
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise IrcrError(f"{p}: cannot read config ({exc.strerror or exc})") from None
+        raise IrcrError(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise IrcrError(f"{p}: not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset "
-                        f"{exc.start}); save the config as UTF-8") from None
+                        f"{exc.start}); save the {what} as UTF-8") from None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when built
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
         raise IrcrError(f"{p}: invalid YAML{line}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise IrcrError(f"{p}: top level of a config must be a mapping")
     return data
 
 

@@ -155,7 +155,7 @@ def _show(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from ircr.features import nucleus_features
     from ircr.io.image import check_same_size, read_image, read_label_map
-    from ircr.ssl.prior import PRIOR_FEATURES
+    from ircr.ssl.prior import PRIOR_FEATURES, prior_keeps
 
     prior = _load(args.prior, args.combine)
     tau = prior.default_tau if args.tau is None else args.tau
@@ -163,7 +163,7 @@ def _score(args: argparse.Namespace) -> int:
     check_same_size(image, labels, args.image, args.labels)
     f = nucleus_features(image, labels)
     scores = prior.score_features(f)
-    kept = (scores >= tau) | f["touches_border"]
+    kept = prior_keeps(scores, f["touches_border"], tau)
     cols = ["id", *PRIOR_FEATURES, "touches_border", "score", "kept"]
     fh = sys.stdout if args.out is None else _open_out(args.out)
     try:

@@ -217,13 +217,9 @@ def write_split(
 
 def read_split_file(path: Path) -> dict[str, Any]:
     """Parse a split YAML and check its keys; returns the raw mapping."""
-    if not path.is_file():
-        raise IrcrError(f"{path}: split file not found")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise IrcrError(f"{path}: not a valid YAML split file ({type(exc).__name__})") from None
+    from ircr.config import load_yaml_file
+
+    doc = load_yaml_file(path, what="split")
     if not isinstance(doc, dict) or doc.get("format") != "ircr-split":
         raise IrcrError(f"{path}: not an ircr split file (missing 'format: ircr-split')")
     need = ("ratio", "seed", "train_images", "val_images", "labelled_patches",

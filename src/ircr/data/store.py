@@ -20,7 +20,7 @@ import numpy as np
 from ircr.data.splits import Patch, patch_grid, read_split_file
 from ircr.errors import IrcrError
 
-__all__ = ["PreparedDataset", "Split", "reflect_index"]
+__all__ = ["PreparedDataset", "Split", "mirrored_window", "reflect_index"]
 
 
 @dataclass
@@ -47,6 +47,31 @@ def reflect_index(start: int, length: int, size: int) -> np.ndarray:
     period = 2 * (size - 1)
     idx = np.mod(idx, period)
     return np.where(idx >= size, period - idx, idx)
+
+
+def mirrored_window(inst: np.ndarray, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """(h, w) window of a whole-image instance map, reflect-padded outside the image.
+
+    Every mirrored copy of a nucleus gets its own id (``id + k * (max_id + 1)``, k numbering
+    the mirrored copies), so a nucleus at the image border and its mirror image are separate
+    instances. ``inst`` may be a memory map (pseudo-labels); returns a new (h, w) int32 array.
+    The one mirrored-window rule of the package (prepared labels and pseudo-labels alike).
+    """
+    height, width = inst.shape
+    if y0 >= 0 and x0 >= 0 and y0 + h <= height and x0 + w <= width:
+        return np.array(inst[y0 : y0 + h, x0 : x0 + w], dtype=np.int32)
+    ry, rx = reflect_index(y0, h, height), reflect_index(x0, w, width)
+    lab = np.asarray(inst).take(ry, axis=0).take(rx, axis=1).astype(np.int64)
+    ty, tx = _copy_index(y0, h, height), _copy_index(x0, w, width)
+    nx = int(tx.max() - tx.min()) + 1
+    code = (ty - ty.min())[:, None] * nx + (tx - tx.min())[None, :]
+    home = int(-ty.min()) * nx + int(-tx.min())  # code of the image itself -> 0
+    code = np.where(code == home, 0, np.where(code < home, code + 1, code))
+    step = int(np.max(inst, initial=0)) + 1
+    lab = np.where(lab > 0, lab + code * step, 0)
+    if lab.max(initial=0) > np.iinfo(np.int32).max:
+        raise IrcrError(f"read_window: window {h}x{w} has too many mirrored copies")
+    return lab.astype(np.int32)
 
 
 def _read_png(path: Path, flags: int) -> np.ndarray:
@@ -228,17 +253,7 @@ class PreparedDataset:
         win = image.take(ry, axis=0).take(rx, axis=1)
         if inst is None:
             return win, None
-        lab = inst.take(ry, axis=0).take(rx, axis=1).astype(np.int64)
-        ty, tx = _copy_index(y0, h, height), _copy_index(x0, w, width)
-        nx = int(tx.max() - tx.min()) + 1
-        code = (ty - ty.min())[:, None] * nx + (tx - tx.min())[None, :]
-        home = int(-ty.min()) * nx + int(-tx.min())  # code of the image itself -> 0
-        code = np.where(code == home, 0, np.where(code < home, code + 1, code))
-        step = int(inst.max()) + 1
-        lab = np.where(lab > 0, lab + code * step, 0)
-        if lab.max(initial=0) > np.iinfo(np.int32).max:
-            raise IrcrError(f"read_window: window {h}x{w} has too many mirrored copies")
-        return win, lab.astype(np.int32)
+        return win, mirrored_window(inst, y0, x0, h, w)
 
     def read_patch(self, patch: Patch, margin: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         """The patch's full ``patch_size`` window plus ``margin`` px of context each side."""

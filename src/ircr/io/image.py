@@ -42,7 +42,11 @@ import numpy as np
 
 from ircr.errors import IrcrError, file_error
 
-_TIFF_SUFFIXES = {".tif", ".tiff"}
+# The one table of file suffixes of plain images (tiles, dataset images) and label maps; whole
+# slides are io.wsi's (SLIDE_SUFFIXES, TIFF_SUFFIXES with BigTIFF names).
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", *TIFF_SUFFIXES, ".jpg", ".jpeg", ".bmp")  # what read_image reads
+LABEL_SUFFIXES = (".png", *TIFF_SUFFIXES, ".npy")  # what read_label_map reads
 _INT32_MAX = np.iinfo(np.int32).max
 ENV_MAX_PIXELS = "IRCR_MAX_IMAGE_PIXELS"
 
@@ -133,7 +137,7 @@ def _load_raw(path: Path, for_labels: bool = False) -> np.ndarray:
     """Decode ``path`` to a raw numpy array (no dtype/channel conversion)."""
     _check_file(path)
     errors: list[str] = []
-    if path.suffix.lower() in _TIFF_SUFFIXES:
+    if path.suffix.lower() in TIFF_SUFFIXES:
         try:
             return _read_with_tifffile(path)
         except IrcrError:  # too large: do not let Pillow try

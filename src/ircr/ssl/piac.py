@@ -16,7 +16,7 @@ import torch
 
 from ircr.errors import IrcrError
 from ircr.features import nucleus_features
-from ircr.ssl.prior import MorphPrior
+from ircr.ssl.prior import MorphPrior, prior_keeps
 
 
 @dataclass
@@ -51,9 +51,10 @@ def rejected_ids(image: np.ndarray, inst: np.ndarray, prior: MorphPrior, tau: fl
     scored = ~f["touches_border"]
     if not scored.any():
         return np.zeros(0, np.int64), int(f["id"].size), 0
-    sub = {k: v[scored] for k, v in f.items()}
-    scores = prior.score_features(sub, combine)
-    return sub["id"][scores < tau], int(f["id"].size), int(scored.sum())
+    scores = np.full(f["id"].size, np.nan)
+    scores[scored] = prior.score_features({k: v[scored] for k, v in f.items()}, combine)
+    keep = prior_keeps(scores, f["touches_border"], tau)
+    return f["id"][~keep], int(f["id"].size), int(scored.sum())
 
 
 def u_mask(image: np.ndarray, inst: np.ndarray, prior: MorphPrior, tau: float,

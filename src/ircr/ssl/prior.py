@@ -50,6 +50,15 @@ Combine = Literal["mean", "geometric"]
 _REQUIRED = ("grids", "densities", "bandwidths", "feature_names", "format_version")
 
 
+def prior_keeps(scores: np.ndarray, touches_border: np.ndarray, tau: float) -> np.ndarray:
+    """The one keep/reject rule of the prior (PIAC's U mask, ``ircr prior score``).
+
+    A nucleus is kept when its score is >= ``tau`` or when it touches the image border (its
+    shape is cut, so it is never judged; its score may be NaN). (n,) bool.
+    """
+    return (np.asarray(scores, dtype=np.float64) >= tau) | np.asarray(touches_border, bool)
+
+
 def default_prior_path() -> Path:
     """Path of the prior shipped in the package (built from all 15 CPM-15 tiles)."""
     return Path(str(resources.files("ircr").joinpath("resources/prior_cpm15.npz")))

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ircr.data.augment import apply_geometry, photometric, sample_geometry, strong_view, weak_view
-from ircr.data.store import PreparedDataset, Split, reflect_index
+from ircr.data.store import PreparedDataset, Split, mirrored_window
 from ircr.data.targets import hover_targets
 from ircr.errors import IrcrError
 
@@ -94,20 +94,6 @@ def _permutation(seed: int, stream: int, cycle: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, stream, 7, cycle]).permutation(n)
 
 
-def _window_of(arr: np.ndarray, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """(h, w) window of a full-image instance map, reflect-padded; mirrored copies get new ids."""
-    height, width = arr.shape
-    ry, rx = reflect_index(y0, h, height), reflect_index(x0, w, width)
-    lab = np.asarray(arr[ry[:, None], rx[None, :]]).astype(np.int64)
-    cy = np.floor_divide(np.arange(y0, y0 + h), height)
-    cx = np.floor_divide(np.arange(x0, x0 + w), width)
-    code = (cy - cy.min())[:, None] * 3 + (cx - cx.min())[None, :]
-    home = (0 - cy.min()) * 3 + (0 - cx.min())
-    code = np.where(code == home, 0, code + 1)
-    step = int(lab.max(initial=0)) + 1
-    return np.where(lab > 0, lab + code * step, 0)
-
-
 class IterationSet(Dataset[dict[str, Any]]):
     """Map-style dataset: item ``i`` = the whole batch of iteration ``i`` (CPU tensors)."""
 
@@ -162,7 +148,7 @@ class IterationSet(Dataset[dict[str, Any]]):
         if need_labels and pid in self.pseudo:
             if name not in self._maps:
                 self._maps[name] = np.load(self.extra_maps[name], mmap_mode="r")
-            inst = _window_of(self._maps[name], y0, x0, s, s)
+            inst = mirrored_window(self._maps[name], y0, x0, s, s)
         if need_labels and inst is None:
             raise IrcrError(f"{self.ds.path}: labelled patch {pid} of image '{name}' has no labels")
         h, w = int(self.ds.images[p.image]["height"]), int(self.ds.images[p.image]["width"])

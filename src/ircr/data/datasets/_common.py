@@ -11,9 +11,6 @@ import numpy as np
 
 from ircr.errors import IrcrError, file_error
 
-IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-LABEL_EXTS = (".png", ".tif", ".tiff", ".npy")
-
 
 def require_root(root: str | Path | None, dataset: str) -> Path:
     """Return ``root`` as a Path, raising IrcrError if it is missing or not a folder."""

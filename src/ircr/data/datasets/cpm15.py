@@ -95,15 +95,10 @@ def _mask_key(value: str) -> str:
 def _load_pairs(pairs: Mapping[str, str] | str | Path) -> tuple[dict[str, str], str]:
     if isinstance(pairs, Mapping):
         return {str(k): _mask_key(str(v)) for k, v in pairs.items()}, "pairs"
-    path = Path(pairs)
-    import yaml
+    from ircr.config import load_yaml_file
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise file_error(path, "pairs mapping file not found") from None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise file_error(path, f"cannot read pairs mapping ({str(exc).splitlines()[0]})") from None
+    path = Path(pairs)
+    data = load_yaml_file(path, what="pairs mapping")
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise file_error(path, "pairs mapping must be a YAML mapping 'image name: mask name'")
     return {str(k): _mask_key(v) for k, v in data.items()}, str(path)

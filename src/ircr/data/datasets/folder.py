@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ircr.data.datasets._common import (
-    IMAGE_EXTS,
-    LABEL_EXTS,
     empty_folder_error,
     find_subdir,
     list_by_stem,
@@ -23,7 +21,13 @@ from ircr.data.datasets._common import (
 )
 from ircr.data.sample import Sample
 from ircr.errors import file_error
-from ircr.io.image import check_same_size, read_image, read_label_map
+from ircr.io.image import (
+    IMAGE_SUFFIXES,
+    LABEL_SUFFIXES,
+    check_same_size,
+    read_image,
+    read_label_map,
+)
 
 
 def iter_folder(
@@ -47,11 +51,11 @@ def iter_folder(
     """
     base = require_root(root, "folder")
     img_dir = find_subdir(base, (images_dir,)) or base
-    images = list_by_stem(img_dir, IMAGE_EXTS)
+    images = list_by_stem(img_dir, IMAGE_SUFFIXES)
     if not images:
-        raise empty_folder_error(img_dir, "images (" + "/".join(IMAGE_EXTS) + ")")
+        raise empty_folder_error(img_dir, "images (" + "/".join(IMAGE_SUFFIXES) + ")")
     lab_dir = find_subdir(base, (labels_dir,))
-    labels = list_by_stem(lab_dir, LABEL_EXTS) if lab_dir is not None else {}
+    labels = list_by_stem(lab_dir, LABEL_SUFFIXES) if lab_dir is not None else {}
     if labels_required:
         for name, img in images.items():
             if name not in labels:

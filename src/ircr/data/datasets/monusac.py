@@ -29,16 +29,15 @@ from ircr.data.datasets._common import (
 from ircr.data.polygons import is_degenerate, rasterize_polygons
 from ircr.data.sample import Sample
 from ircr.errors import file_error
-from ircr.io.image import read_image
+from ircr.io.image import IMAGE_SUFFIXES, read_image
 
 MONUSAC_MPP = 0.25  # 40x
-_IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 def _discover(base: Path) -> list[tuple[str, Path, Path | None]]:
     found: dict[str, tuple[Path, Path | None]] = {}
     for f in sorted(base.rglob("*")):
-        stem = stem_of(f, _IMAGE_SUFFIXES) if f.is_file() else None
+        stem = stem_of(f, IMAGE_SUFFIXES) if f.is_file() else None
         if stem is None or f.name.startswith("."):
             continue
         if stem in found:

@@ -40,7 +40,13 @@ from ircr.data.datasets._common import (
 from ircr.data.polygons import is_degenerate, rasterize_polygons
 from ircr.data.sample import Sample
 from ircr.errors import file_error
-from ircr.io.image import check_same_size, read_image, read_label_map
+from ircr.io.image import (
+    IMAGE_SUFFIXES,
+    LABEL_SUFFIXES,
+    check_same_size,
+    read_image,
+    read_label_map,
+)
 
 MONUSEG_MPP = 0.25  # 40x scans (Kumar et al. 2017)
 _IMAGE_DIRS = ("images", "Tissue Images", "Tissue_Images", "tissue_images")
@@ -69,9 +75,9 @@ def read_monuseg_xml(
 
 def _discover(root: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path], Path]:
     img_dir = find_subdir(root, _IMAGE_DIRS) or root
-    images = list_by_stem(img_dir, (".tif", ".tiff", ".png"))
+    images = list_by_stem(img_dir, IMAGE_SUFFIXES)
     png_dir = find_subdir(root, _PNG_DIRS)
-    pngs = list_by_stem(png_dir, (".png", ".tif", ".tiff", ".npy")) if png_dir else {}
+    pngs = list_by_stem(png_dir, LABEL_SUFFIXES) if png_dir else {}
     xml_dir = find_subdir(root, _XML_DIRS) or img_dir
     xmls = list_by_stem(xml_dir, _XML_SUFFIXES)
     return images, pngs, xmls, img_dir
