@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from ircr import compat
 from ircr.data.targets import hover_targets
 from ircr.errors import IrcrError
 from ircr.metrics import instance_metrics
@@ -138,8 +139,8 @@ def test_flood_is_exact_or_declines_when_seeds_tie(monkeypatch: pytest.MonkeyPat
 
 
 def test_plain_path_when_skimage_seed_order_differs(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert W._SEEDS_BY_VALUE is True  # skimage 0.2x pops seeds by image value
-    monkeypatch.setattr(W, "_SEEDS_BY_VALUE", False)
+    assert compat.watershed_seeds_by_value() is True  # skimage 0.2x pops seeds by value
+    monkeypatch.setattr(compat, "watershed_seeds_by_value", lambda: False)
     rng = np.random.default_rng(3)
     prob, hv = _noisy(rng, _random_inst(rng), 0.1)
     assert np.array_equal(wbis(prob, hv), wbis_reference(prob, hv))
@@ -169,8 +170,8 @@ def test_batch_errors() -> None:
 
 
 def test_flood_without_skimage_raw_flood(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert W._RAW_WS is not None  # skimage 0.2x: the raveled flood passes the import probe
-    monkeypatch.setattr(W, "_RAW_WS", None)  # another skimage: the public watershed call
+    assert compat.skimage_raw_watershed() is not None  # skimage 0.2x: passes the probe
+    monkeypatch.setattr(compat, "skimage_raw_watershed", lambda: None)  # the public call
     rng = np.random.default_rng(5)
     for k in range(3):
         prob, hv = _noisy(rng, _random_inst(rng), (0.0, 0.05, 0.2)[k])

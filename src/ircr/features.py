@@ -26,26 +26,17 @@ Definitions (pixels of the map's own resolution):
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from ircr import compat
 from ircr.errors import IrcrError
 
 FEATURE_KEYS = (
     "id", "area", "perimeter", "solidity", "circularity", "extent", "eccentricity",
     "haematoxylin", "centroid_y", "centroid_x", "bbox", "touches_border",
 )
-
-# skimage.measure.perimeter code -> length weights (code = 1*centre + 2*edge-nbrs + 10*diag-nbrs
-# over border pixels); even codes are never border pixels.
-_PERIM_W = np.zeros(50, dtype=np.float64)
-_PERIM_W[[5, 7, 15, 17, 25, 27]] = 1.0
-_PERIM_W[[21, 33]] = math.sqrt(2.0)
-_PERIM_W[[13, 23]] = (1.0 + math.sqrt(2.0)) / 2.0
-
 
 def _check_inputs(image: np.ndarray | None, inst: np.ndarray) -> np.ndarray:
     """Validate shapes/dtypes and return ``inst`` as a C-contiguous int64 map."""
@@ -100,7 +91,10 @@ def _border_and_perimeter(lab: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
             nb_lab = p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
             nb_border = bp[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
             code += weight * (nb_border & (nb_lab == c))
-    perim = np.bincount(c[border], weights=_PERIM_W[code[border]], minlength=n + 1)[1:]
+    if not compat.perimeter_weights_match():  # skimage changed its estimator: ask it
+        return border, compat.perimeters_public(c, n)
+    perim = np.bincount(c[border], weights=compat.PERIMETER_WEIGHTS[code[border]],
+                        minlength=n + 1)[1:]
     return border, perim
 
 

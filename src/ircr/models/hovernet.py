@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ircr import compat
 from ircr.errors import IrcrError
 from ircr.models.config import ModelConfig
 from ircr.models.decoder import DecoderBranch
@@ -60,7 +61,7 @@ class HoVerNet(nn.Module):
         if mode and self._freeze_encoder and self.cfg.freeze_encoder_bn:
             for part in self.encoder.frozen_modules():
                 for m in part.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    if compat.is_batchnorm(m):
                         m.eval()
         return self
 
@@ -84,6 +85,7 @@ def init_weights(model: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        elif (compat.is_batchnorm(m) and isinstance(m.weight, Tensor)
+              and isinstance(m.bias, Tensor)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

@@ -25,13 +25,14 @@ fill from the border, small-marker removal and id remapping on the marker pixels
 mostly, a smaller watershed. A foreground component holding one marker is that marker's
 region whatever the flooding order, so only components with two or more markers are
 flooded, only from marker pixels that touch floodable pixels, each component with its own
-small heap (skimage's raveled flood on zero-bordered arrays built in place, when an import
-probe shows it matches the public call; else the public call). This is exact because
+small heap (skimage's raveled flood on zero-bordered arrays built in place, when
+:func:`ircr.compat.skimage_raw_watershed` finds it matching the public call; else the public
+call). This is exact because
 skimage floods by (value, age) with unique ages for all but the seeds; seeds of equal value
 in one component are popped in heap order, so those ties are analysed (``_tie_harmless``)
-and, when their order could matter, the plain watershed call decides. A probe at import
-checks that the installed skimage orders seeds by value (0.2x does); otherwise the plain
-call is always used.
+and, when their order could matter, the plain watershed call decides. A probe
+(:func:`ircr.compat.watershed_seeds_by_value`) checks that the installed skimage orders seeds
+by value (0.2x does); otherwise the plain call is always used.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from ircr import compat
 from ircr.errors import IrcrError
 
 _FOUR = ndi.generate_binary_structure(2, 1)
@@ -400,11 +402,12 @@ def _flood(dist: np.ndarray, idx: np.ndarray, mval: np.ndarray, blab: np.ndarray
     scomp = comp[sel][touch]
     if not _ties_ok(scomp, sidx, dist.ravel()[sidx], blab, free, dist):
         return None
-    if _RAW_WS is not None:
+    raw = compat.skimage_raw_watershed()
+    if raw is not None:
         if dpad is None:
             dpad = np.zeros((h + 2, wp))
             dpad[1:-1, 1:-1] = dist
-        _flood_each(_RAW_WS, dpad, seeds, scomp, ff, of)
+        _flood_each(raw, dpad, seeds, scomp, ff, of)
     else:  # public call: markers on the seeds only, mask = floodable pixels and seeds
         mk = np.zeros((h, w), np.int32)
         mk.ravel()[sidx] = of[seeds]
@@ -427,55 +430,10 @@ def wbis(prob: np.ndarray, hv: np.ndarray, params: WBISParams | None = None) -> 
     dist = dpad[1:-1, 1:-1]
     markers, nm = _marker_labels(energy, blb, p)
     idx, mval = _seeds(markers, nm, blb, p.marker_min_size)
-    out = None if _SEEDS_BY_VALUE is False else _flood(dist, idx, mval, blab, nb, dpad)
+    by_value = compat.watershed_seeds_by_value()
+    out = _flood(dist, idx, mval, blab, nb, dpad) if by_value else None
     if out is None:  # equal-valued seeds: let the plain call decide, exactly as the spec
         mk = np.zeros(markers.shape, np.int32)
         mk.ravel()[idx] = mval
         out = watershed(dist, markers=mk, mask=blb).astype(np.int32, copy=False)
     return out
-
-
-def _seed_order_probe() -> bool:
-    """True if this skimage pops watershed seeds by image value (what _flood relies on)."""
-    img = np.array([[10.0, 5.0, 0.0]])
-    got = watershed(img, markers=np.array([[1, 0, 2]], np.int32))
-    return bool(got[0, 1] == 2)
-
-
-_SEEDS_BY_VALUE = _seed_order_probe()
-
-
-def _raw_watershed() -> Callable[..., None] | None:
-    """skimage's heap flood on raveled, zero-bordered arrays, if it matches the public call.
-
-    The public ``watershed`` converts, pads and crops its inputs (about 5 ms at 1000x1000);
-    :func:`_flood` builds them in that form itself. This private skimage function is only
-    used if it exists with the expected signature and reproduces the public call on a probe
-    with ties and several labels; otherwise :func:`_flood` calls ``watershed``.
-    """
-    try:
-        from skimage.segmentation._watershed_cy import watershed_raveled as raw
-    except ImportError:  # pragma: no cover - depends on the skimage version
-        return None
-    rng = np.random.default_rng(0)
-    img = np.round(rng.random((9, 13)) * 4)
-    mk = np.zeros(img.shape, np.int32)
-    mk[rng.random(img.shape) < 0.15] = rng.integers(1, 4, size=1)[0]
-    mk[0, 0], mk[8, 12], mk[4, 6] = 1, 2, 3
-    mask = rng.random(img.shape) < 0.9
-    mask[mk > 0] = True
-    want = watershed(img, markers=mk, mask=mask)
-    wp = img.shape[1] + 2
-    dpad = np.pad(img, 1)
-    out = np.pad(mk, 1)
-    free = np.pad(mask & (mk == 0), 1)
-    try:
-        raw(dpad.ravel(), np.flatnonzero(out), np.array([-wp, -1, 1, wp], np.intp),
-            free.view(np.int8).ravel(), np.array([wp, 1], np.intp), 0.0, out.ravel(), False)
-    except Exception:  # pragma: no cover - another signature
-        return None
-    got = np.where(mask, out[1:-1, 1:-1], 0)
-    return raw if np.array_equal(got, want) else None  # type: ignore[no-any-return]
-
-
-_RAW_WS = _raw_watershed()
