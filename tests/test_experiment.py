@@ -304,3 +304,19 @@ def test_table3_rows_keep_their_ablation_configs() -> None:
     assert runs["scheme2"].config["method"] == {"name": "ircr", "piac": False, "miac": True,
                                                 "miac_boundary_beta": 0.0}
     assert runs["ours"].config["method"]["piac"] is True
+
+
+def test_self_training_rate_is_measured_on_its_supervised_step(synth: Path,
+                                                               tmp_path: Path) -> None:
+    """The warm-up of a self-training row drops its own option (rounds) for the supervised run."""
+    from ircr.experiment.plan import measure_rate
+
+    torch.set_num_threads(1)
+    proto = load_protocol(protocol(tmp_path, synth, split_seeds=[0], train_seeds=[10],
+                                   methods=[{"name": "st", "method": "self_training",
+                                             "overrides": {"method.rounds": 2}}]))
+    runs = expand(proto)
+    runner.ensure_splits(runs, proto.val_fraction)
+    assert runs[0].config["method"] == {"name": "self_training", "rounds": 2}
+    rate = measure_rate(runs[0], tmp_path / "warm", 3)
+    assert rate.it_per_s > 0 and not (tmp_path / "warm").exists()

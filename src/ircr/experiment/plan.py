@@ -119,7 +119,8 @@ def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
     from ircr.train.trainer import Trainer, TrainingInterrupted
 
     d = copy.deepcopy(run.config)
-    if d.get("method", {}).get("name") == "self_training":
+    if d.get("method", {}).get("name") == "self_training":  # its supervised step's rate
+        d["method"] = {k: v for k, v in d["method"].items() if method_takes("supervised", k)}
         set_dotted(d, "method.name", "supervised", "warm-up")
     # the method's supervised-only warm-up steps are cheaper: measure full-cost steps
     if method_takes(d.get("method", {}).get("name", "supervised"), "warmup_iterations"):
