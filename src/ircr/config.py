@@ -119,9 +119,6 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise bad
-        parse = getattr(tp, "parse_config", None)
-        if callable(parse):  # a section that validates itself (see the module docstring)
-            return parse(value, where, f"{key}.")
         return from_dict(tp, value, where=where, prefix=f"{key}.")  # type: ignore[arg-type]
     if tp in _SCALARS:
         accept, conv = _SCALARS[tp]
@@ -147,6 +144,9 @@ def from_dict(
     if not isinstance(data, dict):
         section = prefix.rstrip(".") or "<root>"
         raise IrcrError(f"{where}: config section '{section}' must be a mapping")
+    parse = getattr(cls, "parse_config", None)
+    if callable(parse):  # a section that validates itself (see the module docstring)
+        return parse(data, where, prefix)  # type: ignore[no-any-return]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
