@@ -17,7 +17,7 @@ from ircr.config import read_yaml, to_dict
 from ircr.data.prepare import prepare_dataset
 from ircr.errors import IrcrError
 from ircr.train.config import experiment_from_dict, load_experiment
-from ircr.train.methods import Method, known_methods, register_method
+from ircr.train.methods import Method, SubRun, known_methods, register_method
 from ircr.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ class Echo(Method):
 
     def setup(self) -> None:
         self.batches: list[dict[str, Tensor]] = []
-        self.sub: Trainer | None = None
+        self.sub: SubRun | None = None
 
     def before_training(self) -> None:
         if self.options.sub_iterations:

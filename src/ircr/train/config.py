@@ -144,9 +144,9 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         if self.options is None:
-            from ircr.train.methods import get_method
+            from ircr.train.registry import options_type
 
-            self.options = get_method(self.name).options_type()
+            self.options = options_type(self.name)()
 
     @classmethod
     def parse_config(cls, data: dict[str, Any], where: str = "config",
@@ -155,10 +155,10 @@ class MethodConfig:
         import difflib
 
         from ircr.config import _convert
-        from ircr.train.methods import get_method
+        from ircr.train.registry import options_type
 
         name = _convert(data.get("name", "supervised"), str, f"{prefix}name", where)
-        opt_type = get_method(name, where).options_type
+        opt_type = options_type(name, where)
         fields = {f.name for f in dataclasses.fields(opt_type)}
         rest = {k: v for k, v in data.items() if k not in cls.SHARED}
         unknown = sorted(set(rest) - fields)
@@ -188,9 +188,9 @@ class MethodConfig:
 
 def method_takes(name: str, key: str) -> bool:
     """Whether ``method.<key>`` is a valid key for method ``name`` (shared or its option)."""
-    from ircr.train.methods import get_method
+    from ircr.train.registry import options_type
 
-    fields = {f.name for f in dataclasses.fields(get_method(name).options_type)}
+    fields = {f.name for f in dataclasses.fields(options_type(name))}
     return key in MethodConfig.SHARED or key in fields
 
 
@@ -331,11 +331,11 @@ def experiment_from_dict(data: dict[str, Any], where: str = "config",
     """
     method = data.get("method")
     if stored and isinstance(method, dict) and isinstance(method.get("name", ""), str):
-        from ircr.train.methods import get_method, known_methods
+        from ircr.train.registry import known_methods, options_type
 
         name = method.get("name", "supervised")
         if name in known_methods():
-            fields = {f.name for f in dataclasses.fields(get_method(name).options_type)}
+            fields = {f.name for f in dataclasses.fields(options_type(name))}
             data = {**data, "method": {k: v for k, v in method.items()
                                        if k in fields or k not in LEGACY_METHOD_KEYS}}
     return from_dict(ExperimentConfig, data, where=where)

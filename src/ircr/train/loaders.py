@@ -36,9 +36,25 @@ from ircr.errors import IrcrError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ircr.train.config import ExperimentConfig
-    from ircr.train.methods.base import ExtraLabelled
 
 LABELLED, UNLABELLED = 1, 2  # RNG stream ids
+
+
+@dataclass
+class ExtraLabelled:
+    """Pseudo-labelled patches added to the labelled training set (self-training).
+
+    Attributes:
+        patch_ids: patch ids of ``trainer.dataset`` to train on as labelled patches.
+        inst_maps: image name -> path of a ``.npy`` file holding the (H, W) int32 instance map
+            of that whole image (same frame as the prepared image). The loader reads the
+            patch's context window from it exactly as it reads ground truth, so the targets
+            are computed after the geometric augmentation as for real labels.
+    """
+
+    patch_ids: list[int]
+    inst_maps: dict[str, Path] = field(default_factory=dict)
+
 
 
 @dataclass

@@ -112,7 +112,7 @@ Exactly :class:`TrainerAPI` (a ``typing.Protocol``; the trainer implements it):
 (loss, parts)`` (HoVer-Net L_sup on valid pixels; ``parts`` are floats), ``iteration``
 (optimiser steps done), ``epoch``, ``run_dir`` (Path), ``dataset`` (PreparedDataset: images,
 labels, patches), ``split`` (TrainSplit: labelled / unlabelled patch ids, val image names),
-``wbis_params`` (WBISParams), ``spawn(method, run_dir, overrides) -> Trainer`` (above) and
+``wbis_params`` (WBISParams), ``spawn(method, run_dir, overrides) -> SubRun`` (above) and
 ``predict_image(model, name) -> (prob (H, W), hv (2, H, W))`` (sliding-window inference of a
 whole dataset image with ``cfg.eval``'s window, for pseudo-labels).
 
@@ -126,7 +126,7 @@ resumed run finds them.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -134,12 +134,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ircr.train.loaders import ExtraLabelled
+
 if TYPE_CHECKING:  # pragma: no cover
     from ircr.data.store import PreparedDataset
     from ircr.postproc.watershed import WBISParams
     from ircr.train.config import ExperimentConfig
     from ircr.train.loaders import TrainSplit
-    from ircr.train.trainer import Trainer
+
+__all__ = ["ExtraLabelled", "Method", "NoOptions", "SubRun", "TrainerAPI", "map_to_view"]
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ class TrainerAPI(Protocol):
         ...
 
     def spawn(self, method: str, run_dir: str | Path,
-              overrides: dict[str, Any] | None = None) -> Trainer:
+              overrides: dict[str, Any] | None = None) -> SubRun:
         """A sub-training of this config with another method and dotted overrides."""
         ...
 
@@ -188,20 +191,15 @@ class TrainerAPI(Protocol):
         ...
 
 
-@dataclass
-class ExtraLabelled:
-    """Pseudo-labelled patches added to the labelled training set (self-training).
+class SubRun(TrainerAPI, Protocol):
+    """A sub-training returned by ``trainer.spawn`` (a :class:`~ircr.train.trainer.Trainer`)."""
 
-    Attributes:
-        patch_ids: patch ids of ``trainer.dataset`` to train on as labelled patches.
-        inst_maps: image name -> path of a ``.npy`` file holding the (H, W) int32 instance map
-            of that whole image (same frame as the prepared image). The loader reads the
-            patch's context window from it exactly as it reads ground truth, so the targets
-            are computed after the geometric augmentation as for real labels.
-    """
+    @property
+    def method(self) -> Method: ...
 
-    patch_ids: list[int]
-    inst_maps: dict[str, Path] = field(default_factory=dict)
+    def run(self) -> Path:
+        """Train to the end of its schedule (resumes its folder); returns its model folder."""
+        ...
 
 
 class Method:
