@@ -13,6 +13,7 @@ import yaml
 from ircr.errors import IrcrError
 from ircr.inference.model_folder import load_model_folder, save_model_folder
 from ircr.models import ModelConfig, build_model
+from ircr.postproc.watershed import WBISParams
 
 torch.set_num_threads(1)
 
@@ -47,7 +48,7 @@ def test_round_trip(tmp_path: Path) -> None:
     loaded = load_model_folder(folder)
     assert not loaded.model.training
     assert loaded.model_cfg == cfg
-    assert loaded.postproc == POSTPROC
+    assert loaded.postproc == WBISParams(**POSTPROC)  # parsed once, at load
     assert loaded.mpp == 0.25 and loaded.patch_size == 256
     assert loaded.meta["method"] == "ircr" and loaded.meta["train"]["epochs"] == 3
     assert loaded.meta["ircr_version"]
@@ -108,7 +109,7 @@ def test_corrupt_files(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     weights.write_bytes(good)
     (folder / "postproc.yaml").write_text("threshold: [0.5\n")
-    with pytest.raises(IrcrError, match="postproc.yaml: corrupt YAML"):
+    with pytest.raises(IrcrError, match=r"postproc.yaml: invalid YAML \(line 2\)"):
         load_model_folder(folder)
     (folder / "postproc.yaml").write_text(yaml.safe_dump(POSTPROC))
     (folder / "metrics.json").write_text("{")

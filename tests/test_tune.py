@@ -81,8 +81,8 @@ def test_write_in_place_and_to_a_copy(tmp_path) -> None:
     folder = _folder(tmp_path)
     res = tune_postproc([hand_maps(1)], WBISParams(), {"threshold": (0.4, 0.5)})
     copy = write_tuned(folder, res, out=tmp_path / "tuned")
-    assert load_model_folder(copy).postproc["threshold"] == 0.4
-    assert load_model_folder(folder).postproc["threshold"] == 0.5  # original untouched
+    assert load_model_folder(copy).postproc.threshold == 0.4
+    assert load_model_folder(folder).postproc.threshold == 0.5  # original untouched
     write_tuned(folder, res)
     assert yaml.safe_load((folder / "postproc.yaml").read_text())["threshold"] == 0.4
     doc = json.loads((folder / "tuning.json").read_text())

@@ -35,11 +35,9 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Predict, search the grid, print the result and write it."""
-    from ircr.config import from_dict
     from ircr.engine.packaged import is_packaged_folder, resolve_model
     from ircr.engine.tune import parse_grid, predict_for_tuning, tune_postproc, write_tuned
     from ircr.errors import IrcrError
-    from ircr.postproc.watershed import WBISParams
 
     grid = parse_grid(args.grid)
     folder = resolve_model(args.model)
@@ -50,7 +48,7 @@ def handler(args: argparse.Namespace) -> int:
         raise IrcrError(f"{args.out}: already exists; choose a new --out folder")
     loaded, maps, names = predict_for_tuning(folder, args.dataset, args.split, args.device,
                                              progress=True)
-    start = from_dict(WBISParams, dict(loaded.postproc), where=str(folder / "postproc.yaml"))
+    start = loaded.postproc  # WBISParams, parsed by load_model_folder
     result = tune_postproc(maps, start, grid, args.metric, names)
     print(f"tune-postproc: {result.summary()}")
     if args.dry_run:

@@ -15,10 +15,9 @@ import numpy as np
 
 from ircr.engine.resolution import resolve_mpp
 from ircr.errors import IrcrError, file_error
-from ircr.io.image import read_image
+from ircr.io.image import IMAGE_SUFFIXES, read_image
 from ircr.io.wsi import SLIDE_SUFFIXES, TIFF_SUFFIXES, image_mpp, is_slide, open_slide
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 MAX_INMEMORY_PIXELS = 64_000_000  # segment() reads a slide whole only below this size
 
 
@@ -34,7 +33,7 @@ class InputImage:
 
 def supported_suffixes() -> set[str]:
     """Every file suffix ``ircr segment`` accepts (images, TIFFs, whole-slide formats)."""
-    return IMAGE_SUFFIXES | SLIDE_SUFFIXES | TIFF_SUFFIXES
+    return set(IMAGE_SUFFIXES) | SLIDE_SUFFIXES | TIFF_SUFFIXES
 
 
 def output_stem(path: Path) -> str:

@@ -15,8 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ircr.config import load_yaml_file
 from ircr.errors import IrcrError
 
 DEFAULT_MODEL = "default"
@@ -42,10 +41,9 @@ def packaged_root() -> Path:
 def _read_card(folder: Path) -> tuple[dict[str, Any], float | None]:
     yml = folder / "model.yaml"
     try:
-        meta = yaml.safe_load(yml.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise IrcrError(f"{yml}: unreadable packaged model description "
-                        f"({type(exc).__name__}); reinstall ircr") from exc
+        meta = load_yaml_file(yml, "packaged model description")
+    except IrcrError as exc:
+        raise IrcrError(f"{exc}; reinstall ircr") from None
     if not isinstance(meta, dict):
         raise IrcrError(f"{yml}: expected a mapping; reinstall ircr")
     card = meta.get("card") or {}

@@ -51,7 +51,7 @@ from ircr.engine.timer import Timer
 from ircr.errors import IrcrError, file_error
 from ircr.inference.device import describe_device, select_device
 from ircr.inference.family import InferenceSetting, ModelFamily, Prediction, get_family
-from ircr.inference.model_folder import POSTPROC_YAML, load_model_folder, resolve_inference
+from ircr.inference.model_folder import load_model_folder, resolve_inference
 from ircr.io.atomic import clean_stale_temps
 from ircr.io.paths import ensure_dir
 from ircr.io.wsi import check_mpp, is_slide
@@ -292,7 +292,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
     path = resolve_model(path)
     loaded = load_model_folder(path, device="cpu")
     setting = resolve_inference(loaded.inference, window, overlap, batch_size)
-    params = loaded.family.parse_postproc(loaded.postproc, where=str(Path(path) / POSTPROC_YAML))
+    params = loaded.postproc  # parsed once, by load_model_folder
     prior_path = prior if prior is not None else loaded.prior_file
     try:
         morph = load_prior(prior_path)

@@ -272,7 +272,7 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
                          progress=progress, family=loaded.family)
     res.split = label
     res.info = {"model": str(Path(model_dir)), "dataset": str(Path(dataset)),
-                "eval": to_dict(cfg), "inference": setting, "postproc": loaded.postproc}
+                "eval": to_dict(cfg), "inference": setting, "postproc": to_dict(loaded.postproc)}
     if out_dir is not None:
         write_results(res, out_dir)
     return res

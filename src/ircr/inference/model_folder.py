@@ -40,7 +40,7 @@ import yaml
 from torch import nn
 
 from ircr._version import __version__
-from ircr.config import to_dict
+from ircr.config import load_yaml_file, to_dict
 from ircr.errors import IrcrError
 from ircr.inference.family import DEFAULT_FAMILY, ModelFamily, get_family
 from ircr.io.atomic import atomic_write, atomic_write_text, clean_stale_temps
@@ -65,7 +65,7 @@ class LoadedModel:
 
     model: nn.Module
     model_cfg: Any
-    postproc: dict[str, Any]
+    postproc: Any  # the family's post-processing dataclass (HoVer-Net: WBISParams)
     mpp: float | None
     patch_size: int
     meta: dict[str, Any]
@@ -188,10 +188,7 @@ def save_model_folder(
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IrcrError(f"{path}: missing from the model folder")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise IrcrError(f"{path}: corrupt YAML ({type(exc).__name__})") from exc
+    data = load_yaml_file(path, "model folder file")
     if not isinstance(data, dict):
         raise IrcrError(f"{path}: expected a mapping")
     return data
@@ -270,7 +267,8 @@ def load_model_folder(path: str | Path, device: str | torch.device = "cpu") -> L
     if not isinstance(stored, dict):
         raise IrcrError(f"{folder / MODEL_YAML}: 'inference' must be a mapping")
     inference = check_inference(stored, f"{folder / MODEL_YAML}: inference")
-    postproc = _read_yaml(folder / POSTPROC_YAML)
+    postproc = fam.parse_postproc(_read_yaml(folder / POSTPROC_YAML),
+                                  where=str(folder / POSTPROC_YAML))
     metrics = None
     if (folder / METRICS_JSON).is_file():
         try:
