@@ -73,7 +73,8 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> list[str]:
         raise IrcrError(f"{p}: cannot read backbone weights ({type(exc).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()):
         raise IrcrError(f"{p}: not a state dict of tensors")
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     ignored = sorted(k for k in state if k.startswith("fc."))
@@ -82,7 +83,8 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> list[str]:
         result = body.load_state_dict(state, strict=False)
     except RuntimeError:
         raise IrcrError(f"{p}: backbone weights do not fit the network (shape mismatch)") from None
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    missing = [k for k in result.missing_keys
+               if not k.endswith("num_batches_tracked") and not k.startswith("fc.")]
     if missing:
         raise IrcrError(f"{p}: backbone weights lack {len(missing)} tensors (e.g. {missing[0]})")
     if result.unexpected_keys:

@@ -3,8 +3,8 @@
 * :func:`roi_mask_targets`: GT masks RoIAligned to S x S inside the matched proposals and
   binarised (>= 0.5), S = 28 for the fused mask and 14 for LRD. Boxes are pixel-edge xyxy
   (``ircr.data.detection``); RoIAlign runs with ``aligned=True`` and 2 x 2 samples per bin, so
-  a box on pixel edges whose side is S (or 2S) pixels samples exactly the pixel values (or the
-  means of 2 x 2 blocks).
+  for a box on pixel edges whose side is 2S pixels each bin is the exact mean of its 2 x 2
+  pixel block, and for a side of S pixels the binarised bin is exactly its pixel.
 * :func:`boundary_weights`: weight ``w_b`` for target pixels within 1 px (8-neighbourhood) of
   the target boundary, i.e. pixels whose 3 x 3 neighbourhood inside the map holds both
   classes; 1 elsewhere. This LRD boundary weighting is OUR choice (the paper gives no
