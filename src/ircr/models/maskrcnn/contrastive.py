@@ -98,9 +98,8 @@ def info_nce(
     cn = F.cosine_similarity(neg, q[None], dim=1)
     neg_term = cn / tau
     pos_den = cp / tau if form == "paper" else cp
-    den = torch.logsumexp(
-        torch.cat([pos_den[:, None], neg_term[None].expand(cp.shape[0], -1)], dim=1), dim=1
-    )
+    # log(exp(pos_i) + sum_j exp(neg_j)) with the negatives' sum shared: O(P + N), not O(P N)
+    den = torch.logaddexp(pos_den, torch.logsumexp(neg_term, dim=0))
     return (den - cp / tau).mean()
 
 
