@@ -13,7 +13,8 @@ H&E-like patches (``ircr.data.synthetic.make_tile``) with their exact instance m
 targets. A training iteration is forward + loss + backward + SGD step (lr 0.02, momentum 0.9,
 as the paper); inference is an eval forward returning pasted masks. Both the BASS head
 (NMH + LRD + CRC) and the plain Mask R-CNN head (``[nmh]``, the teacher) are timed. Peak memory
-is ``torch.cuda.max_memory_allocated`` on CUDA, the process peak RSS on CPU.
+is ``torch.cuda.max_memory_allocated`` on CUDA, the process peak RSS on CPU. CPU s = process
+CPU time (all threads), less sensitive than wall time to other jobs on a shared machine.
 """
 
 from __future__ import annotations
@@ -64,14 +65,15 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def _time(fn: Callable[[], None], iters: int, device: torch.device) -> float:
+def _time(fn: Callable[[], None], iters: int, device: torch.device) -> tuple[float, float]:
+    """(wall s, process CPU s) per call after one warm-up call."""
     fn()  # warm-up
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
         fn()
     _sync(device)
-    return (time.perf_counter() - t0) / iters
+    return (time.perf_counter() - t0) / iters, (time.process_time() - c0) / iters
 
 
 def bench(size: int, head: list[str], args: argparse.Namespace, device: torch.device) -> list[str]:
@@ -98,12 +100,12 @@ def bench(size: int, head: list[str], args: argparse.Namespace, device: torch.de
         with torch.no_grad():
             model(images)
 
-    t_train = _time(step, args.iters, device)
-    t_inf = _time(infer, args.iters, device)
+    t_train, c_train = _time(step, args.iters, device)
+    t_inf, c_inf = _time(infer, args.iters, device)
     name = "+".join(head).upper()
-    return [f"{args.backbone} {name}", f"256 -> {size}", f"{t_train:.2f}",
-            f"{args.batch / t_train:.2f}", f"{args.batch / t_inf:.2f}",
-            f"{t_inf / args.batch * 1000:.0f}", f"{_peak_mb(device):,.0f}"]
+    return [f"{args.backbone} {name}", f"256 -> {size}", f"{t_train:.2f}", f"{c_train:.2f}",
+            f"{args.batch / t_train:.3f}", f"{args.batch / t_inf:.3f}",
+            f"{c_inf / args.batch:.2f}", f"{_peak_mb(device):,.0f}"]
 
 
 def main() -> None:
@@ -122,9 +124,9 @@ def main() -> None:
     heads = {"bass": ["nmh", "lrd", "crc"], "plain": ["nmh"]}
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{args.threads} thread(s), batch {args.batch}, {args.iters} timed iteration(s)\n")
-    print("| device | model | patch -> network px | train s/it | train patches/s "
-          "| infer patches/s | infer ms/patch | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| device | model | patch -> network px | train s/it | train CPU s/it "
+          "| train patches/s | infer patches/s | infer CPU s/patch | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for dev in devices:
         device = torch.device(dev)
         for size in args.sizes:
