@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,17 @@ from ircr.data.synthetic import make_tile
 from ircr.errors import IrcrError
 from ircr.models.maskrcnn import BassMaskRCNN, MaskRCNNConfig, build_maskrcnn, total_loss
 from ircr.models.maskrcnn.backbone import load_backbone_weights
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: detection nets run many small ops, which extra threads on a shared
+    2-core machine slow down by an order of magnitude."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 TINY = dict(
     backbone="tiny", tiny_channels=[8, 16, 16, 32], fpn_channels=16, min_size=[64], max_size=64,
