@@ -182,3 +182,18 @@ def test_maskrcnn_model_folder_segments_and_evaluates(tmp_path: Path) -> None:
     assert main(["segment", "--model", str(folder), str(tmp_path / "tile.png"), "-o",
                  str(seg_out), "--device", "cpu", "--mpp", "0.25", "--no-progress"]) == 0
     assert any(seg_out.rglob("*.geojson"))
+
+
+def test_family_build_keeps_frozen_norm_of_backbone_weights(tmp_path: Path) -> None:
+    from ircr.config import from_dict
+    from ircr.inference.family import get_family
+    from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
+
+    path = tmp_path / "tiny_backbone.pt"
+    torch.save(build_maskrcnn(from_dict(MaskRCNNConfig, TINY)).backbone.body.state_dict(), path)
+    cfg = from_dict(MaskRCNNConfig, {**TINY, "backbone_weights": str(path)})
+    trained = build_maskrcnn(cfg)
+    path.unlink()  # the model folder must not need the backbone file any more
+    rebuilt = get_family("maskrcnn").build(cfg)
+    rebuilt.load_state_dict(trained.state_dict())  # strict: same keys, same shapes
+    assert type(rebuilt.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"

@@ -16,6 +16,7 @@ network then resizes each window exactly as during training (e.g. 256 -> 800 px)
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -36,9 +37,12 @@ class MaskRCNNFamily(ModelFamily):
     postproc_class = PaintParams
 
     def build(self, cfg: Any) -> nn.Module:
-        """The network of ``cfg``, random init (``backbone_weights`` are not read: the model
-        folder's weights.pt replaces every tensor)."""
-        cfg = MaskRCNNConfig(**{**vars(cfg), "backbone_weights": None})
+        """The network of ``cfg``, random init. ``backbone_weights`` is not read (the model
+        folder's weights.pt replaces every tensor), but the choices it implied (frozen
+        BatchNorm, trainable stages) are kept, so the state dict matches the trained one."""
+        cfg = dataclasses.replace(cfg, backbone_weights=None,
+                                  norm="frozen" if cfg.frozen_norm else "batch",
+                                  trainable_layers=cfg.n_trainable_layers)
         return build_maskrcnn(cfg)
 
     def parse_postproc(self, data: Any, where: str = "postproc") -> Any:
