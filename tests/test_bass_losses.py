@@ -149,3 +149,31 @@ def test_mask_head_shapes_and_mean_fusion_at_init() -> None:
     assert torch.allclose(out["mask"], sum(maps) / 3, atol=1e-5)
     plain = BassMaskHead(8, 16, ["nmh"])
     assert set(plain(f14)) == {"mask"} and plain.fusion is None
+
+
+def test_paste_is_the_inverse_of_the_pixel_edge_roi_targets() -> None:
+    from ircr.models.maskrcnn.paste import paste_masks
+
+    ones = torch.ones(3, 1, 28, 28)
+    half = ones.clone()
+    ones_boxes = torch.tensor([[10.0, 12.0, 24.0, 20.0],   # 14 x 8 px: bins < 1 px
+                               [3.0, 30.0, 59.0, 58.0],    # 56 x 28 px: bins 2 px
+                               [0.0, 0.0, 5.0, 5.0]])      # at the image corner
+    half[:, :, :, 14:] = 0  # left half of the RoI
+    got = paste_masks(ones, ones_boxes, (64, 64)) >= 0.5
+    for k, (x0, y0, x1, y1) in enumerate(ones_boxes.int().tolist()):
+        exp = torch.zeros(64, 64, dtype=torch.bool)
+        exp[y0:y1, x0:x1] = True  # exactly the box's pixels
+        assert torch.equal(got[k, 0], exp)
+    left = paste_masks(half[1:2], ones_boxes[1:2], (64, 64))[0, 0] >= 0.5
+    exp = torch.zeros(64, 64, dtype=torch.bool)
+    exp[30:58, 3:31] = True  # columns 3..30 = the left 28 of the 56 px box
+    assert torch.equal(left, exp)
+    # round trip: a mask RoIAligned to 28 x 28 and pasted back is the mask again
+    mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    mask[0, 20:41, 15:43] = 1
+    mask[0, 20:25, 15:20] = 0
+    box = torch.tensor([[15.0, 20.0, 43.0, 41.0]])
+    t28 = roi_mask_targets(mask, box, torch.tensor([0]), 28)
+    back = paste_masks(t28[:, None], box, (64, 64))[0, 0] >= 0.5
+    assert torch.equal(back, mask[0].bool())

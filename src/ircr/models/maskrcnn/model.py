@@ -13,7 +13,8 @@ the defaults) and pads to a multiple of 32.
   [, loss_crc]}`` (loss_crc already multiplied by ``crc_weight``); the total is their sum.
 * ``model.eval(); dets = model(images)``: one dict per image with ``boxes`` (K, 4) float xyxy
   in input pixels, ``scores`` (K,), ``labels`` (K,) int64, ``masks`` (K, 1, H, W) float
-  probabilities (threshold them, e.g. at 0.5, then paint; scores above
+  probabilities pasted in pixel-edge box coordinates (:mod:`~ircr.models.maskrcnn.paste`;
+  threshold them, e.g. at 0.5, then paint; scores above
   ``box_score_thresh``, at most ``box_detections_per_img``, sorted by decreasing score).
 
 Bad targets (wrong shapes/dtypes, degenerate boxes) raise :class:`ircr.errors.IrcrError`
@@ -28,11 +29,11 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ircr.errors import IrcrError
 from ircr.models.maskrcnn.backbone import build_backbone
 from ircr.models.maskrcnn.config import MaskRCNNConfig
+from ircr.models.maskrcnn.paste import PixelEdgeTransform
 from ircr.models.maskrcnn.roi_heads import BassRoIHeads
 
 __all__ = ["BassMaskRCNN", "total_loss"]
@@ -84,7 +85,7 @@ class BassMaskRCNN(GeneralizedRCNN):
 
     def __init__(self, cfg: MaskRCNNConfig) -> None:
         backbone = build_backbone(cfg)
-        transform = GeneralizedRCNNTransform(
+        transform = PixelEdgeTransform(
             min_size=tuple(cfg.min_size), max_size=cfg.max_size,
             image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
         )
