@@ -17,6 +17,9 @@ the defaults) and pads to a multiple of 32.
   threshold them, e.g. at 0.5, then paint; scores above
   ``box_score_thresh``, at most ``box_detections_per_img``, sorted by decreasing score).
 
+RPN and box losses are torchvision's (BCE/CE + smooth L1 with beta 1/9); the released BASS
+config (mmdetection) uses plain L1 for the box regression, a difference we keep.
+
 Bad targets (wrong shapes/dtypes, degenerate boxes) raise :class:`ircr.errors.IrcrError`
 naming ``targets[i].<key>``.
 """
