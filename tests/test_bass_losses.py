@@ -177,3 +177,16 @@ def test_paste_is_the_inverse_of_the_pixel_edge_roi_targets() -> None:
     t28 = roi_mask_targets(mask, box, torch.tensor([0]), 28)
     back = paste_masks(t28[:, None], box, (64, 64))[0, 0] >= 0.5
     assert torch.equal(back, mask[0].bool())
+
+
+def test_crc_loss_hard_only_by_hand() -> None:
+    # released form: keys shifted by the query. With fg pixels at (1, 0) and bg at (0, 1):
+    # a key of the query's own class shifts to 0 (cosine 0), one of the other class to
+    # (-1, 1) or (1, -1) (cosine -1/sqrt 2); each term is log(1 + N_neg exp(-1/(sqrt 2 tau))).
+    m = _disk11()[None].expand(2, -1, -1).clone()
+    tau = 0.7
+    got = crc_loss(_two_point_embedding(m), m, d=2, alpha=1.0, tau_hard=tau, form="hard_only")
+    hp, hn = 10, 64
+    c = -1 / math.sqrt(2)
+    expected = math.log(1 + hn * math.exp(c / tau)) + math.log(1 + hp * math.exp(c / tau))
+    assert math.isclose(float(got.detach()), expected, rel_tol=1e-5)
