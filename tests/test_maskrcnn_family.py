@@ -141,14 +141,13 @@ TINY = dict(
 
 
 def test_maskrcnn_model_folder_segments_and_evaluates(tmp_path: Path) -> None:
-    from ircr.inference.family import get_family
-    from ircr.inference.model_folder import load_model_folder, save_model_folder
-
     from ircr import load_model
     from ircr.cli.main import main
     from ircr.config import from_dict
     from ircr.data.prepare import prepare_samples
     from ircr.data.synthetic import iter_synthetic, make_tile
+    from ircr.inference.family import get_family
+    from ircr.inference.model_folder import load_model_folder, save_model_folder
     from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 
     cfg = from_dict(MaskRCNNConfig, TINY)
