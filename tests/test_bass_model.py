@@ -161,3 +161,25 @@ def test_backbone_weights_from_a_local_file_and_no_download(
         load_backbone_weights(resnet18(weights=None), bad)
     with pytest.raises(IrcrError, match="missing.pth: backbone weights file not found"):
         load_backbone_weights(resnet18(weights=None), tmp_path / "missing.pth")
+
+
+def test_train_step_on_a_real_monuseg_patch(monuseg_root: Path) -> None:
+    from ircr.data.datasets import open_dataset
+
+    sample = next(iter(open_dataset("monuseg", monuseg_root)))
+    image, inst = sample.image[400:656, 400:656], sample.inst[400:656, 400:656]
+    ids = [i for i in np.unique(inst) if i and (inst == i).sum() >= 10]
+    masks = np.stack([inst == i for i in ids]).astype(np.uint8)
+    boxes = []
+    for mk in masks:
+        ys, xs = np.nonzero(mk)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    target = {"boxes": torch.tensor(boxes, dtype=torch.float32),
+              "labels": torch.ones(len(ids), dtype=torch.int64), "masks": torch.from_numpy(masks)}
+    assert len(ids) > 20  # a 256 px MoNuSeg patch holds dozens of nuclei
+    model = _tiny(min_size=[256], max_size=256, anchor_sizes=[16, 32, 64, 128, 256]).train()
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    losses = model([x], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert float(losses["loss_crc"].detach()) > 0  # real nuclei keep RoIs with all four sets
+    total_loss(losses).backward()
