@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ircr.models.checkpointing import run_unit
 from ircr.models.config import ModelConfig
 
 GROUPS = 4
@@ -55,7 +56,7 @@ class DenseBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for unit in self.units:
-            x = torch.cat([x, unit(x)], dim=1)
+            x = torch.cat([x, run_unit(unit, x)], dim=1)
         return F.relu(self.blk_bna(x))
 
 

@@ -10,9 +10,10 @@ from torch import Tensor, nn
 
 from ircr import compat
 from ircr.errors import IrcrError
+from ircr.models.checkpointing import set_checkpointing
 from ircr.models.config import ModelConfig
-from ircr.models.decoder import DecoderBranch
-from ircr.models.preact_resnet import PreactResNet, ResNetEncoder
+from ircr.models.decoder import DecoderBranch, DenseUnit
+from ircr.models.preact_resnet import Bottleneck, PreactResNet, PreactUnit, ResNetEncoder
 
 OUTPUT_STRIDE = 8
 
@@ -23,6 +24,8 @@ class HoVerNet(nn.Module):
     Set ``model.freeze_encoder = True`` for HoVer-Net's phase 1: in training mode the encoder
     units run without autograd (their BN running statistics still update unless
     ``cfg.freeze_encoder_bn``).
+    ``model.activation_checkpointing = True`` (or ``cfg.activation_checkpointing``) recomputes
+    the activations of each residual / dense unit in the backward pass (training only).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -43,7 +46,18 @@ class HoVerNet(nn.Module):
             {name: DecoderBranch(cfg, c[:3], c[2], out) for name, out in heads.items()}
         )
         self._freeze_encoder = False
+        self.activation_checkpointing = cfg.activation_checkpointing
         init_weights(self)
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Whether units recompute their activations in the backward pass (training only)."""
+        return self._checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, value: bool) -> None:
+        self._checkpointing = bool(value)
+        set_checkpointing(self, self._checkpointing, (PreactUnit, Bottleneck, DenseUnit))
 
     @property
     def freeze_encoder(self) -> bool:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ircr.models.checkpointing import run_unit
 from ircr.models.config import ModelConfig
 
 EXPANSION = 4
@@ -88,7 +89,7 @@ class PreactGroup(nn.Module):
         feat = x
         for unit in self.units:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_units):
-                new = unit(feat)
+                new = run_unit(unit, feat)
             feat = new + shortcut
             shortcut = feat
         return F.relu(self.blk_bna(feat))
@@ -188,6 +189,7 @@ class ResNetEncoder(nn.Module):
             x = self.relu(self.bn1(self.conv1(x)))
             feats = []
             for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-                x = layer(x)
+                for block in layer:
+                    x = run_unit(block, x)
                 feats.append(x)
         return feats
