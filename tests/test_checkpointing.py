@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -87,5 +88,7 @@ def test_checkpointing_from_config_eval_and_frozen_encoder() -> None:
     model.freeze_encoder = True
     out = model(x)
     sum(v.sum() for v in out.values()).backward()  # type: ignore[union-attr]
-    assert all(p.grad is None for p in model.encoder.d1.parameters())
-    assert model.decoder["np"].u0.conv.weight.grad is not None
+    enc: Any = model.encoder
+    dec: Any = model.decoder["np"]
+    assert all(p.grad is None for p in enc.d1.parameters())
+    assert dec.u0.conv.weight.grad is not None

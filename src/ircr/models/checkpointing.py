@@ -61,6 +61,6 @@ def set_checkpointing(model: nn.Module, enabled: bool, kinds: tuple[type, ...]) 
     n = 0
     for m in model.modules():
         if isinstance(m, kinds):
-            m.checkpoint = bool(enabled)
+            setattr(m, "checkpoint", bool(enabled))  # noqa: B010 - plain flag, not a Module
             n += 1
     return n
