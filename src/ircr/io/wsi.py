@@ -1,5 +1,8 @@
 """Whole-slide image reading: OpenSlide when importable, tiffslide (pure pip) otherwise.
 
+Without either (a minimal environment), TIFF slides are read with tifffile alone
+(:mod:`ircr.io.tiff_regions`: built-in codecs only, e.g. zlib but not JPEG).
+
 Supports what the backends open: Aperio SVS, Hamamatsu NDPI, generic pyramidal TIFF and
 OME-TIFF (tiffslide), plus MIRAX/SCN/... with OpenSlide. Microns per pixel come from the
 backend's ``*.mpp-x`` property, falling back to OME-XML ``PhysicalSizeX`` and the TIFF
@@ -177,7 +180,7 @@ class Slide:
 
     Attributes:
         path: the file.
-        backend: ``"openslide"`` or ``"tiffslide"``.
+        backend: ``"openslide"``, ``"tiffslide"`` or ``"tifffile"`` (neither installed).
         dimensions: level-0 (width, height).
         level_dimensions: (width, height) per level; level_downsamples: per level.
         mpp: microns per pixel at level 0 (None when unknown); mpp_source: where it came from.
@@ -198,11 +201,7 @@ class Slide:
             self._handle = None
         if self._handle is None:
             try:
-                import tiffslide
-
-                _quiet_zarr_tasks()
-                self._handle = tiffslide.TiffSlide(str(self.path))
-                self.backend = "tiffslide"
+                self._handle, self.backend = _open_tiff(self.path)
             except Exception as exc:
                 raise file_error(self.path, f"cannot open as a whole-slide image "
                                             f"({type(exc).__name__}: {exc})") from exc
@@ -250,7 +249,7 @@ class Slide:
         Transparent (unscanned) pixels are composited onto white.
         """
         try:
-            if self.backend == "tiffslide":
+            if self.backend in ("tiffslide", "tifffile"):
                 arr = np.asarray(self._handle.read_region((x, y), level, (width, height),
                                                           as_array=True))
             else:
@@ -312,6 +311,18 @@ class Slide:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _open_tiff(path: Path) -> tuple[Any, str]:
+    """tiffslide's handle, or tifffile's region reader when tiffslide is not installed."""
+    try:
+        import tiffslide
+    except ImportError:
+        from ircr.io.tiff_regions import TiffRegionReader
+
+        return TiffRegionReader(path), "tifffile"
+    _quiet_zarr_tasks()
+    return tiffslide.TiffSlide(str(path)), "tiffslide"
 
 
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
