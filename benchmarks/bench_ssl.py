@@ -1,23 +1,33 @@
-"""Seconds per training iteration of supervised, Mean Teacher and IRCR on one fixed batch.
+"""Seconds per training iteration of supervised, Mean Teacher and IRCR, and IRCR's part shares.
 
-Every method runs the same iteration the trainer runs (method.train_step -> backward -> Adam
-step -> after_optimizer_step) on the same labelled + unlabelled batch, built from synthetic
-H&E-like tiles (so WBIS finds realistic nuclei) with exact HoVer-Net targets. For IRCR the
-time spent in WBIS (teacher and student), matching + pair/band maps and the prior is measured
-separately, as is the part of it the iteration actually waited for (the teacher side overlaps
-the student forward).
+Every method runs the iteration the trainer runs (method.train_step under autocast -> backward
+-> Adam step -> after_optimizer_step) on the same labelled + unlabelled batch, built from
+synthetic H&E-like tiles with exact HoVer-Net targets; the three methods are interleaved
+iteration by iteration so load changes hit them alike, and medians are reported. The
+unsupervised warm-up/ramp-up is switched off (``warmup_iterations = rampup_iterations = 0``),
+so every timed iteration runs the teacher and the full consistency terms.
 
-    .venv/bin/python benchmarks/bench_ssl.py [--size 256] [--batch 4] [--width 0.25] [--iters 5]
+IRCR's per-part share comes from a separate profile pass that runs the same parts one after
+the other with a device synchronisation after each (teacher forward, student forward + L_sup,
+WBIS teacher, prior, WBIS student, matching + pair maps, the PIAC/MIAC losses, backward,
+optimiser step + EMA), on realistic maps (the NP/HV targets of the tiles stand in for a
+trained network's output, which an untrained network does not give), so the shares show where
+the time goes without overlap; the real iteration overlaps the mask work with the network.
+
+    python benchmarks/bench_ssl.py [--device cpu|cuda|auto] [--size 256] [--batch 4]
+                                   [--width 0.25] [--iters 5]
+    python benchmarks/bench_ssl.py --device cuda --width 1 --iters 20     # paper size, bf16
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import os
 import platform
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,27 +38,15 @@ from ircr.data.synthetic import make_tile
 from ircr.data.targets import hover_targets
 from ircr.losses import LossConfig, hovernet_loss
 from ircr.models import ModelConfig, build_model
-from ircr.postproc.watershed import WBISParams
+from ircr.postproc.watershed import WBISParams, wbis
+from ircr.ssl import matching
+from ircr.ssl.masks import MaskSettings, stack_pair_maps
+from ircr.ssl.piac import piac_loss, rejected_ids
 from ircr.train.methods import get_method
-
-TIMES: dict[str, float] = defaultdict(float)
-
-
-def timed(name: str, fn: Any) -> Any:
-    """Wrap ``fn`` so its wall time accumulates in ``TIMES[name]`` (thread-safe enough)."""
-
-    @functools.wraps(fn)
-    def wrapper(*a: Any, **k: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            TIMES[name] += time.perf_counter() - t0
-
-    return wrapper
-
+from ircr.train.methods.mean_teacher import feature_maps
 
 Batch = dict[str, torch.Tensor]
+METHODS = ("supervised", "mean_teacher", "ircr")
 
 
 def make_batch(n: int, size: int, seed: int = 0) -> tuple[Batch, Batch]:
@@ -75,117 +73,212 @@ def make_batch(n: int, size: int, seed: int = 0) -> tuple[Batch, Batch]:
     return lab, u
 
 
-def stand_in_trainer(model: torch.nn.Module, size: int) -> SimpleNamespace:
-    """The trainer attributes a Method uses, with the real HoVer-Net loss."""
+def to_device(batch: tuple[Batch, Batch], device: torch.device) -> tuple[Batch, Batch]:
+    """Both batch dicts on ``device``."""
+    return tuple({k: v.to(device) for k, v in b.items()} for b in batch)  # type: ignore[return-value]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device (CUDA) so wall-clock times cover the queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stand_in_trainer(model: torch.nn.Module, size: int, device: torch.device) -> SimpleNamespace:
+    """The trainer attributes a Method uses, with the real HoVer-Net loss and bf16 on CUDA."""
     loss_cfg = LossConfig()
 
     def supervised_loss(out: dict[str, torch.Tensor], lab: dict[str, torch.Tensor]) -> Any:
-        loss, parts = hovernet_loss({k: v.float() for k, v in out.items()}, lab["np"], lab["hv"],
-                                    loss_cfg, valid_mask=lab["valid"])
-        return loss, parts
+        return hovernet_loss({k: v.float() for k, v in out.items()}, lab["np"], lab["hv"],
+                             loss_cfg, valid_mask=lab["valid"])
 
-    return SimpleNamespace(model=model, device=torch.device("cpu"), supervised_loss=supervised_loss,
-                           wbis_params=WBISParams(), run_dir=None, epoch=0, iteration=0,
-                           cfg=SimpleNamespace(data=SimpleNamespace(patch_size=size)))
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    return SimpleNamespace(model=model, device=device, supervised_loss=supervised_loss,
+                           autocast=autocast, wbis_params=WBISParams(), run_dir=None, epoch=0,
+                           iteration=0, cfg=SimpleNamespace(data=SimpleNamespace(patch_size=size)))
 
 
 class Runner:
     """One method with its own model and optimiser, stepped one iteration at a time."""
 
-    def __init__(self, name: str, args: argparse.Namespace, **opts: Any) -> None:
+    def __init__(self, name: str, args: argparse.Namespace, device: torch.device,
+                 **opts: Any) -> None:
         torch.manual_seed(0)
-        model = build_model(ModelConfig(width=args.width, blocks=args.blocks))
-        trainer: Any = stand_in_trainer(model, args.size)
+        model = build_model(ModelConfig(width=args.width, blocks=args.blocks)).to(device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.trainer: Any = stand_in_trainer(model, args.size, device)
         cls = get_method(name)
-        self.m = cls(cls.options_type(**opts), trainer)
+        no_warmup = {k: 0 for k in ("warmup_iterations", "rampup_iterations")
+                     if hasattr(cls.options_type, k)}
+        self.m = cls(cls.options_type(**no_warmup, **opts), self.trainer)
         self.m.setup()
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        self.device = device
         self.secs: list[float] = []
-        self.parts: dict[str, list[float]] = defaultdict(list)
-        if name == "ircr":
-            m: Any = self.m
-            m._wbis = timed("wbis", m._wbis)
-            m._rejected = timed("prior", m._rejected)
-            m._match = timed("matching", m._match)
 
-    def step(self, batch: Any, record: bool) -> None:
-        """One full iteration (loss, backward, Adam step, EMA)."""
+    def step(self, batch: tuple[Batch, Batch], record: bool) -> None:
+        """One full iteration (loss, backward, Adam step, EMA), synchronised at the end."""
         lab, unl = batch
-        TIMES.clear()
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        loss, _ = self.m.train_step(lab, unl if self.m.uses_unlabelled else None)
+        with self.trainer.autocast():
+            loss, _ = self.m.train_step(lab, unl if self.m.uses_unlabelled else None)
         loss.backward()
         self.opt.step()
         self.m.after_optimizer_step()
+        sync(self.device)
         if record:
             self.secs.append(time.perf_counter() - t0)
-            for k in ("wbis", "matching", "prior"):
-                self.parts[k].append(TIMES.get(k, 0.0))
 
 
-def main() -> None:
-    """Run the benchmark and print a Markdown table."""
+class PartClock:
+    """Accumulates synchronised wall time per named part."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self._now: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        sync(self.device)
+        t0 = time.perf_counter()
+        yield
+        sync(self.device)
+        self._now[name] = self._now.get(name, 0.0) + time.perf_counter() - t0
+
+    def lap(self) -> None:
+        for k, v in self._now.items():
+            self.times[k].append(v)
+        self._now = {}
+
+    def medians(self) -> dict[str, float]:
+        return {k: float(np.median(v)) for k, v in self.times.items()}
+
+
+def profile_ircr(r: Runner, batch: tuple[Batch, Batch], iters: int) -> dict[str, float]:
+    """Median seconds of each part of an IRCR iteration, run one after the other (no overlap).
+
+    The teacher and student maps handed to WBIS are the labelled tiles' NP/HV targets
+    (realistic nuclei); the losses use the network's real outputs.
+    """
+    m: Any = r.m
+    lab, unl = batch
+    cfg = m.cfg
+    s = MaskSettings(r.trainer.wbis_params, m.prior, cfg.prior_tau, cfg.match_radius, cfg.miac)
+    prob = lab["np"].float().cpu().numpy()
+    hv = lab["hv"].cpu().numpy()
+    images = lab["image"].permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
+    clock = PartClock(r.device)
+    for _ in range(iters):
+        r.opt.zero_grad(set_to_none=True)
+        with r.trainer.autocast():
+            with clock.part("teacher forward"):
+                ft, bt = m.teacher_maps(m.teacher_forward(unl["weak"]))
+            with clock.part("student forward + L_sup"):
+                out_l, out_u = m.student_forward(lab, unl["strong"])
+                sup, _ = r.trainer.supervised_loss(out_l, lab)
+                fs, bs = feature_maps(out_u)
+        with clock.part("device -> host maps"):
+            bt[:, 0].cpu().numpy(), ft[:, 1:].cpu().numpy()
+            bs[:, 0].detach().cpu().numpy(), fs[:, 1:].detach().cpu().numpy()
+        with clock.part("WBIS teacher"):
+            t_inst = [np.asarray(wbis(p, h, s.wbis), np.int32) for p, h in zip(prob, hv)]
+        with clock.part("prior (features + score)"):
+            rej = [rejected_ids(im, t, s.prior, s.tau)[0] for im, t in zip(images, t_inst)]
+        with clock.part("WBIS student"):
+            s_inst = [np.asarray(wbis(p, h, s.wbis), np.int32) for p, h in zip(prob, hv)]
+        with clock.part("matching + pair/band maps"):
+            pairs = [matching.match_instances(t, si, radius=s.match_radius)[0]
+                     for t, si in zip(t_inst, s_inst)]
+            maps = stack_pair_maps([matching.pair_index_maps(t, si, p)
+                                    for t, si, p in zip(t_inst, s_inst, pairs)])
+        with clock.part("PIAC + MIAC losses"):
+            u = np.full((len(t_inst), *t_inst[0].shape), cfg.piac_weight, np.float32)
+            for k, (t, rj) in enumerate(zip(t_inst, rej)):
+                u[k][np.isin(t, rj)] = 0.0
+            cons = piac_loss(fs, ft, torch.from_numpy(u).to(fs.device))
+            assert maps is not None
+            miac, _ = matching.miac_loss(fs, ft, bs, bt, maps.lt, maps.ls, maps.band_t,
+                                         maps.band_s, maps.band_ts, n_pairs=maps.n_pairs)
+            loss = sup + cfg.gamma1 * cons + cfg.gamma2 * miac
+        with clock.part("backward"):
+            loss.backward()
+        with clock.part("Adam step + EMA"):
+            r.opt.step()
+            m.after_optimizer_step()
+        clock.lap()
+    return clock.medians()
+
+
+def device_label(device: torch.device, threads: int) -> str:
+    """One-line description of where the benchmark ran."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, bf16 autocast, torch {torch.__version__}"
+    return (f"{platform.machine()} {os.cpu_count()} CPUs, torch threads {threads}, fp32, "
+            f"torch {torch.__version__}")
+
+
+def run(args: argparse.Namespace, deadline: float | None = None) -> dict[str, Any]:
+    """Iteration medians per method and the IRCR part profile (stops early at ``deadline``)."""
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    batch = to_device(make_batch(args.batch, args.size), device)
+    runners = {k: Runner(k, args, device) for k in METHODS}
+    done = 0
+    for it in range(args.iters + 1):  # interleaved, so load changes hit every method alike
+        for r in runners.values():
+            r.step(batch, record=it > 0)
+        done = it
+        if deadline is not None and it >= 1 and time.perf_counter() > deadline:
+            break
+    rows = {k: (float(np.median(r.secs)), float(np.std(r.secs))) for k, r in runners.items()}
+    parts = profile_ircr(runners["ircr"], batch, max(1, min(args.iters, 3)))
+    return {"device": device_label(device, torch.get_num_threads()), "rows": rows,
+            "parts": parts, "iters": done, "args": vars(args)}
+
+
+def tables(res: dict[str, Any]) -> list[str]:
+    """Markdown lines: iteration medians (x MT) and IRCR's part shares."""
+    a = res["args"]
+    out = [f"bench_ssl: {res['device']}; patch {a['size']}, batch {a['batch']}+{a['batch']}, "
+           f"width {a['width']}, blocks {a['blocks']}, {res['iters']} timed iterations", "",
+           "| method | s / iteration (median ± std) | it/s | x MT |", "|---|---|---|---|"]
+    mt = res["rows"]["mean_teacher"][0]
+    for k, (t, sd) in res["rows"].items():
+        out.append(f"| {k} | {t:.4f} ± {sd:.4f} | {1 / t:.2f} | {t / mt:.2f} |")
+    parts = res["parts"]
+    total = sum(parts.values())
+    out += ["", "IRCR parts, one after the other with a sync after each (realistic maps):", "",
+            "| part | s | share |", "|---|---|---|"]
+    for k, v in parts.items():
+        out.append(f"| {k} | {v:.4f} | {v / total:.0%} |")
+    out.append(f"| total (serial) | {total:.4f} | 100% |")
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    """Command-line options (also used by benchmarks/gpu_suite.py)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--blocks", type=int, nargs=4, default=[3, 4, 6, 3])
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--wbis-workers", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--channels-last", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print Markdown tables."""
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    batch = make_batch(args.batch, args.size)
-    runners = {"supervised": Runner("supervised", args),
-               "mean_teacher": Runner("mean_teacher", args),
-               "ircr": Runner("ircr", args, wbis_workers=args.wbis_workers)}
-    for it in range(args.iters + 1):  # interleaved, so load changes hit every method alike
-        for r in runners.values():
-            r.step(batch, record=it > 0)
-    rows = {k: {"s_per_it": float(np.median(r.secs)), "s_std": float(np.std(r.secs)),
-                **{p: float(np.median(v)) for p, v in r.parts.items()}}
-            for k, r in runners.items()}
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, torch threads {args.threads}; "
-          f"patch {args.size}, batch {args.batch}+{args.batch}, width {args.width}, "
-          f"blocks {args.blocks}, {args.iters} timed iterations")
-    print("| method | s / iteration (median) | x MT |")
-    print("|---|---|---|")
-    mt = rows["mean_teacher"]["s_per_it"]
-    for k, row in rows.items():
-        print(f"| {k} | {row['s_per_it']:.3f} ± {row['s_std']:.3f} | {row['s_per_it'] / mt:.2f} |")
-    # an untrained network finds few nuclei, so also time the mask pipeline on realistic maps:
-    # NP / HV targets of the labelled tiles stand in for a trained network's output.
-    m: Any = runners["ircr"].m
-    lab, _ = batch
-    prob = lab["np"].float().numpy()
-    hv = lab["hv"].numpy()
-    imgs = lab["image"].permute(0, 2, 3, 1).numpy().astype(np.uint8)
-    real: dict[str, list[float]] = defaultdict(list)
-    for _ in range(args.iters):
-        TIMES.clear()
-        t_side = m._teacher_side(prob, hv, imgs)
-        m._match(t_side.inst, m._wbis(prob, hv), [True] * len(t_side.inst))
-        for k in ("wbis", "matching", "prior"):
-            real[k].append(TIMES.get(k, 0.0))
-    n_inst = int(np.mean([t.max() for t in t_side.inst]))
-    ir = rows["ircr"]
-    total = ir["s_per_it"]
-    parts = {k: ir.get(k, 0.0) for k in ("wbis", "matching", "prior")}
-    print("\nIRCR iteration breakdown (median seconds of work per iteration; the teacher's WBIS "
-          "and the prior run in a background thread overlapped with the student forward):")
-    print("| part | s | share of iteration |")
-    print("|---|---|---|")
-    for k, v in parts.items():
-        print(f"| {k} | {v:.3f} | {v / total:.0%} |")
-    s = sum(parts.values())
-    print(f"| WBIS + matching + prior | {s:.3f} | {s / total:.0%} |")
-    print(f"\nSame pipeline on realistic maps (~{n_inst} nuclei per {args.size}px patch, "
-          "teacher + student of the batch), serial work vs the MT iteration:")
-    rs = {k: float(np.median(v)) for k, v in real.items()}
-    for k, v in rs.items():
-        print(f"| {k} | {v:.3f} | {v / mt:.0%} of an MT iteration |")
-    print(f"| total | {sum(rs.values()):.3f} | {sum(rs.values()) / mt:.0%} of an MT iteration |")
+    print("\n".join(tables(run(args))))
 
 
 if __name__ == "__main__":
