@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 
-def make_model(kind: str, folder: Path) -> None:
-    """Write a model folder: 'tiny' (trained 80 steps on synthetic tiles) or 'paper'."""
+def make_model(kind: str, folder: Path, steps: int = 80) -> None:
+    """Write a model folder: 'tiny' (trained ``steps`` steps on synthetic tiles) or 'paper'."""
     import torch
 
     from ircr.data.synthetic import make_tile
@@ -47,10 +47,10 @@ def make_model(kind: str, folder: Path) -> None:
     model = build_model(cfg, load_pretrained=False)
     if kind == "tiny":
         rng = np.random.default_rng(0)
-        tiles = [make_tile(rng, 256) for _ in range(8)]
+        tiles = [make_tile(rng, 256) for _ in range(min(8, max(1, steps)))]
         targets = [hover_targets(inst) for _, inst in tiles]
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        for _ in range(80):
+        for _ in range(steps):
             idx = rng.integers(0, len(tiles), 4)
             ys, xs = rng.integers(0, 160, 4), rng.integers(0, 160, 4)
             img = np.stack([tiles[k][0][y:y + 96, x:x + 96] for k, y, x in zip(idx, ys, xs)])
@@ -140,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--no-tiffslide", action="store_true",
                     help="read the slide with tifffile alone (as without tiffslide/OpenSlide)")
+    ap.add_argument("--train-steps", type=int, default=80, help="training steps of 'tiny'")
     ap.add_argument("--timeout", type=float, default=0.0,
                     help="seconds allowed per slide run (0 = no limit)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> list[tuple[int, dict]]:
     rows: list[tuple[int, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_model(args.model, root / "model")
+        make_model(args.model, root / "model", args.train_steps)
         for size in args.sizes:
             slide = root / f"slide_{size}.tif"
             make_slide(slide, size, args.tissue)
@@ -194,11 +195,12 @@ def table(rows: list[tuple[int, dict]]) -> list[str]:
             lines.append(f"| {size}² | failed: {res['error']} |" + " |" * (7 + len(STAGES)))
             continue
         s = res["summary"]
-        mp = max(1e-9, s["tiles"]["processed_megapixels"])  # the processed tiles' cores
+        tiles = s.get("tiles", {"processed": 0, "total": 0, "processed_megapixels": 0.0})
+        mp = max(1e-9, tiles["processed_megapixels"])  # the processed tiles' cores
         t = s["timings_s"]
         lines.append(
             f"| {size}² | {res.get('reader', '?')} | {s['tissue_area_mm2']:.3f} | "
-            f"{s['tiles']['processed']}/{s['tiles']['total']} | {s['n_nuclei']} | "
+            f"{tiles['processed']}/{tiles['total']} | {s['n_nuclei']} | "
             f"{res['wall'] / mp:.2f} | {res['wall'] / max(1e-9, s['tissue_area_mm2']):.2f} | "
             + " | ".join(f"{t.get(k, 0.0) / mp:.3f}" for k in STAGES)
             + f" | {res['peak_rss_mib']:.0f} |")
