@@ -107,3 +107,18 @@ def test_pooled_masks_equal_the_synchronous_path(batch, workers: int, miac: bool
 
 def test_default_workers_sized_to_machine() -> None:
     assert 1 <= default_workers() <= 16
+
+
+def test_band_counts_with_torch_equal_scipy(batch) -> None:
+    from ircr.ssl.band_maps import batch_band_counts
+
+    s = MaskSettings(WBISParams(), None, 0.35, 1.5, True)
+    t_inst, _, s_inst, pairs = by_hand(batch, s)
+    maps = [matching.pair_index_maps(t, si, p) for t, si, p in zip(t_inst, s_inst, pairs)]
+    lt = torch.from_numpy(np.stack([m.lt for m in maps]))
+    ls = torch.from_numpy(np.stack([m.ls for m in maps]))
+    bt, bs, bts = batch_band_counts(lt, ls, [m.n_pairs for m in maps], chunk=17)
+    assert sum(m.n_pairs for m in maps) > 50 and int(bt.max()) >= 2  # overlapping bands
+    assert np.array_equal(bt.numpy(), np.stack([m.band_t for m in maps]))
+    assert np.array_equal(bs.numpy(), np.stack([m.band_s for m in maps]))
+    assert np.array_equal(bts.numpy(), np.stack([m.band_ts for m in maps]))

@@ -50,13 +50,25 @@ def centroids(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     inst = _check_map(inst, "centroids")
     flat = inst.ravel().astype(np.int64)
-    ids, dense = np.unique(flat, return_inverse=True)
     rows, cols = np.divmod(np.arange(flat.size), inst.shape[1])
-    cnt = np.bincount(dense, minlength=ids.size).astype(np.float64)
-    cy = np.bincount(dense, weights=rows, minlength=ids.size) / cnt
-    cx = np.bincount(dense, weights=cols, minlength=ids.size) / cnt
+    if flat.size and 0 <= flat.min() and flat.max() <= 4 * flat.size:
+        dense = flat  # ids are small non-negative ints: bins by id, no sort (the usual case)
+        counts = np.bincount(dense)
+        ids = np.flatnonzero(counts)
+    else:
+        ids, dense = np.unique(flat, return_inverse=True)
+        counts = np.bincount(dense, minlength=ids.size)
+    n = counts.size
+    cy = np.bincount(dense, weights=rows, minlength=n)
+    cx = np.bincount(dense, weights=cols, minlength=n)
+    if dense is flat:
+        cnt: np.ndarray = counts[ids].astype(np.float64)
+        cy, cx = cy[ids], cx[ids]
+    else:
+        cnt = counts.astype(np.float64)
+    cy, cx = cy / cnt, cx / cnt
     keep = ids != 0
-    return ids[keep], np.stack([cy[keep], cx[keep]], axis=1)
+    return ids[keep].astype(np.int64), np.stack([cy[keep], cx[keep]], axis=1)
 
 
 def match_instances(t_inst: np.ndarray, s_inst: np.ndarray,
