@@ -128,6 +128,23 @@ class HostCopy:
         return [t.numpy() for t in self.host]
 
 
+def to_device(array: np.ndarray, device: torch.device) -> Tensor:
+    """Host array -> tensor on ``device``; to CUDA through pinned memory, without blocking."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def u_weights(t: TeacherMasks, weight: float) -> np.ndarray:
+    """PIAC's U of a batch (B, H, W) float32: 0 inside rejected teacher instances, else w."""
+    u = np.full((len(t.inst), *t.inst[0].shape), weight, np.float32)
+    for k, (inst, rej) in enumerate(zip(t.inst, t.rejected)):
+        if rej.size:
+            u[k][np.isin(inst, rej)] = 0.0
+    return u
+
+
 def default_workers() -> int:
     """Worker threads for the mask jobs: the usable cores minus one (at least 1, at most 16)."""
     try:
