@@ -122,3 +122,25 @@ def test_band_counts_with_torch_equal_scipy(batch) -> None:
     assert np.array_equal(bt.numpy(), np.stack([m.band_t for m in maps]))
     assert np.array_equal(bs.numpy(), np.stack([m.band_s for m in maps]))
     assert np.array_equal(bts.numpy(), np.stack([m.band_ts for m in maps]))
+
+
+def test_pipeline_without_host_bands_then_device_bands(batch) -> None:
+    from ircr.ssl.band_maps import batch_band_counts
+
+    full = MaskSettings(WBISParams(), None, 0.35, 1.5, True)
+    lean = MaskSettings(WBISParams(), None, 0.35, 1.5, True, host_bands=False)
+    res = []
+    for s in (full, lean):
+        pipe = MaskPipeline(s, workers=2)
+        job = pipe.submit_teacher(torch.from_numpy(batch["pt"]), torch.from_numpy(batch["hvt"]),
+                                  torch.from_numpy(batch["image"]))
+        pipe.submit_student(job, torch.from_numpy(batch["ps"]), torch.from_numpy(batch["hvs"]))
+        res.append(job.student().maps)
+        pipe.close()
+    a, b = res
+    assert a is not None and b is not None and a.n_pairs == b.n_pairs > 50
+    assert np.array_equal(a.lt, b.lt) and np.array_equal(a.ls, b.ls) and b.band_t.max() == 0
+    per_image = [int(m.max()) for m in b.lt]
+    bt, bs, bts = batch_band_counts(torch.from_numpy(b.lt), torch.from_numpy(b.ls), per_image)
+    assert np.array_equal(bt.numpy(), a.band_t) and np.array_equal(bs.numpy(), a.band_s)
+    assert np.array_equal(bts.numpy(), a.band_ts)

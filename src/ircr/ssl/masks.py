@@ -62,6 +62,7 @@ class MaskSettings:
     tau: float
     match_radius: float
     miac: bool
+    host_bands: bool = True  # False: MIAC band counts left 0, computed on the device instead
 
 
 # -- the synchronous path, one image at a time ------------------------------------------------
@@ -82,7 +83,7 @@ def match_image(t_inst: np.ndarray, s_inst: np.ndarray, active: bool, s: MaskSet
         pairs, dists = matching.match_instances(t_inst, s_inst, radius=s.match_radius)
     else:
         pairs, dists = np.zeros((0, 2), np.int64), np.zeros(0, np.float64)
-    maps = matching.pair_index_maps(t_inst, s_inst, pairs) if s.miac else None
+    maps = matching.pair_index_maps(t_inst, s_inst, pairs, s.host_bands) if s.miac else None
     return pairs, dists, maps
 
 

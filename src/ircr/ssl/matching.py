@@ -118,11 +118,13 @@ class PairMaps:
     n_pairs: int
 
 
-def pair_index_maps(t_inst: np.ndarray, s_inst: np.ndarray, pairs: np.ndarray) -> PairMaps:
+def pair_index_maps(t_inst: np.ndarray, s_inst: np.ndarray, pairs: np.ndarray,
+                    bands: bool = True) -> PairMaps:
     """Pair-index and band-count maps of one image for ``pairs`` (P, 2) (teacher_id, student_id).
 
     Bands are computed per pair on a crop around both instances (3 px of context), which gives
-    exactly :func:`boundary_band` of the full-size instance mask.
+    exactly :func:`boundary_band` of the full-size instance mask. ``bands=False`` leaves the
+    band counts 0 (they are then computed on the device by :mod:`ircr.ssl.band_maps`).
     """
     t_inst, s_inst = _check_map(t_inst, "MIAC teacher"), _check_map(s_inst, "MIAC student")
     if t_inst.shape != s_inst.shape:
@@ -139,6 +141,8 @@ def pair_index_maps(t_inst: np.ndarray, s_inst: np.ndarray, pairs: np.ndarray) -
         lut = np.zeros(int(max(inst.max(), ids.max())) + 1, dtype=np.int32)
         lut[ids] = np.arange(1, p + 1, dtype=np.int32)
         setattr(out, side, lut[inst])
+    if not bands:
+        return out
     t_obj = ndi.find_objects(t_inst.astype(np.int64), max_label=int(pairs[:, 0].max()))
     s_obj = ndi.find_objects(s_inst.astype(np.int64), max_label=int(pairs[:, 1].max()))
     for tid, sid in pairs:
