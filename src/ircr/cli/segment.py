@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
     add_device(p)
     add_inference(p)
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (faster on GPUs after a compile of about a "
+                        "minute; falls back to eager with a message where it cannot compile)")
     p.add_argument("--tile", type=int, default=1024, metavar="PX",
                    help="stitching tile core in px at the model's resolution (default 1024)")
     p.add_argument("--margin", type=int, default=None, metavar="PX",
@@ -182,7 +185,7 @@ def handler(args: argparse.Namespace) -> int:
     ensure_dir(args.out)
     seg = load_model(model, device=args.device, batch_size=args.batch_size, amp=args.amp,
                      tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers,
-                     window=args.window, overlap=args.overlap)
+                     window=args.window, overlap=args.overlap, compile=args.compile)
     where = "" if str(model) == seg.name else f" ({seg.name})"
     print(f"ircr segment: model {model}{where}", file=sys.stderr)
     print(f"ircr segment: {seg.describe()}", file=sys.stderr)

@@ -76,6 +76,9 @@ class NucleusSegmenter:
         name, meta: the model folder and its model.yaml facts (for summaries).
         workers: post-processing threads overlapping the network on whole slides.
         family: the model family (None = HoVer-Net).
+        compile: run the network through ``torch.compile`` (one-line message and eager
+            fallback when compiling fails). The network runs in channels_last memory format
+            on CUDA.
     """
 
     def __init__(self, model: nn.Module, postproc: Any, model_mpp: float | None = None,
@@ -83,7 +86,7 @@ class NucleusSegmenter:
                  amp: bool = False, window: int = 256, overlap: int = 64, tile: int = 1024,
                  margin: int | None = None, prior: Any = None, name: str = "",
                  meta: dict[str, Any] | None = None, workers: int = 2,
-                 family: ModelFamily | None = None) -> None:
+                 family: ModelFamily | None = None, compile: bool = False) -> None:
         if batch_size < 1:
             raise IrcrError(f"--batch-size: must be >= 1, got {batch_size}")
         self.family = family or get_family()
@@ -93,6 +96,8 @@ class NucleusSegmenter:
         self.model_mpp = model_mpp
         self.batch_size, self.amp = int(batch_size), bool(amp)
         self.window, self.overlap = int(window), int(overlap)
+        self.compile = bool(compile)
+        self.channels_last = self.device.type == "cuda"
         if margin is None:
             margin = int(math.ceil(24.0 / (model_mpp or 0.25) / 8.0) * 8)
         if tile < 64 or margin < 0:
@@ -112,14 +117,16 @@ class NucleusSegmenter:
         amp = "on" if self.amp else "off"
         mpp = f"{self.model_mpp:g} µm/px" if self.model_mpp else "unknown mpp"
         return (f"device {describe_device(self.device)}; window {self.window} / overlap "
-                f"{self.overlap} px, batch size {self.batch_size}; AMP {amp}; model at {mpp}; "
+                f"{self.overlap} px, batch size {self.batch_size}; AMP {amp}"
+                f"{'; compiled' if self.compile else ''}; model at {mpp}; "
                 f"tile {self.tile} + margin {self.margin} px")
 
     # ---- the shared per-window engine --------------------------------------------------------
     def setting(self) -> InferenceSetting:
         """The sliding-window and compute setting of every network call."""
         return InferenceSetting(window=self.window, overlap=self.overlap,
-                                batch_size=self.batch_size, device=self.device, amp=self.amp)
+                                batch_size=self.batch_size, device=self.device, amp=self.amp,
+                                channels_last=self.channels_last, compile=self.compile)
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Network part for a (h, w, 3) uint8 window: ``prob`` (h, w) + family maps."""
@@ -270,7 +277,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
                batch_size: int | None = None, amp: bool = False, tile: int = 1024,
                margin: int | None = None, prior: str | Path | None = None,
                workers: int = 2, window: int | None = None,
-               overlap: int | None = None) -> NucleusSegmenter:
+               overlap: int | None = None, compile: bool = False) -> NucleusSegmenter:
     """Load a model folder (weights.pt, model.yaml, postproc.yaml[, prior.npz]).
 
     Args:
@@ -285,6 +292,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         prior: prior .npz for the ``prior_score`` column; default: the folder's prior.npz,
             else the package's default prior.
         workers: post-processing threads for whole slides.
+        compile: ``torch.compile`` the network (eager fallback with a message on failure).
 
     Raises:
         IrcrError: the folder or one of its files is missing or corrupt.
@@ -311,5 +319,5 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         meta={**{k: loaded.meta.get(k) for k in ("ircr_version", "created", "method", "mpp",
                                                  "patch_size") if k in loaded.meta},
               "inference": setting},
-        workers=workers, family=loaded.family,
+        workers=workers, family=loaded.family, compile=compile,
     )

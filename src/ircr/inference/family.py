@@ -71,6 +71,8 @@ class InferenceSetting:
             tiles (< window), tiles per forward pass.
         device: where to run (None = the model's own device); amp: autocast setting
             (:func:`ircr.inference.device.amp_dtype`).
+        channels_last: run the network in channels_last memory format.
+        compile: run the network through ``torch.compile`` (eager fallback on failure).
     """
 
     window: int = 256
@@ -78,6 +80,8 @@ class InferenceSetting:
     batch_size: int = 8
     device: torch.device | None = None
     amp: AmpSetting = False
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass

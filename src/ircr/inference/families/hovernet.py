@@ -35,7 +35,9 @@ class HoVerNetFamily(ModelFamily):
         """Blended sliding-window prediction: prob (h, w) and ``maps["hv"]`` (2, h, w)."""
         prob, hv = tiled.predict_maps(model, image, window=setting.window,
                                       overlap=setting.overlap, batch_size=setting.batch_size,
-                                      device=setting.device, amp=setting.amp)
+                                      device=setting.device, amp=setting.amp,
+                                      channels_last=setting.channels_last,
+                                      compile=setting.compile)
         return Prediction(prob=prob, maps={"hv": hv})
 
     def instances(self, pred: Prediction, postproc: Any) -> np.ndarray:
