@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> list[tuple[int, dict]]:
     return rows
 
 
-STAGES = ("read", "network", "postprocess", "stitch", "measure", "write", "labels_and_wait")
+STAGES = ("read", "network", "network_wait", "postprocess", "stitch", "measure", "write",
+          "labels_and_wait")
 
 
 def table(rows: list[tuple[int, dict]]) -> list[str]:

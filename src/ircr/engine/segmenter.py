@@ -132,6 +132,10 @@ class NucleusSegmenter:
         """Network part for a (h, w, 3) uint8 window: ``prob`` (h, w) + family maps."""
         return self.family.predict(self.model, image, self.setting())
 
+    def predict_later(self, image: np.ndarray) -> Callable[[], Prediction]:
+        """:meth:`predict` queued on the device; the returned call waits for it (any thread)."""
+        return self.family.predict_later(self.model, image, self.setting())
+
     def postprocess(self, pred: Prediction) -> np.ndarray:
         """Instance map (h, w) int32 of one window's prediction (thread-safe)."""
         return self.family.instances(pred, self.postproc)

@@ -3,7 +3,9 @@
 Pipeline per tile (raster order, background tiles skipped by the thumbnail tissue mask):
 read the read window from the best pyramid level and resize it to the model's resolution
 (a background thread reads the next tile while the network runs) -> network
-(:func:`predict_maps`) -> WBIS (a small thread pool, so post-processing overlaps the network)
+(:func:`launch_maps`: queued on the device; the main thread goes on with the next tile while
+a worker waits for the maps' copy back, timed as ``network_wait``) -> WBIS (a small thread
+pool, so post-processing overlaps the network)
 -> stitch (:class:`ircr.engine.tiling.Stitcher`, in order) -> per-nucleus table, handed to the
 slide sink of every selected output (:mod:`ircr.engine.outputs`: CSV/GeoJSON appended, outlines
 drawn on the thumbnail overlay); finished label rows go to the output that wants bands (the
@@ -63,6 +65,10 @@ class TileSegmenter(Protocol):
         """Network part for one (h, w, 3) uint8 window (main thread)."""
         ...
 
+    def predict_later(self, window: np.ndarray) -> Callable[[], Prediction]:
+        """:meth:`predict` queued (main thread); the call waits for it (worker threads)."""
+        ...
+
     def postprocess(self, pred: Prediction) -> np.ndarray:
         """Instance map (h, w) int32 of one window (worker threads)."""
         ...
@@ -94,7 +100,8 @@ class SlideRun:
         tissue = self.tissue_mm2
         # read and postprocess run in worker threads and overlap the network; the main
         # thread's remaining time is label-TIFF writing plus waiting for those workers
-        main = sum(v for k, v in self.timings.items() if k not in ("read", "postprocess"))
+        main = sum(v for k, v in self.timings.items()
+                   if k not in ("read", "postprocess", "network_wait"))
         timings = {**self.timings, "labels_and_wait": max(0.0, self.total_s - main)}
         timings = {k: round(v, 3) for k, v in timings.items()}
         timings["total"] = round(self.total_s, 3)
@@ -148,11 +155,19 @@ def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: lis
         t0 = time.perf_counter()
         return geo.read(slide, t), time.perf_counter() - t0
 
-    def post(pred: Prediction) -> tuple[np.ndarray, float]:
+    def post(later: Callable[[], Prediction]) -> tuple[np.ndarray, np.ndarray, float, float]:
         t0 = time.perf_counter()
-        return seg.postprocess(pred), time.perf_counter() - t0
+        pred = later()  # waits for the device (the main thread queues the next window)
+        t1 = time.perf_counter()
+        return pred.prob, seg.postprocess(pred), t1 - t0, time.perf_counter() - t1
 
-    pending: deque[tuple[Tile, np.ndarray, np.ndarray, Future[Any]]] = deque()
+    def collect(fut: Future[Any]) -> tuple[np.ndarray, np.ndarray]:
+        prob, local, wait, dt = fut.result()
+        times["network_wait"] += wait
+        times["postprocess"] += dt
+        return prob, local
+
+    pending: deque[tuple[Tile, np.ndarray, Future[Any]]] = deque()
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(workers) as pool:
         nxt = reader.submit(read, todo[0]) if todo else None
         for i, t in enumerate(todo):
@@ -161,19 +176,15 @@ def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: lis
             times["read"] += dt
             nxt = reader.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
             t0 = time.perf_counter()
-            pred = seg.predict(window)
+            later = seg.predict_later(window)
             times["network"] += time.perf_counter() - t0
-            pending.append((t, window, pred.prob, pool.submit(post, pred)))
-            while pending and (len(pending) > workers or pending[0][3].done()):
-                pt, pw, pp, fut = pending.popleft()
-                local, dt = fut.result()
-                times["postprocess"] += dt
-                yield pt, pw, pp, local
+            pending.append((t, window, pool.submit(post, later)))
+            while pending and (len(pending) > workers or pending[0][2].done()):
+                pt, pw, fut = pending.popleft()
+                yield (pt, pw, *collect(fut))
         while pending:
-            pt, pw, pp, fut = pending.popleft()
-            local, dt = fut.result()
-            times["postprocess"] += dt
-            yield pt, pw, pp, local
+            pt, pw, fut = pending.popleft()
+            yield (pt, pw, *collect(fut))
 
 
 def _measure(seg: TileSegmenter, res: TileResult, t: Tile, window: np.ndarray,
@@ -247,7 +258,7 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
         stitcher = Stitcher(geo.height, geo.width, seg.tile, seg.margin, streaming=True)
         sinks = _Sinks(formats, files, SlideFrame(geo.height, geo.width, geo.proc_mpp, thumb,
                                                   tscale))
-        times = {"read": 0.0, "network": 0.0, "postprocess": 0.0}
+        times = {"read": 0.0, "network": 0.0, "network_wait": 0.0, "postprocess": 0.0}
         count = 0
 
         def bands() -> Iterator[np.ndarray]:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -125,6 +126,17 @@ class ModelFamily(ABC):
         if not isinstance(data, dict):
             raise IrcrError(f"{where}: expected a mapping of post-processing parameters")
         return from_dict(self.postproc_class, dict(data), where=where)
+
+    def predict_later(self, model: nn.Module, image: np.ndarray,
+                      setting: InferenceSetting) -> Callable[[], Prediction]:
+        """Queue :meth:`predict` and return a call that waits for its result (any thread).
+
+        The default runs :meth:`predict` at once; a family whose network runs asynchronously
+        on a device (HoVer-Net) returns before the device is done, so a slide's next window
+        can be queued while this one is post-processed.
+        """
+        pred = self.predict(model, image, setting)
+        return lambda: pred
 
     def predict_instances(self, model: nn.Module, image: np.ndarray, setting: InferenceSetting,
                           postproc: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -142,7 +142,46 @@ def _blend_on_device(run: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     return acc / norm
 
 
-def predict_maps(
+class MapsFuture:
+    """(prob, hv) still being computed on the device; :meth:`result` waits for them.
+
+    On CUDA the copy back is queued at once (pinned memory, non-blocking) right behind the
+    image's own work, with an event; ``result`` (any thread) waits only for that event, so
+    the thread that queued it can queue the next image meanwhile.
+    """
+
+    def __init__(self, maps: torch.Tensor) -> None:
+        self._event: torch.cuda.Event | None = None
+        if maps.device.type == "cuda":
+            self._host = torch.empty(maps.shape, dtype=maps.dtype, pin_memory=True)
+            self._host.copy_(maps, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = maps
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """prob (H, W) float32 and hv (2, H, W) float32."""
+        if self._event is not None:
+            self._event.synchronize()
+        arr = self._host.numpy()
+        return np.ascontiguousarray(arr[0]), np.ascontiguousarray(arr[1:])
+
+
+def predict_maps(model: nn.Module, image: np.ndarray, window: int = 256, overlap: int = 64,
+                 batch_size: int = 8, device: str | torch.device | None = None,
+                 amp: AmpSetting = False, channels_last: bool = False,
+                 compile: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Sliding-window NP/HV prediction for one image of any size (:func:`launch_maps`).
+
+    Returns:
+        prob (H, W) float32 in [0, 1] (softmax channel 1) and hv (2, H, W) float32.
+    """
+    return launch_maps(model, image, window, overlap, batch_size, device, amp,
+                       channels_last, compile).result()
+
+
+def launch_maps(
     model: nn.Module,
     image: np.ndarray,
     window: int = 256,
@@ -152,8 +191,8 @@ def predict_maps(
     amp: AmpSetting = False,
     channels_last: bool = False,
     compile: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sliding-window NP/HV prediction for one image of any size.
+) -> MapsFuture:
+    """Queue the sliding-window NP/HV prediction of one image; :meth:`MapsFuture.result`.
 
     The image goes to the device once (pinned, non-blocking on CUDA); windows are cut,
     run and blended there, and the maps come back with one copy at the end, so the loop never
@@ -173,7 +212,8 @@ def predict_maps(
             failure is reported once and the eager network runs; :mod:`ircr.inference.compiled`).
 
     Returns:
-        prob (H, W) float32 in [0, 1] (softmax channel 1) and hv (2, H, W) float32.
+        a :class:`MapsFuture` of prob (H, W) float32 in [0, 1] (softmax channel 1) and hv
+        (2, H, W) float32.
     """
     _check_image(image)
     _check_window(window, overlap, batch_size)
@@ -193,8 +233,7 @@ def predict_maps(
     with _eval_mode(model):
         acc = _blend_on_device(run, padded, starts, window, blend_weight(window, overlap),
                                batch_size, dev, amp, pad_batches=compile)
-    crop = acc[:, margin : margin + h, margin : margin + w].cpu().numpy()
-    return np.ascontiguousarray(crop[0]), np.ascontiguousarray(crop[1:])
+        return MapsFuture(acc[:, margin : margin + h, margin : margin + w])
 
 
 def predict_batch(

@@ -7,6 +7,7 @@ float32}``, channel 0 = x, 1 = y); ``instances`` is :func:`ircr.postproc.watersh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,20 @@ class HoVerNetFamily(ModelFamily):
                                       channels_last=setting.channels_last,
                                       compile=setting.compile)
         return Prediction(prob=prob, maps={"hv": hv})
+
+    def predict_later(self, model: nn.Module, image: np.ndarray,
+                      setting: InferenceSetting) -> Callable[[], Prediction]:
+        """The windows queued on the device; the call waits for the maps' copy back."""
+        fut = tiled.launch_maps(model, image, window=setting.window, overlap=setting.overlap,
+                                batch_size=setting.batch_size, device=setting.device,
+                                amp=setting.amp, channels_last=setting.channels_last,
+                                compile=setting.compile)
+
+        def result() -> Prediction:
+            prob, hv = fut.result()
+            return Prediction(prob=prob, maps={"hv": hv})
+
+        return result
 
     def instances(self, pred: Prediction, postproc: Any) -> np.ndarray:
         """WBIS on the NP probability and HV maps."""
