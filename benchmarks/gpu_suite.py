@@ -47,7 +47,8 @@ from ircr.models import ModelConfig, build_model  # noqa: E402
 
 FIELDS = ("section", "what", "setting", "value", "unit", "note")
 # cumulative share of the budget by which each section must have finished
-SECTION_END = {"model": 0.45, "memory": 0.52, "methods": 0.66, "slides": 1.0}
+SECTION_END = {"model": 0.40, "inference": 0.48, "memory": 0.54, "methods": 0.67,
+               "slides": 1.0}
 
 
 class Suite:
@@ -270,6 +271,43 @@ def model_section(suite: Suite, args: argparse.Namespace, device: torch.device) 
             suite.add("model", pass_, setting, 1 / t, "it/s", note)
 
 
+def inference_section(suite: Suite, args: argparse.Namespace, device: torch.device) -> None:
+    """The tiled prediction of the engine (predict_maps) on one large image: patches/s."""
+    import numpy as np
+
+    from ircr.data.synthetic import make_tile
+    from ircr.inference import compiled as compiled_mod
+    from ircr.inference.predict import _tile_starts, predict_maps
+
+    compiled_mod.DEFAULT_BACKEND = args.compile_backend
+    side = args.infer_side
+    reps = -(-side // 512)
+    image = np.tile(make_tile(np.random.default_rng(0), 512)[0], (reps, reps, 1))[:side, :side]
+    n_windows = len(_tile_starts(side + 64, 256, 192)) ** 2  # window 256, overlap 64
+    for batch, cl, comp in [(args.infer_batch, False, False), (args.infer_batch, True, False),
+                            (8, True, False), (args.infer_batch, True, True)]:
+        setting = (f"{side}² image, window 256 / overlap 64, batch {batch}, channels_last "
+                   f"{'on' if cl else 'off'}, {'compiled' if comp else 'eager'}")
+        if time.perf_counter() > suite.deadline("inference"):
+            suite.add("inference", "predict_maps", setting, "skipped", note="time box")
+            continue
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(width=args.width, blocks=args.blocks)).to(device)
+
+        def run() -> None:
+            predict_maps(model, image, batch_size=batch, device=device,  # noqa: B023
+                         amp=device.type == "cuda", channels_last=cl, compile=comp)  # noqa: B023
+
+        first, t = timed(run, max(1, args.iters // 5), device)
+        runner = compiled_mod.compiled(model) if comp else None
+        note = f"{t:.2f} s per image, {n_windows} windows"
+        note += f", first call {first:.1f} s" if comp else ""
+        if runner is not None and runner.failed:
+            note += f", compile failed (eager): {runner.failed}"
+        suite.add("inference", "predict_maps (tiled, blended)", setting, n_windows / t,
+                  "windows/s", note)
+
+
 def train_memory(args: argparse.Namespace, device: torch.device, ckpt: bool
                  ) -> tuple[float, float, str]:
     """(MiB per patch, step seconds, what was measured) of one train step at memory_batch."""
@@ -382,8 +420,8 @@ def slides_section(suite: Suite, args: argparse.Namespace, device: torch.device)
 
 
 SECTIONS: dict[str, Callable[[Suite, argparse.Namespace, torch.device], None]] = {
-    "model": model_section, "memory": memory_section, "methods": methods_section,
-    "slides": slides_section}
+    "model": model_section, "inference": inference_section, "memory": memory_section,
+    "methods": methods_section, "slides": slides_section}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -414,6 +452,8 @@ def settings(args: argparse.Namespace) -> argparse.Namespace:
                                                                       else [(True, False)])
     args.iters = 1 if quick else 10
     args.memory_batch = 2 if quick else 16
+    args.infer_side = 256 if quick else 4096
+    args.infer_batch = 4 if quick else 64
     args.ssl_batch = 2 if quick else 4
     args.ssl_iters = 1 if quick else 20
     args.slide_sizes = [1024] if quick else [4096, 8192]

@@ -125,13 +125,13 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, seg: NucleusSegmenter, where: 
             raise Stop(f"{where} {k}")
 
     if where == "predict":
-        predict = seg.predict
+        predict = seg.predict_later  # what the slide pipeline calls per tile
 
-        def stopping_predict(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def stopping_predict(window: np.ndarray) -> Any:
             tick()
             return predict(window)
 
-        monkeypatch.setattr(seg, "predict", stopping_predict)
+        monkeypatch.setattr(seg, "predict_later", stopping_predict)
     else:
         commit = atomic.commit
 
@@ -186,8 +186,8 @@ def report(event):
 
 
 seg = dark_segmenter()
-predict, commit = seg.predict, atomic.commit
-seg.predict = lambda window: (report("tile"), predict(window))[1]
+predict, commit = seg.predict_later, atomic.commit
+seg.predict_later = lambda window: (report("tile"), predict(window))[1]
 atomic.commit = lambda tmp, path: (report("commit"), commit(tmp, path))[1]
 engine.load_model = lambda *a, **k: seg
 from ircr.cli.main import main
@@ -237,15 +237,15 @@ def test_sigterm_is_an_interrupt_that_cleans_up(slide: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     seg = dark_segmenter()
-    predict, calls = seg.predict, {"n": 0}
+    predict, calls = seg.predict_later, {"n": 0}
 
-    def predict_then_term(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_then_term(window: np.ndarray) -> Any:
         calls["n"] += 1
         if calls["n"] == 10:
             os.kill(os.getpid(), signal.SIGTERM)
         return predict(window)
 
-    monkeypatch.setattr(seg, "predict", predict_then_term)
+    monkeypatch.setattr(seg, "predict_later", predict_then_term)
     monkeypatch.setattr("ircr.engine.segmenter.load_model", lambda *a, **k: seg)
     out = tmp_path / "out"
     before = signal.getsignal(signal.SIGTERM)
