@@ -476,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    # every HoVerNet instance shares forward's code object: room for all the compiled variants
+    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     else:
