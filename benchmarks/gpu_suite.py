@@ -284,8 +284,9 @@ def inference_section(suite: Suite, args: argparse.Namespace, device: torch.devi
     reps = -(-side // 512)
     image = np.tile(make_tile(np.random.default_rng(0), 512)[0], (reps, reps, 1))[:side, :side]
     n_windows = len(_tile_starts(side + 64, 256, 192)) ** 2  # window 256, overlap 64
-    for batch, cl, comp in [(args.infer_batch, False, False), (args.infer_batch, True, False),
-                            (8, True, False), (args.infer_batch, True, True)]:
+    plan = [(args.infer_batch, False, False), (args.infer_batch, True, False), (8, True, False)]
+    plan += [] if args.quick else [(args.infer_batch, True, True)]  # quick: compiled in model
+    for batch, cl, comp in plan:
         setting = (f"{side}² image, window 256 / overlap 64, batch {batch}, channels_last "
                    f"{'on' if cl else 'off'}, {'compiled' if comp else 'eager'}")
         if time.perf_counter() > suite.deadline("inference"):
