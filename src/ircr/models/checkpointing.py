@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ircr import compat
+
 
 @contextlib.contextmanager
 def _no_running_stats(module: nn.Module) -> Iterator[None]:
@@ -27,9 +29,9 @@ def _no_running_stats(module: nn.Module) -> Iterator[None]:
     the batch counter is put back afterwards. The ops run (and save tensors) as in the first
     forward, which the checkpoint's recomputation check requires.
     """
-    changed = [m for m in module.modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-               and m.track_running_stats and m.momentum is not None]
+    bns: list[Any] = [m for m in module.modules() if compat.is_batchnorm(m)]
+    changed = [m for m in bns
+               if m.training and m.track_running_stats and m.momentum is not None]
     saved = [(m.momentum, None if m.num_batches_tracked is None
               else m.num_batches_tracked.clone()) for m in changed]
     for m in changed:
