@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -103,3 +104,52 @@ def test_self_training_pseudo_labels_then_student(prepared: Path, tmp_path: Path
 
     inst = np.load(pseudo[0])
     assert inst.ndim == 2 and inst.dtype == np.int32
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_ircr_mask_pipeline_gives_the_synchronous_losses(prepared: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         trained: bool) -> None:
+    """ssl/masks.py wired into IRCR: same per-epoch losses and the same final weights.
+
+    ``trained=False``: the paper-depth narrow network from scratch (its maps hold no nuclei
+    yet). ``trained=True``: the packaged trained network as student and teacher, so WBIS,
+    the prior and the matching see real nuclei; this run also takes the CUDA route of the
+    MIAC bands (torch, ssl/band_maps.py) on the CPU.
+    """
+    from ircr.engine.packaged import resolve_model
+    from ircr.inference.model_folder import load_model_folder
+    from ircr.ssl import masks
+    from ircr.train.methods import ircr as ircr_mod
+
+    packaged = load_model_folder(resolve_model(None)) if trained else None
+    if trained:
+        def lean(*a: object, **k: object) -> masks.MaskSettings:
+            return masks.MaskSettings(*a, **{**k, "host_bands": False})  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ircr_mod, "MaskSettings", lean)
+    runs = {}
+    for mode in ("off", "on"):
+        cfg = _cfg(prepared, "ircr", mask_pipeline=mode, mask_workers=2)
+        cfg.train.epochs, cfg.train.checkpoint_every = 1, 0
+        if packaged is not None:
+            cfg.model = packaged.model_cfg
+        trainer = Trainer(cfg, tmp_path / mode)
+        method: Any = trainer.method
+        if packaged is not None:
+            trainer.model.load_state_dict(packaged.model.state_dict())
+            method.teacher.load_state_dict(packaged.model.state_dict())
+        model_dir = trainer.run()
+        assert (method.masks is not None) == (mode == "on")
+        rows = list(csv.DictReader((tmp_path / mode / "metrics.csv").open()))
+        runs[mode] = (rows, torch.load(model_dir / "weights.pt", weights_only=True))
+    (off_rows, off_w), (on_rows, on_w) = runs["off"], runs["on"]
+    keys = [k for k in off_rows[0] if k.startswith("train_") or k in ("pairs_per_image",
+                                                                      "prior_reject_frac")]
+    assert "train_miac" in keys and "train_piac" in keys
+    assert [{k: r[k] for k in keys} for r in on_rows] == [{k: r[k] for k in keys}
+                                                           for r in off_rows]
+    if trained:  # MIAC and PIAC had real pairs and scored nuclei to work on
+        assert float(off_rows[-1]["pairs_per_image"]) > 0
+        assert float(off_rows[-1]["train_miac"]) > 0
+    assert all(torch.equal(on_w[k], off_w[k]) for k in off_w)

@@ -36,7 +36,16 @@ from torch import Tensor
 
 from ircr.postproc.batch import wbis_batch
 from ircr.ssl import matching
+from ircr.ssl.band_maps import batch_band_counts
 from ircr.ssl.diagnostics import save_overlays
+from ircr.ssl.masks import (
+    MaskPipeline,
+    MaskSettings,
+    StudentMasks,
+    TeacherMasks,
+    to_device,
+    u_weights,
+)
 from ircr.ssl.piac import piac_loss, rejected_ids
 from ircr.ssl.prior import MorphPrior, default_prior_path
 from ircr.train.methods import register_method
@@ -62,6 +71,10 @@ class IrcrOptions(MeanTeacherOptions):
         mask_source: masks of this iteration (current) or of the previous visit (previous).
         piac / miac: switch PIAC (false = plain MSE, U = 1) / MIAC (false = no term) off.
         wbis_workers: WBIS worker processes for the masks (0 = in the mask thread).
+        mask_pipeline: run the masks as per-image jobs in a worker pool with asynchronous
+            device copies and, on CUDA, the MIAC bands on the device (ssl/masks.py; same
+            values): auto = on with CUDA, off on CPU (no gain measured on 2 cores); on; off.
+        mask_workers: threads of that pool (0 = the machine's cores - 1, at most 16).
         diagnostic_overlays: overlay PNGs of this many unlabelled patches per epoch.
     """
 
@@ -77,6 +90,8 @@ class IrcrOptions(MeanTeacherOptions):
     miac: bool = True
     wbis_workers: int = 0
     diagnostic_overlays: int = 0
+    mask_pipeline: Literal["auto", "on", "off"] = "auto"
+    mask_workers: int = 0
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """Mean Teacher's checks plus the PIAC / MIAC ranges."""
@@ -87,26 +102,12 @@ class IrcrOptions(MeanTeacherOptions):
                 (0 <= self.prior_tau <= 1, "prior_tau", "must be in [0, 1]"),
                 (self.piac_weight >= 0, "piac_weight", "must be >= 0"),
                 (self.wbis_workers >= 0, "wbis_workers", "must be >= 0"),
+                (self.mask_workers >= 0, "mask_workers", "must be >= 0 (0 = cores - 1)"),
                 (self.diagnostic_overlays >= 0, "diagnostic_overlays", "must be >= 0")]
 
 
-@dataclass
-class TeacherSide:
-    """Teacher instance maps of a batch and the prior's verdict on them."""
-
-    inst: list[np.ndarray]  # (H, W) int32 per image
-    rejected: list[np.ndarray]  # rejected teacher ids per image
-    scored: list[int]  # instances scored (not touching the border) per image
-
-
-@dataclass
-class StudentSide:
-    """Student instance maps, the kept pairs and their maps for the MIAC loss."""
-
-    inst: list[np.ndarray]
-    pairs: list[np.ndarray]  # (P_b, 2) (teacher id, student id) per image
-    dists: list[np.ndarray]  # (P_b,) centroid distances
-    maps: matching.PairMaps | None
+TeacherSide = TeacherMasks  # teacher maps, rejected ids, scored counts (ssl/masks.py)
+StudentSide = StudentMasks  # student maps, pairs, distances, stacked pair maps
 
 
 def to_uint8_images(x: Tensor) -> np.ndarray:
@@ -171,6 +172,19 @@ class IRCR(MeanTeacher):
         self.pending: list[tuple[Future[tuple[TeacherSide, list[np.ndarray]]], np.ndarray,
                                  np.ndarray]] = []
         self.overlay_items: list[dict[str, object]] = []
+        self.masks = self._mask_pipeline()
+
+    def _mask_pipeline(self) -> MaskPipeline | None:
+        """The pooled mask jobs (``mask_pipeline``; ``current`` masks only), or None."""
+        mode = self.options.mask_pipeline
+        on_cuda = torch.device(self.trainer.device).type == "cuda"
+        if self.options.mask_source != "current" or mode == "off" or (mode == "auto"
+                                                                       and not on_cuda):
+            return None
+        settings = MaskSettings(self.trainer.wbis_params, self.prior, self.options.prior_tau,
+                                self.options.match_radius, self.options.miac,
+                                host_bands=not on_cuda)
+        return MaskPipeline(settings, self.options.mask_workers or None)
 
     # -- masks (run in the thread pool; numpy only, no autograd) ------------------------------
     def _wbis(self, probs: np.ndarray, hvs: np.ndarray) -> list[np.ndarray]:
@@ -236,21 +250,51 @@ class IRCR(MeanTeacher):
                              sum(len(r) for r, a in zip(t.rejected, active) if a))
         if not self.options.piac:
             return masked_mse(fs, ft, weight)
-        u = np.full((len(t.inst), *t.inst[0].shape), self.options.piac_weight, np.float32)
-        for k, (inst, rej) in enumerate(zip(t.inst, t.rejected)):
-            if rej.size:
-                u[k][np.isin(inst, rej)] = 0.0
-        return piac_loss(fs, ft, torch.from_numpy(u).to(fs.device, fs.dtype) * weight)
+        u = to_device(u_weights(t, self.options.piac_weight), fs.device).to(fs.dtype)
+        return piac_loss(fs, ft, u * weight)
 
     def _miac_term(self, fs: Tensor, ft: Tensor, bs: Tensor, bt: Tensor,
                    s: StudentSide, n_active: int) -> Tensor:
         self.stats.add_matching(n_active, np.concatenate([np.zeros(0), *s.dists]).tolist())
         if s.maps is None:
             return fs.new_zeros(())
-        m = s.maps
-        loss, _ = matching.miac_loss(fs, ft, bs, bt, m.lt, m.ls, m.band_t, m.band_s, m.band_ts,
+        m, dev = s.maps, fs.device
+        lt, ls = to_device(m.lt, dev), to_device(m.ls, dev)
+        if self.masks is not None and not self.masks.settings.host_bands:
+            bands = batch_band_counts(lt, ls, [int(x.max()) for x in m.lt])
+        else:
+            bands = (to_device(m.band_t, dev), to_device(m.band_s, dev),
+                     to_device(m.band_ts, dev))
+        loss, _ = matching.miac_loss(fs, ft, bs, bt, lt, ls, *bands,
                                      beta=self.options.miac_boundary_beta, n_pairs=m.n_pairs)
         return loss
+
+    def _pipelined_step(self, labelled: dict[str, Tensor], unlabelled: dict[str, Tensor],
+                        ft: Tensor, bt: Tensor, w: float, name: str
+                        ) -> tuple[Tensor, dict[str, float]]:
+        """``current`` masks through the pooled jobs: same values, no stall while they run."""
+        assert self.masks is not None
+        weak = unlabelled["weak"].detach()
+        weak_u8 = weak.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        job = self.masks.submit_teacher(bt[:, 0], ft[:, 1:], weak_u8)
+        out_l, out_u = self.student_forward(labelled, unlabelled["strong"])
+        sup, _ = self.trainer.supervised_loss(out_l, labelled)
+        fs, bs = feature_maps(out_u)
+        if self.options.miac:
+            self.masks.submit_student(job, bs[:, 0].detach(), fs[:, 1:].detach())
+        else:
+            self.masks.submit_student(job, None, None)
+        t_side = job.teacher()
+        active = [True] * len(t_side.inst)
+        cons = self._cons_term(fs, ft, unlabelled["valid"], t_side, active)
+        s_side = job.student()
+        miac = self._miac_term(fs, ft, bs, bt, s_side, len(active))
+        if len(self.overlay_items) < int(self.options.diagnostic_overlays):
+            self._keep_overlays(to_uint8_images(weak), t_side, s_side, unlabelled["index"])
+        w_cons, w_miac = self.options.gamma1 * w * cons, self.options.gamma2 * w * miac
+        self.check_balance(sup, {name: w_cons, "miac": w_miac})
+        return sup + w_cons + w_miac, {"sup": float(sup.detach()), name: float(cons.detach()),
+                                       "miac": float(miac.detach()), "unsup_weight": w}
 
     # -- iteration ---------------------------------------------------------------------------
     def train_step(
@@ -266,9 +310,6 @@ class IRCR(MeanTeacher):
             return self.warmup_step(labelled, unlabelled["strong"], (name, "miac"))
         out_t = self.teacher_forward(unlabelled["weak"])
         ft, bt = self.teacher_maps(out_t)
-        weak_np = to_uint8_images(unlabelled["weak"])
-        pt_np, hvt_np = bt[:, 0].cpu().numpy(), ft[:, 1:].cpu().numpy()
-        n = int(unlabelled["weak"].shape[0])
         if not (self.options.piac or self.options.miac):  # Scheme.1: plain MT, no masks needed
             out_l, out_u = self.student_forward(labelled, unlabelled["strong"])
             sup, _ = self.trainer.supervised_loss(out_l, labelled)
@@ -278,6 +319,11 @@ class IRCR(MeanTeacher):
             self.check_balance(sup, {"mse": weighted})
             return sup + weighted, {"sup": float(sup.detach()), "mse": float(cons.detach()),
                                     "miac": 0.0, "unsup_weight": w}
+        if self.masks is not None:
+            return self._pipelined_step(labelled, unlabelled, ft, bt, w, name)
+        weak_np = to_uint8_images(unlabelled["weak"])
+        pt_np, hvt_np = bt[:, 0].cpu().numpy(), ft[:, 1:].cpu().numpy()
+        n = int(unlabelled["weak"].shape[0])
         current = self.options.mask_source == "current"
         fut_t = self.pool.submit(self._teacher_side, pt_np, hvt_np, weak_np) if current else None
         out_l, out_u = self.student_forward(labelled, unlabelled["strong"])

@@ -111,7 +111,7 @@ class MeanTeacher(Method):
         self.teacher: nn.Module = make_teacher(self.trainer.model)
         self.stats = EpochStats()
         self.guard = ConsistencyGuard(ratio=self.options.guard_ratio)
-        self._teacher_max: float | None = None
+        self._teacher_max: Tensor | None = None  # read at the end of the step (no early sync)
 
     def unsup_weight(self) -> float:
         """Ramp multiplier in [0, 1] of the unsupervised terms at this iteration."""
@@ -125,7 +125,7 @@ class MeanTeacher(Method):
         with torch.no_grad():
             out = self.teacher(weak)
         out = {k: v.detach() for k, v in out.items()}
-        self._teacher_max = float(max(out["np"].abs().max(), out["hv"].abs().max()))
+        self._teacher_max = torch.maximum(out["np"].abs().amax(), out["hv"].abs().amax())
         return out
 
     def teacher_maps(self, out_t: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -139,7 +139,7 @@ class MeanTeacher(Method):
         """Feed this iteration's supervised and weighted unsupervised terms to the guard."""
         self.guard.check(self.trainer.iteration + 1, float(sup.detach()),
                          {k: float(v.detach()) for k, v in weighted.items()},
-                         self._teacher_max)
+                         None if self._teacher_max is None else float(self._teacher_max))
         self._teacher_max = None
 
     def warmup_step(self, labelled: dict[str, Tensor], strong: Tensor,
