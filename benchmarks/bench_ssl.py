@@ -46,7 +46,11 @@ from ircr.train.methods import get_method
 from ircr.train.methods.mean_teacher import feature_maps
 
 Batch = dict[str, torch.Tensor]
-METHODS = ("supervised", "mean_teacher", "ircr")
+# row -> (method, options): IRCR with its masks computed in line and through ssl/masks.py
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "supervised": ("supervised", {}), "mean_teacher": ("mean_teacher", {}),
+    "ircr": ("ircr", {"mask_pipeline": "off"}),
+    "ircr (mask pipeline)": ("ircr", {"mask_pipeline": "on"})}
 
 
 def make_batch(n: int, size: int, seed: int = 0) -> tuple[Batch, Batch]:
@@ -167,7 +171,7 @@ def profile_ircr(r: Runner, batch: tuple[Batch, Batch], iters: int) -> dict[str,
     """
     m: Any = r.m
     lab, unl = batch
-    cfg = m.cfg
+    cfg = m.options
     s = MaskSettings(r.trainer.wbis_params, m.prior, cfg.prior_tau, cfg.match_radius, cfg.miac)
     prob = lab["np"].float().cpu().numpy()
     hv = lab["hv"].cpu().numpy()
@@ -227,7 +231,7 @@ def run(args: argparse.Namespace, deadline: float | None = None) -> dict[str, An
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     batch = to_device(make_batch(args.batch, args.size), device)
-    runners = {k: Runner(k, args, device) for k in METHODS}
+    runners = {k: Runner(name, args, device, **opts) for k, (name, opts) in METHODS.items()}
     done = 0
     for it in range(args.iters + 1):  # interleaved, so load changes hit every method alike
         for r in runners.values():

@@ -378,7 +378,7 @@ def methods_section(suite: Suite, args: argparse.Namespace, device: torch.device
     mt = res["rows"]["mean_teacher"][0]
     setting = f"batch {args.ssl_batch}+{args.ssl_batch}, {res['iters']} iterations"
     for k, (t, _) in res["rows"].items():
-        target = " (target <= 1.25)" if k == "ircr" else ""
+        target = " (target <= 1.25)" if k.startswith("ircr") else ""
         suite.add("methods", f"{k} iteration", setting, 1 / t, "it/s",
                   f"{t * 1e3:.1f} ms, {t / mt:.2f} x MT{target}")
     total = sum(res["parts"].values())
