@@ -286,6 +286,7 @@ def inference_section(suite: Suite, args: argparse.Namespace, device: torch.devi
     n_windows = len(_tile_starts(side + 64, 256, 192)) ** 2  # window 256, overlap 64
     plan = [(args.infer_batch, False, False), (args.infer_batch, True, False), (8, True, False)]
     plan += [] if args.quick else [(args.infer_batch, True, True)]  # quick: compiled in model
+    first_maps: list[np.ndarray] = []  # prob of the first row: the others are compared to it
     for batch, cl, comp in plan:
         setting = (f"{side}² image, window 256 / overlap 64, batch {batch}, channels_last "
                    f"{'on' if cl else 'off'}, {'compiled' if comp else 'eager'}")
@@ -295,9 +296,13 @@ def inference_section(suite: Suite, args: argparse.Namespace, device: torch.devi
         torch.manual_seed(0)
         model = build_model(ModelConfig(width=args.width, blocks=args.blocks)).to(device)
 
+        last: list[np.ndarray] = []
+
         def run() -> None:
-            predict_maps(model, image, batch_size=batch, device=device,  # noqa: B023
-                         amp=device.type == "cuda", channels_last=cl, compile=comp)  # noqa: B023
+            prob, _ = predict_maps(model, image, batch_size=batch,  # noqa: B023
+                                   device=device, amp=device.type == "cuda",
+                                   channels_last=cl, compile=comp)  # noqa: B023
+            last[:] = [prob]  # noqa: B023
 
         first, t = timed(run, max(1, args.iters // 5), device)
         runner = compiled_mod.compiled(model) if comp else None
@@ -305,6 +310,11 @@ def inference_section(suite: Suite, args: argparse.Namespace, device: torch.devi
         note += f", first call {first:.1f} s" if comp else ""
         if runner is not None and runner.failed:
             note += f", compile failed (eager): {runner.failed}"
+        if first_maps:
+            diff = float(np.abs(last[0] - first_maps[0]).max())
+            note += f", max abs Δprob vs first row {diff:.2g}"
+        else:
+            first_maps.append(last[0])
         suite.add("inference", "predict_maps (tiled, blended)", setting, n_windows / t,
                   "windows/s", note)
 
