@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--stride", type=int, default=None, help="patch stride (default: --patch)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of labelled images held out for validation (default 0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="fraction of labelled images held out for testing, by image "
+                        "(default 0; BASS's 6:2:2: --val-fraction 0.2 --test-fraction 0.2)")
     p.add_argument("--ratio", default="1/8",
                    help="labelled fraction of train patches: 1/32, 1/16, 1/8, 1/4, 1, a/b, "
                         "or a number in (0, 1] (default 1/8)")
@@ -64,6 +67,8 @@ def register(subparsers: Any) -> None:
     s.add_argument("--ratio", nargs="+", default=["1/8"], help="one or more labelled ratios")
     s.add_argument("--seed", nargs="+", type=int, default=[0], help="one or more seeds")
     s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--test-fraction", type=float, default=0.0,
+                   help="fraction of labelled images held out for testing (default 0)")
     s.set_defaults(func=_split)
 
     sh = sub.add_parser("show", help="print counts and write an overlay PNG of some patches")
@@ -92,6 +97,7 @@ def _prepare(args: argparse.Namespace) -> int:
         args.name, args.root, args.out, options=parse_options(args.option), limit=args.limit,
         patch=args.patch, stride=args.stride, val_fraction=args.val_fraction,
         ratio=args.ratio, seed=args.seed, overwrite=args.overwrite, progress=progress,
+        test_fraction=args.test_fraction,
     )
     print(
         f"prepared {res.n_images} images ({res.n_labelled_images} labelled, "
@@ -104,12 +110,14 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _split(args: argparse.Namespace) -> int:
     from ircr.data.prepare import add_split
-    from ircr.data.splits import parse_ratio
+    from ircr.data.splits import check_fractions, parse_ratio
 
     ratios = [parse_ratio(r) for r in args.ratio]
+    check_fractions(args.val_fraction, args.test_fraction)
     for r in ratios:
         for seed in args.seed:
-            print(f"split: {add_split(args.dataset, r, seed, args.val_fraction)}")
+            path = add_split(args.dataset, r, seed, args.val_fraction, args.test_fraction)
+            print(f"split: {path}")
     return 0
 
 

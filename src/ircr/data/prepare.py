@@ -32,6 +32,7 @@ from ircr._version import __version__
 from ircr.data.sample import Sample
 from ircr.data.splits import (
     Patch,
+    check_fractions,
     make_split,
     parse_ratio,
     patch_grid,
@@ -165,6 +166,7 @@ def prepare_samples(
     ratio: Any = "1/8",
     seed: int = 0,
     overwrite: bool = False,
+    test_fraction: float = 0.0,
     extra: dict[str, Any] | None = None,
     progress: Callable[[int, str], None] | None = None,
 ) -> PrepareResult:
@@ -175,14 +177,14 @@ def prepare_samples(
         out: output folder (created; an existing prepared dataset needs ``overwrite``).
         source: dataset name recorded in the index.
         patch, stride: patch grid (stride defaults to patch: non-overlapping).
-        val_fraction, ratio, seed: the split written to ``splits/`` (see make_split).
+        val_fraction, ratio, seed, test_fraction: the split written to ``splits/`` (see
+            make_split; BASS's 6:2:2 protocol: val_fraction=0.2, test_fraction=0.2).
         extra: more JSON-safe keys for the index (e.g. reader root/options).
         progress: called as ``progress(i, name)`` after each image.
     """
     stride = _check_grid(patch, stride)
     r = parse_ratio(ratio)
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise IrcrError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
+    check_fractions(val_fraction, test_fraction)
     out = Path(out)
     _check_output(out, overwrite)
     # a read-only place fails here, naming the folder, before any work (creates nothing new)
@@ -199,8 +201,9 @@ def prepare_samples(
             raise IrcrError(f"{out}: the dataset '{source}' yielded no images")
         names = [e["name"] for e in entries]
         _write_patches(work / "patches.csv", patches, names)
-        plan = make_split([e["labelled"] for e in entries], patches, r, seed, val_fraction)
-        rel = Path("splits") / f"{split_name(r, seed, val_fraction)}.yaml"
+        plan = make_split([e["labelled"] for e in entries], patches, r, seed, val_fraction,
+                          test_fraction)
+        rel = Path("splits") / f"{split_name(r, seed, val_fraction, test_fraction)}.yaml"
         write_split(work / rel, plan, names, int(patch), stride, source)
         index = {
             "format": FORMAT, "version": 1, "ircr_version": __version__, "source": source,
@@ -283,13 +286,15 @@ def prepare_dataset(
 
 
 def add_split(
-    dataset: str | Path, ratio: Any, seed: int = 0, val_fraction: float = 0.1
+    dataset: str | Path, ratio: Any, seed: int = 0, val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
 ) -> Path:
     """Write one more split file for an already prepared dataset; returns its path."""
     from ircr.data.store import PreparedDataset
 
     ds = PreparedDataset(dataset)
     r = parse_ratio(ratio)
-    plan = make_split([m["labelled"] for m in ds.images], ds.patches, r, seed, val_fraction)
-    path = ds.path / "splits" / f"{split_name(r, seed, val_fraction)}.yaml"
+    plan = make_split([m["labelled"] for m in ds.images], ds.patches, r, seed, val_fraction,
+                      test_fraction)
+    path = ds.path / "splits" / f"{split_name(r, seed, val_fraction, test_fraction)}.yaml"
     return write_split(path, plan, ds.names, ds.patch_size, ds.stride, ds.source)

@@ -5,8 +5,12 @@
   is covered, and each patch remembers its valid height/width.
 * Train/val by **image** (``val_fraction`` of the labelled images, at least one when there
   are two or more), then labelled/unlabelled by **patch** among the train patches at a
-  ratio (at least one labelled). Both draws are seeded; the labelled draw takes a prefix
-  of one seeded permutation, so for one seed the 1/32 set is inside the 1/16 set, etc.
+  ratio (at least one labelled). Optionally a **test** set by image first
+  (``test_fraction`` of the labelled images, at least one when > 0; BASS's 6:2:2 protocol is
+  ``val_fraction=0.2, test_fraction=0.2``); its images are in neither train nor val, and
+  ``test_fraction=0`` gives exactly the splits of earlier versions. The draws are seeded;
+  the labelled draw takes a prefix of one seeded permutation, so for one seed the 1/32 set
+  is inside the 1/16 set, etc.
 * Split files are human-readable YAML; several may coexist (``splits/ratio_1-8_seed0.yaml``).
 """
 
@@ -33,12 +37,14 @@ __all__ = [
     "ratio_text",
     "split_name",
     "make_split",
+    "check_fractions",
     "write_split",
     "read_split_file",
 ]
 
 _VAL_STREAM = 0x76616C  # independent RNG streams for the two draws
 _LAB_STREAM = 0x6C6162
+_TEST_STREAM = 0x746573
 
 
 class Patch(NamedTuple):
@@ -108,11 +114,15 @@ def ratio_text(r: Fraction) -> str:
     return str(r.numerator) if r.denominator == 1 else f"{r.numerator}/{r.denominator}"
 
 
-def split_name(ratio: Fraction, seed: int, val_fraction: float = 0.1) -> str:
-    """File stem of a split: ``ratio_1-8_seed0`` (``_val0.2`` added when not 0.1)."""
+def split_name(ratio: Fraction, seed: int, val_fraction: float = 0.1,
+               test_fraction: float = 0.0) -> str:
+    """File stem of a split: ``ratio_1-8_seed0`` (``_val0.2`` added when not 0.1,
+    ``_test0.2`` when a test set is held out)."""
     name = f"ratio_{ratio_text(ratio).replace('/', '-')}_seed{int(seed)}"
     if not math.isclose(val_fraction, 0.1):
         name += f"_val{val_fraction:g}"
+    if test_fraction > 0:
+        name += f"_test{test_fraction:g}"
     return name
 
 
@@ -128,6 +138,8 @@ class SplitPlan:
     labelled_patches: list[Patch]
     unlabelled_patches: list[Patch]
     extra: dict[str, Any] = field(default_factory=dict)
+    test_images: list[int] = field(default_factory=list)
+    test_fraction: float = 0.0
 
 
 def _n_val(n_labelled: int, val_fraction: float) -> int:
@@ -136,12 +148,35 @@ def _n_val(n_labelled: int, val_fraction: float) -> int:
     return min(max(1, math.floor(val_fraction * n_labelled + 0.5)), n_labelled - 1)
 
 
+def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
+    """``--val-fraction`` in [0, 1), ``--test-fraction`` in [0, 1), their sum < 1."""
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise IrcrError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise IrcrError(f"--test-fraction: must be in [0, 1), got {test_fraction}")
+    if float(val_fraction) + float(test_fraction) >= 1.0:
+        raise IrcrError(f"--test-fraction: with --val-fraction {val_fraction} nothing is "
+                        f"left to train on (the sum must be < 1), got {test_fraction}")
+
+
+def _test_images(lab_idx: list[int], seed: int, test_fraction: float) -> list[int]:
+    if test_fraction <= 0:
+        return []
+    n_test = max(1, math.floor(test_fraction * len(lab_idx) + 0.5))
+    if n_test > len(lab_idx) - 1:
+        raise IrcrError(f"--test-fraction: {test_fraction} of {len(lab_idx)} labelled image(s) "
+                        "leaves none to train on")
+    perm = np.random.default_rng([int(seed), _TEST_STREAM]).permutation(len(lab_idx))
+    return sorted(lab_idx[int(k)] for k in perm[:n_test])
+
+
 def make_split(
     labelled_images: Sequence[bool],
     patches: Sequence[Patch],
     ratio: Any = "1/8",
     seed: int = 0,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
 ) -> SplitPlan:
     """Seeded train/val (by image) and labelled/unlabelled (by train patch) split.
 
@@ -152,17 +187,21 @@ def make_split(
         ratio: labelled fraction of the labelled train images' patches (see parse_ratio).
         seed: seed of both draws; the same (seed, ratio, val_fraction) gives the same split.
         val_fraction: fraction of the labelled images held out for validation, in [0, 1).
+        test_fraction: fraction of the labelled images held out for testing (drawn first,
+            by image, from its own seeded stream; 0 = no test set).
     """
     r = parse_ratio(ratio)
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise IrcrError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
+    check_fractions(val_fraction, test_fraction)
     lab_idx = [i for i, lab in enumerate(labelled_images) if lab]
     if not lab_idx:
         raise IrcrError("split: the dataset has no labelled image")
-    n_val = _n_val(len(lab_idx), float(val_fraction))
-    perm = np.random.default_rng([int(seed), _VAL_STREAM]).permutation(len(lab_idx))
-    val = sorted(lab_idx[int(k)] for k in perm[:n_val])
-    val_set = set(val)
+    test = _test_images(lab_idx, seed, float(test_fraction))
+    rest = [i for i in lab_idx if i not in set(test)]
+    # val is a fraction of ALL labelled images (6:2:2 = 0.2 and 0.2), >= 1 train image left
+    n_val = min(_n_val(len(lab_idx), float(val_fraction)), max(len(rest) - 1, 0))
+    perm = np.random.default_rng([int(seed), _VAL_STREAM]).permutation(len(rest))
+    val = sorted(rest[int(k)] for k in perm[:n_val])
+    val_set = set(val) | set(test)
     train = [i for i in range(len(labelled_images)) if i not in val_set]
     train_set = set(train)
     candidates = sorted(p for p in patches if p.image in train_set and labelled_images[p.image])
@@ -173,7 +212,8 @@ def make_split(
     chosen = {candidates[int(k)] for k in order[:n_lab]}
     labelled = [p for p in candidates if p in chosen]
     unlabelled = sorted(p for p in patches if p.image in train_set and p not in chosen)
-    return SplitPlan(r, int(seed), float(val_fraction), train, val, labelled, unlabelled)
+    return SplitPlan(r, int(seed), float(val_fraction), train, val, labelled, unlabelled,
+                     test_images=test, test_fraction=float(test_fraction))
 
 
 def write_split(
@@ -191,16 +231,20 @@ def write_split(
         "ratio": ratio_text(plan.ratio),
         "seed": plan.seed,
         "val_fraction": plan.val_fraction,
+        **({"test_fraction": plan.test_fraction} if plan.test_fraction > 0 else {}),
         "patch": patch,
         "stride": stride,
         "counts": {
             "train_images": len(plan.train_images),
             "val_images": len(plan.val_images),
+            **({"test_images": len(plan.test_images)} if plan.test_fraction > 0 else {}),
             "labelled_patches": len(plan.labelled_patches),
             "unlabelled_patches": len(plan.unlabelled_patches),
         },
         "train_images": [names[i] for i in plan.train_images],
         "val_images": [names[i] for i in plan.val_images],
+        **({"test_images": [names[i] for i in plan.test_images]}
+           if plan.test_fraction > 0 else {}),
         "labelled_patches": refs(plan.labelled_patches),
         "unlabelled_patches": refs(plan.unlabelled_patches),
     }

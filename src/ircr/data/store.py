@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class Split:
     name: str = ""
     path: Path | None = None
     val_fraction: float = 0.1
+    test_images: list[int] = field(default_factory=list)  # held out by image (6:2:2 splits)
+    test_fraction: float = 0.0
 
 
 def reflect_index(start: int, length: int, size: int) -> np.ndarray:
@@ -283,7 +285,7 @@ class PreparedDataset:
 
         def images(key: str) -> list[int]:
             out = []
-            for n in doc[key] or []:
+            for n in doc.get(key) or []:
                 if str(n) not in self._by_name:
                     raise IrcrError(f"{path}: {key} names unknown image '{n}'")
                 out.append(self._by_name[str(n)])
@@ -308,6 +310,8 @@ class PreparedDataset:
             name=path.stem,
             path=path,
             val_fraction=float(doc.get("val_fraction", 0.1)),
+            test_images=images("test_images"),
+            test_fraction=float(doc.get("test_fraction", 0.0)),
         )
 
 
@@ -349,6 +353,10 @@ def summarise(ds: PreparedDataset, split: Split | None = None) -> dict[str, Any]
             unlabelled_patches=len(split.unlabelled_patches),
             val_patches=sum(1 for p in ds.patches if p.image in set(split.val_images)),
         )
+        if split.test_images:
+            out.update(test_images=len(split.test_images),
+                       test_patches=sum(1 for p in ds.patches
+                                        if p.image in set(split.test_images)))
     return out
 
 

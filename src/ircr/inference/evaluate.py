@@ -12,7 +12,9 @@ images. The same code validates during training (``val_<model>_<metric>`` in met
 * ``NAME`` (a split name or split file): that split's validation images;
 * ``all``: every labelled image of the dataset (e.g. a test set prepared on its own);
 * ``test``: the images whose metadata says ``split: test`` (readers of datasets with an
-  official test set); an error when there are none.
+  official test set); failing that, the test images held out by the split the model was
+  trained with (``--test-fraction``, e.g. BASS's 6:2:2) or by the dataset's only split with
+  a test set; an error when there are none.
 """
 
 from __future__ import annotations
@@ -185,10 +187,9 @@ def select_images(ds: PreparedDataset, split: str, meta: dict[str, Any] | None =
     if split == "test":
         test = [m["name"] for m in ds.images if str(m.get("split", "")).lower() == "test"
                 and m.get("labelled")]
-        if not test:
-            raise IrcrError(f"{ds.path}: no test images in this prepared dataset (prepare the "
-                            "test set as its own dataset and use --split all)")
-        return test, "test"
+        if test:
+            return test, "test"
+        return _split_test_images(ds, meta)
     name = split
     if split == "val":
         trained = str((meta or {}).get("train", {}).get("split") or "")
@@ -208,6 +209,23 @@ def select_images(ds: PreparedDataset, split: str, meta: dict[str, Any] | None =
     if not vals:
         raise IrcrError(f"{sp.path}: split '{sp.name}' has no validation images")
     return vals, f"{sp.name}:val"
+
+
+def _split_test_images(ds: PreparedDataset, meta: dict[str, Any] | None) -> tuple[list[str], str]:
+    """Test images held out by a split file (the model's own split first)."""
+    trained = str((meta or {}).get("train", {}).get("split") or "")
+    known = ds.split_names()
+    names = [trained] if trained in known else known
+    with_test = [sp for sp in (ds.load_split(n) for n in names) if sp.test_images]
+    if with_test and len({tuple(sp.test_images) for sp in with_test}) == 1:  # same test set
+        sp = with_test[0]
+        return [ds.names[i] for i in sp.test_images], f"{sp.name}:test"
+    if len(with_test) > 1:
+        raise IrcrError(f"{ds.path}: splits hold different test images "
+                        f"({', '.join(sp.name for sp in with_test)}) and the model folder does "
+                        "not say which it was trained with; use --split all on a test dataset")
+    raise IrcrError(f"{ds.path}: no test images in this prepared dataset (prepare it with "
+                    "--test-fraction, or the test set as its own dataset and use --split all)")
 
 
 def write_results(result: EvalResult, out: Path) -> list[Path]:
