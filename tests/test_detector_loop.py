@@ -122,4 +122,4 @@ def test_checkpoint_of_another_stage_is_refused(tmp_path: Path) -> None:
 
 def test_schedule_errors_name_the_key() -> None:
     with pytest.raises(IrcrError, match=r"method.student.momentum: must be in \[0, 1\)"):
-        DetectionSchedule(momentum=1.5).validate("method.student")
+        DetectionSchedule(momentum=1.5).check("method.student")

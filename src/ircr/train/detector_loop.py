@@ -82,8 +82,10 @@ class DetectionSchedule:
     checkpoint_minutes: float = 0.0
     log_every: int = 20
 
-    def validate(self, where: str = "schedule") -> None:
-        """One-line IrcrError naming ``where.<key>`` for an unusable value."""
+    def check(self, where: str = "schedule") -> DetectionSchedule:
+        """One-line IrcrError naming ``where.<key>`` for an unusable value (not called
+        ``validate``: the config loader calls that with the file only; the method calls this
+        with the dotted key, e.g. ``"<file>: method.teacher"``)."""
         checks = [
             (self.iterations >= 1, "iterations", "must be >= 1"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
@@ -102,6 +104,7 @@ class DetectionSchedule:
         for ok, key, problem in checks:
             if not ok:
                 raise IrcrError(f"{where}.{key}: {problem}, got {getattr(self, key)}")
+        return self
 
 
 def lr_at(s: DetectionSchedule, iteration: int) -> float:
@@ -187,7 +190,7 @@ def train_detector(
     match what was saved, e.g. the stage name and pool size: another stage's checkpoint is
     refused). Returns the number of iterations done (= ``schedule.iterations``).
     """
-    schedule.validate()
+    schedule.check()
     if not pool:
         raise IrcrError(f"{run_dir}: no training patches for this stage")
     run = Path(run_dir)
