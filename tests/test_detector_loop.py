@@ -16,6 +16,7 @@ from ircr.train.detector_loop import (
     StageInterrupted,
     detection_batch,
     lr_at,
+    resolve,
     train_detector,
 )
 
@@ -28,6 +29,16 @@ def test_lr_warmup_and_steps_by_hand() -> None:
     assert lr_at(s, 500) == pytest.approx(0.02) and lr_at(s, 799) == pytest.approx(0.02)
     assert lr_at(s, 800) == pytest.approx(0.002)
     assert lr_at(DetectionSchedule(warmup_iterations=0), 0) == pytest.approx(0.02)
+
+
+def test_epochs_resolve_to_iterations_by_hand() -> None:
+    # MoNuSeg 1/8: 110 labelled patches at batch 2 = 55 iterations per epoch; the paper's
+    # teacher: 30 epochs with lr steps after epochs 8 and 11
+    s = resolve(DetectionSchedule(epochs=30, lr_step_epochs=[8, 11], batch_size=2), 110)
+    assert (s.iterations, s.lr_steps, s.epochs) == (1650, [440, 605], None)
+    # 221 patches: 110.5 iterations per epoch -> ceil(30 * 110.5) = 3315
+    assert resolve(DetectionSchedule(epochs=30, batch_size=2), 221).iterations == 3315
+    assert resolve(DetectionSchedule(iterations=7), 1000).iterations == 7
 
 
 def _items() -> dict[int, tuple[np.ndarray, np.ndarray]]:

@@ -39,7 +39,7 @@ from ircr.ssl.pseudo_labels import (
     load_pseudo_labels,
 )
 from ircr.train.checkpoint import load_checkpoint
-from ircr.train.detector_loop import DetectionSchedule, train_detector
+from ircr.train.detector_loop import DetectionSchedule, resolve, train_detector
 
 if TYPE_CHECKING:  # pragma: no cover
     from ircr.train.methods.bass import BassOptions
@@ -104,7 +104,8 @@ def _stage(name: str, cfg: MaskRCNNConfig, pool: Sequence[int], read: _Reader,
         model.load_state_dict(load_checkpoint(ckpt, map_location="cpu")["model"])
         log(f"BASS {name}: done ({model_dir})")
         return model.to(device).eval()
-    log(f"BASS {name}: training ({schedule.iterations} iterations) in {stage_dir}")
+    its = resolve(schedule, len(pool)).iterations
+    log(f"BASS {name}: training ({its} iterations) in {stage_dir}")
     train_detector(model, pool, read, schedule, stage_dir, device=device, seed=seed,
                    min_area=min_area, stop_after=stop_after, log=log,
                    extra_state={"stage": name, "pool": len(pool)})

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from ircr.train.checkpoint import capture_rng, load_checkpoint, restore_rng, sav
 from ircr.train.logging import MetricsLogger
 from ircr.train.stop import CheckpointClock, StopRequest, TrainingStopped
 
-__all__ = ["DetectionSchedule", "StageInterrupted", "lr_at", "detection_batch",
+__all__ = ["DetectionSchedule", "StageInterrupted", "lr_at", "resolve", "detection_batch",
            "train_detector"]
 
 ReadItem = Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -53,6 +53,10 @@ class DetectionSchedule:
 
     Attributes:
         iterations: optimiser steps of the stage.
+        epochs: when set, the stage's length in passes over its item pool instead:
+            ``iterations = ceil(epochs * pool / batch_size)`` (:meth:`resolve`).
+        lr_step_epochs: lr steps in epochs (converted with the same rule, added to
+            ``lr_steps``).
         batch_size: patches per step (2 per GPU in the paper).
         lr, momentum, weight_decay: SGD (0.02, 0.9, 1e-4 in the configs; the paper text says
             weight decay 0.001).
@@ -67,6 +71,8 @@ class DetectionSchedule:
     """
 
     iterations: int = 2000
+    epochs: float | None = None
+    lr_step_epochs: list[float] = field(default_factory=list)
     batch_size: int = 2
     lr: float = 0.02
     momentum: float = 0.9
@@ -88,6 +94,8 @@ class DetectionSchedule:
         with the dotted key, e.g. ``"<file>: method.teacher"``)."""
         checks = [
             (self.iterations >= 1, "iterations", "must be >= 1"),
+            (self.epochs is None or self.epochs > 0, "epochs", "must be > 0 or null"),
+            (all(e > 0 for e in self.lr_step_epochs), "lr_step_epochs", "must be epochs > 0"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.lr > 0, "lr", "must be > 0"),
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
@@ -105,6 +113,18 @@ class DetectionSchedule:
             if not ok:
                 raise IrcrError(f"{where}.{key}: {problem}, got {getattr(self, key)}")
         return self
+
+
+def resolve(s: DetectionSchedule, pool_size: int) -> DetectionSchedule:
+    """The schedule in iterations for a pool of ``pool_size`` items (epochs converted)."""
+    per_epoch = max(int(pool_size), 1) / s.batch_size
+
+    def its(epochs: float) -> int:
+        return max(1, math.ceil(epochs * per_epoch - 1e-9))
+
+    iterations = s.iterations if s.epochs is None else its(s.epochs)
+    steps = sorted({*s.lr_steps, *(its(e) for e in s.lr_step_epochs)})
+    return replace(s, iterations=iterations, epochs=None, lr_step_epochs=[], lr_steps=steps)
 
 
 def lr_at(s: DetectionSchedule, iteration: int) -> float:
@@ -190,9 +210,9 @@ def train_detector(
     match what was saved, e.g. the stage name and pool size: another stage's checkpoint is
     refused). Returns the number of iterations done (= ``schedule.iterations``).
     """
-    schedule.check()
     if not pool:
         raise IrcrError(f"{run_dir}: no training patches for this stage")
+    schedule = resolve(schedule.check(), len(pool))
     run = Path(run_dir)
     ckpt = run / "checkpoints" / "last.pt"
     extra = dict(extra_state or {})
