@@ -133,10 +133,20 @@ def _pseudo(opts: BassOptions, ds: PreparedDataset, labelled: Sequence[int],
     pl = generate_pseudo_labels(
         detector_fn(teacher, device), patches, lambda p: ds.read_patch(p)[0], counts, out,
         tta=opts.tta, mask_threshold=opts.pseudo_mask_threshold, min_area=opts.min_area,
-        fixed_threshold=opts.pseudo_threshold)
+        fixed_threshold=opts.pseudo_threshold,
+        progress=lambda done, n: log(f"BASS pseudo-labels: {done}/{n} patches")
+        if done % 200 == 0 else None)
     log(f"BASS pseudo-labels: threshold {pl.threshold:.2f} (n_L {pl.info['n_labelled_mean']:.1f}"
         f", kept {pl.info['instances_per_patch_mean']:.1f} per patch)")
     return pl
+
+
+def _subset(ids: Sequence[int], n: int | None, seed: int) -> list[int]:
+    """``n`` of ``ids`` drawn with the run's seed (in their order), or all of them."""
+    if n is None or n >= len(ids):
+        return [int(i) for i in ids]
+    keep = np.random.default_rng([int(seed), 0x706C]).choice(len(ids), size=n, replace=False)
+    return [int(ids[k]) for k in sorted(keep)]
 
 
 def run_bass(
@@ -160,6 +170,7 @@ def run_bass(
         raise IrcrError("method bass: the split has no unlabelled patch (ratio 1?)")
     run = Path(run_dir)
     stops = stop_after or {}
+    unlabelled = _subset(unlabelled, opts.pseudo_max_patches, seed)
     common = {"device": device, "seed": seed, "min_area": opts.min_area, "log": say}
     teacher = _stage("teacher", teacher_config(opts), list(range(len(labelled))),
                      _Reader(ds, labelled), opts.teacher, run / "teacher",

@@ -1,0 +1,141 @@
+"""BASS (boundary-aware contrastive semi-supervised nuclei segmentation) as a method plug-in.
+
+``method: {name: bass, ...}`` runs the three stages of :mod:`ircr.train.bass_pipeline`
+(teacher -> pseudo-labels -> student) with Mask R-CNN networks of the ``maskrcnn`` model
+family, each stage trained by :mod:`ircr.train.detector_loop`; the run's ``model/`` is the
+student, a ``maskrcnn`` model folder (``ircr evaluate``, ``ircr segment``). The method owns its
+loop (:meth:`Method.run_own`): the HoVer-Net loop of the trainer does not run.
+
+Options (``method:`` keys; defaults = the released BASS configuration, reference §7.2):
+
+* ``model``: the student's :class:`~ircr.models.maskrcnn.MaskRCNNConfig` (mask branches,
+  LRD boundary weight, CRC form/temperatures/d/alpha/weight, backbone, ``min_size``: 800 =
+  the paper's 256 -> 800 upscaling); ``teacher_branches``: the teacher's mask head (``[nmh]``:
+  a plain Mask R-CNN, as the paper's teacher).
+* ``teacher`` / ``student``: :class:`~ircr.train.detector_loop.DetectionSchedule` (SGD 0.02,
+  momentum 0.9, weight decay 1e-4, warm-up 500 iterations from 0.001x; teacher 30 epochs of
+  the labelled patches at batch 2 with lr steps after epochs 8 and 11 (the epoch-30 checkpoint
+  is the one the paper's pseudo-label script uses); student 2000 iterations, constant lr).
+* ``repeat_labelled`` (19): the labelled patches' repeat factor in the student's pool.
+* ``tta`` (none), ``pseudo_mask_threshold`` (0.5), ``pseudo_threshold`` (None = count
+  matching; a number fixes the box-score threshold), ``min_area`` (instances with fewer
+  pixels are no training targets; 4, our choice: slivers of nuclei cut by the patch edge),
+  ``pseudo_max_patches`` (None = every unlabelled patch, the paper; a number = a seeded
+  random subset of that many, for CPU-scale runs).
+* ``paint``: how the model folders turn detections into instances
+  (:class:`~ircr.postproc.detections.PaintParams`: score > 0.5 as the reference evaluation,
+  mask >= 0.5, no dilation by default).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
+from ircr.models.maskrcnn.config import MASK_BRANCHES
+from ircr.errors import IrcrError
+from ircr.postproc.detections import PaintParams
+from ircr.ssl.tta import TTAConfig
+from ircr.train.detector_loop import DetectionSchedule
+from ircr.train.methods import register_method
+from ircr.train.methods.base import Method
+
+
+def _teacher_schedule() -> DetectionSchedule:
+    return DetectionSchedule(epochs=30, lr_step_epochs=[8, 11])
+
+
+@dataclass
+class BassOptions:
+    """Options of the ``bass`` method (see the module docstring)."""
+
+    model: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
+    teacher_branches: list[str] = field(default_factory=lambda: ["nmh"])
+    teacher: DetectionSchedule = field(default_factory=_teacher_schedule)
+    student: DetectionSchedule = field(default_factory=DetectionSchedule)
+    repeat_labelled: int = 19
+    tta: TTAConfig = field(default_factory=TTAConfig)
+    pseudo_mask_threshold: float = 0.5
+    pseudo_threshold: float | None = None
+    min_area: int = 4
+    pseudo_max_patches: int | None = None
+    paint: PaintParams = field(default_factory=PaintParams)
+
+    def validate(self, where: str = "method") -> None:
+        """One-line IrcrError naming ``<where>.<key>`` for an unusable value."""
+        self.model.validate(where)
+        bad = [b for b in self.teacher_branches if b not in MASK_BRANCHES]
+        if bad or not self.teacher_branches:
+            raise IrcrError(f"{where}: method.teacher_branches must be a non-empty subset of "
+                            f"{list(MASK_BRANCHES)}, got {self.teacher_branches}")
+        self.teacher.check(f"{where}: method.teacher")
+        self.student.check(f"{where}: method.student")
+        if self.repeat_labelled < 1:
+            raise IrcrError(f"{where}: method.repeat_labelled must be >= 1, got "
+                            f"{self.repeat_labelled}")
+        self.tta.check(f"{where}: method.tta")
+        if not 0 < self.pseudo_mask_threshold <= 1:
+            raise IrcrError(f"{where}: method.pseudo_mask_threshold must be in (0, 1], got "
+                            f"{self.pseudo_mask_threshold}")
+        if self.pseudo_threshold is not None and not 0 <= self.pseudo_threshold < 1:
+            raise IrcrError(f"{where}: method.pseudo_threshold must be in [0, 1) or null, got "
+                            f"{self.pseudo_threshold}")
+        if self.pseudo_max_patches is not None and self.pseudo_max_patches < 1:
+            raise IrcrError(f"{where}: method.pseudo_max_patches must be >= 1 or null, got "
+                            f"{self.pseudo_max_patches}")
+        if self.min_area < 1:
+            raise IrcrError(f"{where}: method.min_area must be >= 1, got {self.min_area}")
+        self.paint.check(f"{where}: method.paint")
+
+
+@register_method("bass")
+class Bass(Method):
+    """Teacher -> count-matched pseudo-labels -> BASS student (three stages, one run)."""
+
+    options_type = BassOptions
+
+    def build_model(self) -> nn.Module:
+        """The student network (its weights are trained by the stages, not the trainer)."""
+        opts: BassOptions = self.options
+        return build_maskrcnn(opts.model)
+
+    def run_own(self) -> Path:
+        """Run or resume the three stages; the run's model folder is the student."""
+        from ircr.train.bass_pipeline import run_bass
+
+        t = self.trainer
+        opts: BassOptions = self.options
+        return run_bass(opts, t.dataset, t.split.labelled, t.split.unlabelled, t.run_dir,
+                        self._save, device=t.device, seed=int(t.cfg.train.seed),
+                        stop_after=getattr(self, "stop_after", None), log=print)
+
+    def _save(self, folder: Path, model: nn.Module, cfg: MaskRCNNConfig) -> Path:
+        """Write a ``maskrcnn`` model folder (teacher or student) as the trainer writes its."""
+        from ircr.inference.model_folder import save_model_folder
+
+        t = self.trainer
+        opts: BassOptions = self.options
+        mpps = [float(m["mpp"]) for m in t.dataset.images if m.get("mpp") is not None]
+        ev = t.cfg.eval
+        return save_model_folder(
+            folder, copy.deepcopy(model).cpu().eval(), cfg, asdict(opts.paint),
+            mpp=mpps[0] if mpps else None, patch_size=t.cfg.data.patch_size,
+            inference={"window": ev.window, "overlap": ev.overlap, "batch_size": ev.batch_size},
+            family="maskrcnn",
+            extra={"method": "bass", "train": {
+                "dataset": str(t.cfg.data.dataset), "split": t.split.name,
+                "stage": "teacher" if folder.parent.name == "teacher" else "student",
+                "run_dir": str(t.run_dir)}})
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        """No HoVer-Net validation: the stages evaluate nothing during training."""
+        return {}
+
+    def train_step(self, labelled: dict[str, Tensor], unlabelled: dict[str, Tensor] | None
+                   ) -> tuple[Tensor, dict[str, float]]:
+        """Never called: the stages train with their own loop (:meth:`run_own`)."""
+        raise IrcrError("method bass: trains in stages (run_own), not per trainer step")
