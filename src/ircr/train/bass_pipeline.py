@@ -10,9 +10,16 @@
    plus the pseudo-labelled patches (``<run>/student/``); its model folder is the run's
    ``<run>/model/`` (family ``maskrcnn``, evaluable with ``ircr evaluate``).
 
-Every stage resumes: a stage whose output exists is skipped (teacher: ``teacher/model``;
-pseudo-labels: ``threshold.json``, written last), a stage that was interrupted continues from
-its own ``checkpoints/last.pt``. ``<run>/bass.json`` summarises the stages.
+Every stage resumes: a stage whose output exists is skipped (teacher: its checkpoint at the
+last iteration; pseudo-labels: ``threshold.json``, written last; student: ``model/``), a stage
+that was interrupted continues from its own ``checkpoints/last.pt``. ``<run>/bass.json``
+summarises the stages.
+
+Painting of the model folders: ``opts.paint`` (score > 0.5 as the reference evaluation) or,
+with ``count_matched_paint``, the box-score threshold chosen by count matching on the model's
+own detections of the unlabelled patches (teacher: t* of stage 2; student: the same rule on its
+detections of the pseudo-labelled patches). No test or validation label is used either way;
+an under-trained model's scores sit well below 0.5, where a fixed threshold loses most nuclei.
 """
 
 from __future__ import annotations
@@ -27,17 +34,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from ircr.config import from_dict, read_yaml
 from ircr.data.detection import count_instances
 from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.io.atomic import atomic_write_text
 from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
+from ircr.postproc.detections import PaintParams
+from ircr.ssl.count_threshold import count_match_threshold
 from ircr.ssl.pseudo_labels import (
     THRESHOLD_FILE,
     PseudoLabels,
     generate_pseudo_labels,
     load_pseudo_labels,
 )
+from ircr.ssl.tta import detect_tta
 from ircr.train.checkpoint import load_checkpoint
 from ircr.train.detector_loop import DetectionSchedule, resolve, train_detector
 
@@ -46,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["run_bass", "teacher_config", "detector_fn", "SaveFolder"]
 
-SaveFolder = Callable[[Path, nn.Module, MaskRCNNConfig], Path]
+SaveFolder = Callable[[Path, nn.Module, MaskRCNNConfig, PaintParams], Path]
 
 
 def teacher_config(opts: BassOptions) -> MaskRCNNConfig:
@@ -93,28 +104,55 @@ class _Reader:
         return image, self.pseudo.labels[k]
 
 
-def _stage(name: str, cfg: MaskRCNNConfig, pool: Sequence[int], read: _Reader,
-           schedule: DetectionSchedule, stage_dir: Path, model_dir: Path, save: SaveFolder,
-           *, device: torch.device, seed: int, min_area: int,
-           stop_after: int | None, log: Callable[[str], None]) -> nn.Module:
-    """Train one detector stage (or load it when its model folder exists)."""
+def _train_stage(name: str, cfg: MaskRCNNConfig, pool: Sequence[int], read: _Reader,
+                 schedule: DetectionSchedule, stage_dir: Path, *, device: torch.device,
+                 seed: int, min_area: int, stop_after: int | None,
+                 log: Callable[[str], None]) -> nn.Module:
+    """Train one detector stage, resuming its checkpoint (or load it when it is complete)."""
     model = build_maskrcnn(cfg)
     ckpt = stage_dir / "checkpoints" / "last.pt"
-    if (model_dir / "model.yaml").is_file() and ckpt.is_file():
-        model.load_state_dict(load_checkpoint(ckpt, map_location="cpu")["model"])
-        log(f"BASS {name}: done ({model_dir})")
-        return model.to(device).eval()
     its = resolve(schedule, len(pool)).iterations
+    if ckpt.is_file():
+        state = load_checkpoint(ckpt, map_location="cpu")
+        if int(state["iteration"]) >= its and state.get("stage") == name:
+            model.load_state_dict(state["model"])
+            log(f"BASS {name}: trained ({stage_dir})")
+            return model.to(device).eval()
     log(f"BASS {name}: training ({its} iterations) in {stage_dir}")
     train_detector(model, pool, read, schedule, stage_dir, device=device, seed=seed,
                    min_area=min_area, stop_after=stop_after, log=log,
                    extra_state={"stage": name, "pool": len(pool)})
-    model.eval()
-    save(model_dir, model, cfg)
-    return model
+    return model.eval()
 
 
-def _pseudo(opts: BassOptions, ds: PreparedDataset, labelled: Sequence[int],
+def _paint(opts: BassOptions, threshold: float | None) -> PaintParams:
+    """The model folder's painting: ``opts.paint``, with the count-matched box-score
+    threshold when ``opts.count_matched_paint`` (``threshold``)."""
+    if opts.count_matched_paint and threshold is not None:
+        return replace(opts.paint, score_threshold=float(threshold))
+    return opts.paint
+
+
+def _student_threshold(opts: BassOptions, ds: PreparedDataset, student: nn.Module,
+                       pl: PseudoLabels, counts: Sequence[int], device: torch.device,
+                       log: Callable[[str], None]) -> float | None:
+    """Count matching on the student's own detections of the pseudo-labelled patches."""
+    if not opts.count_matched_paint:
+        return None
+    detect = detector_fn(student, device)
+    scores = [detect_tta(detect, ds.read_patch(p)[0], opts.tta)["scores"] for p in pl.patches]
+    t = count_match_threshold(counts, scores).threshold
+    log(f"BASS student: count-matched box-score threshold {t:.2f} for painting")
+    return t
+
+
+def _labelled_counts(ds: PreparedDataset, labelled: Sequence[int], min_area: int) -> list[int]:
+    """n_L data: instances (>= ``min_area`` px) of each labelled patch."""
+    reader = _Reader(ds, labelled)
+    return [count_instances(reader(i)[1], min_area) for i in range(len(labelled))]
+
+
+def _pseudo(opts: BassOptions, ds: PreparedDataset, counts: Sequence[int],
             unlabelled: Sequence[int], teacher: nn.Module, out: Path, device: torch.device,
             log: Callable[[str], None]) -> PseudoLabels:
     patches = [ds.patches[int(i)] for i in unlabelled]
@@ -126,8 +164,6 @@ def _pseudo(opts: BassOptions, ds: PreparedDataset, labelled: Sequence[int],
         log(f"BASS pseudo-labels: done (threshold {pl.threshold:.2f}, {out})")
         return pl
     out.mkdir(parents=True, exist_ok=True)
-    reader = _Reader(ds, labelled)
-    counts = [count_instances(reader(i)[1], opts.min_area) for i in range(len(labelled))]
     log(f"BASS pseudo-labels: teacher on {len(patches)} unlabelled patches "
         f"({opts.tta.n_views} view(s) each)")
     pl = generate_pseudo_labels(
@@ -159,8 +195,8 @@ def run_bass(
     Args:
         opts: the method's options (:class:`ircr.train.methods.bass.BassOptions`).
         ds, labelled, unlabelled: the prepared dataset and the split's patch ids.
-        save: writes a model folder ``save(folder, model, cfg)`` (the trainer's, family
-            ``maskrcnn``).
+        save: writes a model folder ``save(folder, model, cfg, paint)`` (the trainer's,
+            family ``maskrcnn``).
         stop_after: ``{"teacher"|"student": iteration}`` to interrupt a stage (tests).
     """
     say = log or (lambda _m: None)
@@ -172,17 +208,30 @@ def run_bass(
     stops = stop_after or {}
     unlabelled = _subset(unlabelled, opts.pseudo_max_patches, seed)
     common = {"device": device, "seed": seed, "min_area": opts.min_area, "log": say}
-    teacher = _stage("teacher", teacher_config(opts), list(range(len(labelled))),
-                     _Reader(ds, labelled), opts.teacher, run / "teacher",
-                     run / "teacher" / "model", save, stop_after=stops.get("teacher"),
-                     **common)
-    pl = _pseudo(opts, ds, labelled, unlabelled, teacher, run / "pseudo_labels", device, say)
+    tcfg = teacher_config(opts)
+    teacher = _train_stage("teacher", tcfg, list(range(len(labelled))), _Reader(ds, labelled),
+                           opts.teacher, run / "teacher", stop_after=stops.get("teacher"),
+                           **common)
+    counts = _labelled_counts(ds, labelled, opts.min_area)
+    pl = _pseudo(opts, ds, counts, unlabelled, teacher, run / "pseudo_labels", device, say)
+    t_paint = _paint(opts, pl.info.get("count_matching_threshold"))
+    if not (run / "teacher" / "model" / "model.yaml").is_file():
+        save(run / "teacher" / "model", teacher, tcfg, t_paint)
     del teacher
     n = len(labelled)
     pool = list(range(n)) * int(opts.repeat_labelled) + [n + k for k in range(len(pl.patches))]
     final = run / "model"
-    _stage("student", opts.model, pool, _Reader(ds, labelled, pl), opts.student,
-           run / "student", final, save, stop_after=stops.get("student"), **common)
+    s_paint = opts.paint
+    if (final / "model.yaml").is_file():
+        say(f"BASS student: done ({final})")
+        s_paint = from_dict(PaintParams, read_yaml(final / "postproc.yaml"),
+                            where=str(final / "postproc.yaml"))
+    else:
+        student = _train_stage("student", opts.model, pool, _Reader(ds, labelled, pl),
+                               opts.student, run / "student",
+                               stop_after=stops.get("student"), **common)
+        s_paint = _paint(opts, _student_threshold(opts, ds, student, pl, counts, device, say))
+        save(final, student, opts.model, s_paint)
     summary = {
         "stages": {"teacher": str(run / "teacher" / "model"),
                    "pseudo_labels": str(run / "pseudo_labels"), "student": str(final)},
@@ -190,6 +239,7 @@ def run_bass(
         "pseudo_instances": pl.info.get("instances_kept"),
         "labelled_patches": n, "pseudo_patches": len(pl.patches),
         "repeat_labelled": int(opts.repeat_labelled), "student_pool": len(pool),
+        "paint_teacher": asdict(t_paint), "paint_student": asdict(s_paint),
         "teacher_schedule": asdict(opts.teacher), "student_schedule": asdict(opts.student),
     }
     atomic_write_text(run / "bass.json", json.dumps(summary, indent=1) + "\n")

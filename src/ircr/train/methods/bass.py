@@ -24,7 +24,9 @@ Options (``method:`` keys; defaults = the released BASS configuration, reference
   random subset of that many, for CPU-scale runs).
 * ``paint``: how the model folders turn detections into instances
   (:class:`~ircr.postproc.detections.PaintParams`: score > 0.5 as the reference evaluation,
-  mask >= 0.5, no dilation by default).
+  mask >= 0.5, no dilation by default); ``count_matched_paint`` (False): use the box-score
+  threshold count matching gives for each model on the unlabelled patches instead (no labels
+  of validation or test images involved; for under-trained models whose scores sit below 0.5).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class BassOptions:
     min_area: int = 4
     pseudo_max_patches: int | None = None
     paint: PaintParams = field(default_factory=PaintParams)
+    count_matched_paint: bool = False
 
     def validate(self, where: str = "method") -> None:
         """One-line IrcrError naming ``<where>.<key>`` for an unusable value."""
@@ -113,7 +116,8 @@ class Bass(Method):
                         self._save, device=t.device, seed=int(t.cfg.train.seed),
                         stop_after=getattr(self, "stop_after", None), log=print)
 
-    def _save(self, folder: Path, model: nn.Module, cfg: MaskRCNNConfig) -> Path:
+    def _save(self, folder: Path, model: nn.Module, cfg: MaskRCNNConfig,
+              paint: PaintParams) -> Path:
         """Write a ``maskrcnn`` model folder (teacher or student) as the trainer writes its."""
         from ircr.inference.model_folder import save_model_folder
 
@@ -122,7 +126,7 @@ class Bass(Method):
         mpps = [float(m["mpp"]) for m in t.dataset.images if m.get("mpp") is not None]
         ev = t.cfg.eval
         return save_model_folder(
-            folder, copy.deepcopy(model).cpu().eval(), cfg, asdict(opts.paint),
+            folder, copy.deepcopy(model).cpu().eval(), cfg, asdict(paint),
             mpp=mpps[0] if mpps else None, patch_size=t.cfg.data.patch_size,
             inference={"window": ev.window, "overlap": ev.overlap, "batch_size": ev.batch_size},
             family="maskrcnn",
