@@ -10,7 +10,7 @@ import yaml
 from ircr.cli.main import main
 from ircr.data.splits import grid_positions, make_split, patch_grid, split_name
 from ircr.data.store import PreparedDataset
-from ircr.engine.evaluate import select_images
+from ircr.inference.evaluate import select_images
 from ircr.errors import IrcrError
 
 

@@ -207,11 +207,10 @@ def run_bass(
     run = Path(run_dir)
     stops = stop_after or {}
     unlabelled = _subset(unlabelled, opts.pseudo_max_patches, seed)
-    common = {"device": device, "seed": seed, "min_area": opts.min_area, "log": say}
     tcfg = teacher_config(opts)
     teacher = _train_stage("teacher", tcfg, list(range(len(labelled))), _Reader(ds, labelled),
-                           opts.teacher, run / "teacher", stop_after=stops.get("teacher"),
-                           **common)
+                           opts.teacher, run / "teacher", device=device, seed=seed,
+                           min_area=opts.min_area, stop_after=stops.get("teacher"), log=say)
     counts = _labelled_counts(ds, labelled, opts.min_area)
     pl = _pseudo(opts, ds, counts, unlabelled, teacher, run / "pseudo_labels", device, say)
     t_paint = _paint(opts, pl.info.get("count_matching_threshold"))
@@ -228,8 +227,9 @@ def run_bass(
                             where=str(final / "postproc.yaml"))
     else:
         student = _train_stage("student", opts.model, pool, _Reader(ds, labelled, pl),
-                               opts.student, run / "student",
-                               stop_after=stops.get("student"), **common)
+                               opts.student, run / "student", device=device, seed=seed,
+                               min_area=opts.min_area, stop_after=stops.get("student"),
+                               log=say)
         s_paint = _paint(opts, _student_threshold(opts, ds, student, pl, counts, device, say))
         save(final, student, opts.model, s_paint)
     summary = {

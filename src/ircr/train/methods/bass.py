@@ -37,9 +37,9 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from ircr.errors import IrcrError
 from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from ircr.models.maskrcnn.config import MASK_BRANCHES
-from ircr.errors import IrcrError
 from ircr.postproc.detections import PaintParams
 from ircr.ssl.tta import TTAConfig
 from ircr.train.detector_loop import DetectionSchedule
