@@ -10,8 +10,8 @@ import yaml
 from ircr.cli.main import main
 from ircr.data.splits import grid_positions, make_split, patch_grid, split_name
 from ircr.data.store import PreparedDataset
-from ircr.inference.evaluate import select_images
 from ircr.errors import IrcrError
+from ircr.inference.evaluate import select_images
 
 
 def _monuseg_grid(n: int = 30):  # 1000 x 1000 images, patch 256, stride 128

@@ -122,7 +122,6 @@ class Bass(Method):
         from ircr.inference.model_folder import save_model_folder
 
         t = self.trainer
-        opts: BassOptions = self.options
         mpps = [float(m["mpp"]) for m in t.dataset.images if m.get("mpp") is not None]
         ev = t.cfg.eval
         return save_model_folder(
