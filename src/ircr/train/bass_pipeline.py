@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.io.atomic import atomic_write_text
 from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
+from ircr.models.maskrcnn.config import MASK_BRANCHES
 from ircr.postproc.detections import PaintParams
 from ircr.ssl.count_threshold import count_match_threshold
 from ircr.ssl.pseudo_labels import (
@@ -48,16 +49,61 @@ from ircr.ssl.pseudo_labels import (
     generate_pseudo_labels,
     load_pseudo_labels,
 )
-from ircr.ssl.tta import detect_tta
+from ircr.ssl.tta import TTAConfig, detect_tta
 from ircr.train.checkpoint import load_checkpoint
 from ircr.train.detector_loop import DetectionSchedule, resolve, train_detector
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ircr.train.methods.bass import BassOptions
-
-__all__ = ["run_bass", "teacher_config", "detector_fn", "SaveFolder"]
+__all__ = ["BassOptions", "run_bass", "teacher_config", "detector_fn", "SaveFolder"]
 
 SaveFolder = Callable[[Path, nn.Module, MaskRCNNConfig, PaintParams], Path]
+
+
+def _teacher_schedule() -> DetectionSchedule:
+    return DetectionSchedule(epochs=30, lr_step_epochs=[8, 11])
+
+
+@dataclass
+class BassOptions:
+    """Options of the ``bass`` method (see the module docstring)."""
+
+    model: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
+    teacher_branches: list[str] = field(default_factory=lambda: ["nmh"])
+    teacher: DetectionSchedule = field(default_factory=_teacher_schedule)
+    student: DetectionSchedule = field(default_factory=DetectionSchedule)
+    repeat_labelled: int = 19
+    tta: TTAConfig = field(default_factory=TTAConfig)
+    pseudo_mask_threshold: float = 0.5
+    pseudo_threshold: float | None = None
+    min_area: int = 4
+    pseudo_max_patches: int | None = None
+    paint: PaintParams = field(default_factory=PaintParams)
+    count_matched_paint: bool = False
+
+    def validate(self, where: str = "method") -> None:
+        """One-line IrcrError naming ``<where>.<key>`` for an unusable value."""
+        self.model.validate(where)
+        bad = [b for b in self.teacher_branches if b not in MASK_BRANCHES]
+        if bad or not self.teacher_branches:
+            raise IrcrError(f"{where}: method.teacher_branches must be a non-empty subset of "
+                            f"{list(MASK_BRANCHES)}, got {self.teacher_branches}")
+        self.teacher.check(f"{where}: method.teacher")
+        self.student.check(f"{where}: method.student")
+        if self.repeat_labelled < 1:
+            raise IrcrError(f"{where}: method.repeat_labelled must be >= 1, got "
+                            f"{self.repeat_labelled}")
+        self.tta.check(f"{where}: method.tta")
+        if not 0 < self.pseudo_mask_threshold <= 1:
+            raise IrcrError(f"{where}: method.pseudo_mask_threshold must be in (0, 1], got "
+                            f"{self.pseudo_mask_threshold}")
+        if self.pseudo_threshold is not None and not 0 <= self.pseudo_threshold < 1:
+            raise IrcrError(f"{where}: method.pseudo_threshold must be in [0, 1) or null, got "
+                            f"{self.pseudo_threshold}")
+        if self.pseudo_max_patches is not None and self.pseudo_max_patches < 1:
+            raise IrcrError(f"{where}: method.pseudo_max_patches must be >= 1 or null, got "
+                            f"{self.pseudo_max_patches}")
+        if self.min_area < 1:
+            raise IrcrError(f"{where}: method.min_area must be >= 1, got {self.min_area}")
+        self.paint.check(f"{where}: method.paint")
 
 
 def teacher_config(opts: BassOptions) -> MaskRCNNConfig:
@@ -193,7 +239,7 @@ def run_bass(
     """Run (or resume) the three stages; returns the final model folder ``<run>/model``.
 
     Args:
-        opts: the method's options (:class:`ircr.train.methods.bass.BassOptions`).
+        opts: the options (:class:`BassOptions`, the ``bass`` method's ``method:`` keys).
         ds, labelled, unlabelled: the prepared dataset and the split's patch ids.
         save: writes a model folder ``save(folder, model, cfg, paint)`` (the trainer's,
             family ``maskrcnn``).

@@ -6,7 +6,8 @@ family, each stage trained by :mod:`ircr.train.detector_loop`; the run's ``model
 student, a ``maskrcnn`` model folder (``ircr evaluate``, ``ircr segment``). The method owns its
 loop (:meth:`Method.run_own`): the HoVer-Net loop of the trainer does not run.
 
-Options (``method:`` keys; defaults = the released BASS configuration, reference §7.2):
+Options (``method:`` keys, :class:`~ircr.train.bass_pipeline.BassOptions`; defaults = the released
+BASS configuration, reference §7.2):
 
 * ``model``: the student's :class:`~ircr.models.maskrcnn.MaskRCNNConfig` (mask branches,
   LRD boundary weight, CRC form/temperatures/d/alpha/weight, backbone, ``min_size``: 800 =
@@ -32,67 +33,17 @@ Options (``method:`` keys; defaults = the released BASS configuration, reference
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from ircr.errors import IrcrError
 from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
-from ircr.models.maskrcnn.config import MASK_BRANCHES
 from ircr.postproc.detections import PaintParams
-from ircr.ssl.tta import TTAConfig
-from ircr.train.detector_loop import DetectionSchedule
+from ircr.train.bass_pipeline import BassOptions, run_bass
 from ircr.train.methods import register_method
 from ircr.train.methods.base import Method
-
-
-def _teacher_schedule() -> DetectionSchedule:
-    return DetectionSchedule(epochs=30, lr_step_epochs=[8, 11])
-
-
-@dataclass
-class BassOptions:
-    """Options of the ``bass`` method (see the module docstring)."""
-
-    model: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)
-    teacher_branches: list[str] = field(default_factory=lambda: ["nmh"])
-    teacher: DetectionSchedule = field(default_factory=_teacher_schedule)
-    student: DetectionSchedule = field(default_factory=DetectionSchedule)
-    repeat_labelled: int = 19
-    tta: TTAConfig = field(default_factory=TTAConfig)
-    pseudo_mask_threshold: float = 0.5
-    pseudo_threshold: float | None = None
-    min_area: int = 4
-    pseudo_max_patches: int | None = None
-    paint: PaintParams = field(default_factory=PaintParams)
-    count_matched_paint: bool = False
-
-    def validate(self, where: str = "method") -> None:
-        """One-line IrcrError naming ``<where>.<key>`` for an unusable value."""
-        self.model.validate(where)
-        bad = [b for b in self.teacher_branches if b not in MASK_BRANCHES]
-        if bad or not self.teacher_branches:
-            raise IrcrError(f"{where}: method.teacher_branches must be a non-empty subset of "
-                            f"{list(MASK_BRANCHES)}, got {self.teacher_branches}")
-        self.teacher.check(f"{where}: method.teacher")
-        self.student.check(f"{where}: method.student")
-        if self.repeat_labelled < 1:
-            raise IrcrError(f"{where}: method.repeat_labelled must be >= 1, got "
-                            f"{self.repeat_labelled}")
-        self.tta.check(f"{where}: method.tta")
-        if not 0 < self.pseudo_mask_threshold <= 1:
-            raise IrcrError(f"{where}: method.pseudo_mask_threshold must be in (0, 1], got "
-                            f"{self.pseudo_mask_threshold}")
-        if self.pseudo_threshold is not None and not 0 <= self.pseudo_threshold < 1:
-            raise IrcrError(f"{where}: method.pseudo_threshold must be in [0, 1) or null, got "
-                            f"{self.pseudo_threshold}")
-        if self.pseudo_max_patches is not None and self.pseudo_max_patches < 1:
-            raise IrcrError(f"{where}: method.pseudo_max_patches must be >= 1 or null, got "
-                            f"{self.pseudo_max_patches}")
-        if self.min_area < 1:
-            raise IrcrError(f"{where}: method.min_area must be >= 1, got {self.min_area}")
-        self.paint.check(f"{where}: method.paint")
 
 
 @register_method("bass")
@@ -108,8 +59,6 @@ class Bass(Method):
 
     def run_own(self) -> Path:
         """Run or resume the three stages; the run's model folder is the student."""
-        from ircr.train.bass_pipeline import run_bass
-
         t = self.trainer
         opts: BassOptions = self.options
         return run_bass(opts, t.dataset, t.split.labelled, t.split.unlabelled, t.run_dir,
