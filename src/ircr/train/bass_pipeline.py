@@ -17,9 +17,11 @@ summarises the stages.
 
 Painting of the model folders: ``opts.paint`` (score > 0.5 as the reference evaluation) or,
 with ``count_matched_paint``, the box-score threshold chosen by count matching on the model's
-own detections of the unlabelled patches (teacher: t* of stage 2; student: the same rule on its
-detections of the pseudo-labelled patches). No test or validation label is used either way;
-an under-trained model's scores sit well below 0.5, where a fixed threshold loses most nuclei.
+own detections of patches it never trained on (teacher: t* of stage 2 on the unlabelled
+patches; student: the same rule on the validation images' patches; on its own pseudo-labelled
+patches the student's scores are inflated). Only pixels of those images are used, no
+validation or test label. An under-trained model's scores sit far from 0.5, where a fixed
+threshold loses many nuclei or keeps many false ones.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch import nn
 
 from ircr.config import from_dict, read_yaml
 from ircr.data.detection import count_instances
+from ircr.data.splits import Patch
 from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.io.atomic import atomic_write_text
@@ -180,15 +183,16 @@ def _paint(opts: BassOptions, threshold: float | None) -> PaintParams:
 
 
 def _student_threshold(opts: BassOptions, ds: PreparedDataset, student: nn.Module,
-                       pl: PseudoLabels, counts: Sequence[int], device: torch.device,
+                       patches: Sequence[Patch], counts: Sequence[int], device: torch.device,
                        log: Callable[[str], None]) -> float | None:
-    """Count matching on the student's own detections of the pseudo-labelled patches."""
+    """Count matching on the student's detections of ``patches`` (images only)."""
     if not opts.count_matched_paint:
         return None
     detect = detector_fn(student, device)
-    scores = [detect_tta(detect, ds.read_patch(p)[0], opts.tta)["scores"] for p in pl.patches]
+    scores = [detect_tta(detect, ds.read_patch(p)[0], opts.tta)["scores"] for p in patches]
     t = count_match_threshold(counts, scores).threshold
-    log(f"BASS student: count-matched box-score threshold {t:.2f} for painting")
+    log(f"BASS student: count-matched box-score threshold {t:.2f} for painting "
+        f"({len(patches)} patches)")
     return t
 
 
@@ -235,6 +239,7 @@ def run_bass(
     opts: BassOptions, ds: PreparedDataset, labelled: Sequence[int], unlabelled: Sequence[int],
     run_dir: str | Path, save: SaveFolder, *, device: torch.device, seed: int = 0,
     stop_after: dict[str, int] | None = None, log: Callable[[str], None] | None = None,
+    held_out: Sequence[int] = (),
 ) -> Path:
     """Run (or resume) the three stages; returns the final model folder ``<run>/model``.
 
@@ -244,6 +249,9 @@ def run_bass(
         save: writes a model folder ``save(folder, model, cfg, paint)`` (the trainer's,
             family ``maskrcnn``).
         stop_after: ``{"teacher"|"student": iteration}`` to interrupt a stage (tests).
+        held_out: patch ids the student never trained on (the validation images' patches)
+            for its count-matched paint threshold (``count_matched_paint``; only pixels are
+            used); empty = the pseudo-labelled patches (biased: the student fits them).
     """
     say = log or (lambda _m: None)
     if not labelled:
@@ -276,7 +284,8 @@ def run_bass(
                                opts.student, run / "student", device=device, seed=seed,
                                min_area=opts.min_area, stop_after=stops.get("student"),
                                log=say)
-        s_paint = _paint(opts, _student_threshold(opts, ds, student, pl, counts, device, say))
+        check = [ds.patches[int(i)] for i in held_out] or pl.patches
+        s_paint = _paint(opts, _student_threshold(opts, ds, student, check, counts, device, say))
         save(final, student, opts.model, s_paint)
     summary = {
         "stages": {"teacher": str(run / "teacher" / "model"),

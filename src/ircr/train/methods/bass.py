@@ -26,8 +26,9 @@ BASS configuration, reference §7.2):
 * ``paint``: how the model folders turn detections into instances
   (:class:`~ircr.postproc.detections.PaintParams`: score > 0.5 as the reference evaluation,
   mask >= 0.5, no dilation by default); ``count_matched_paint`` (False): use the box-score
-  threshold count matching gives for each model on the unlabelled patches instead (no labels
-  of validation or test images involved; for under-trained models whose scores sit below 0.5).
+  threshold count matching gives for each model on patches it did not train on instead
+  (teacher: the unlabelled patches; student: the validation images' patches; pixels only, no
+  labels; for under-trained models whose scores sit far from 0.5).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ class Bass(Method):
         opts: BassOptions = self.options
         return run_bass(opts, t.dataset, t.split.labelled, t.split.unlabelled, t.run_dir,
                         self._save, device=t.device, seed=int(t.cfg.train.seed),
-                        stop_after=getattr(self, "stop_after", None), log=print)
+                        stop_after=getattr(self, "stop_after", None), log=print,
+                        held_out=[i for i, p in enumerate(t.dataset.patches)
+                                  if t.dataset.names[p.image] in set(t.split.val_images)])
 
     def _save(self, folder: Path, model: nn.Module, cfg: MaskRCNNConfig,
               paint: PaintParams) -> Path:
