@@ -280,6 +280,10 @@ class Trainer:
         self._finished_schedule = None  # e.g. more epochs asked for: not finished any more
         self._t0 = time.time()
         self.method.before_training()
+        own = self.method.run_own()  # a method with its own loop (methods/base.py)
+        if own is not None:
+            self.logger.close()
+            return own
         extra = self.method.extra_labelled()
         self.data = loaders.IterationData(self.dataset, self.split, self.cfg, extra,
                                           self.method.uses_unlabelled, self.where,

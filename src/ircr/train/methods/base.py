@@ -28,6 +28,8 @@ Call order (one run)::
     m.load_state_dict(state)               # only when resuming from a checkpoint
     m.before_training()                    # e.g. self-training rounds (sub-trainings); may
                                            # call trainer.spawn(...); runs on resume too
+    folder = m.run_own()                   # a method with its own loop returns its model
+    if folder is not None: return folder   # folder here and the trainer's loop never runs
     extra = m.extra_labelled()             # pseudo-labelled patches added to the labelled set
     for epoch ...:
         for it ...:
@@ -64,6 +66,11 @@ What a method can do
   augmentation, e.g. to build boxes and masks for a detector.
 * **Unlabelled data.** With ``uses_unlabelled = True`` every iteration also gets an unlabelled
   batch, and one epoch is one pass over the unlabelled patches.
+* **Its own loop.** A method whose training does not fit the per-step loop (another model
+  family with its own targets and optimiser, several stages: ``bass``) trains in
+  :meth:`Method.run_own` and returns the run's model folder; the trainer then runs no loop,
+  writes no checkpoint of its own and returns that folder. The method owns resume (its
+  checkpoints under ``trainer.run_dir``), Ctrl-C handling and the model folder.
 
 Batch dicts (tensors already on ``trainer.device``)
 ----------------------------------------------------
@@ -226,6 +233,11 @@ class Method:
 
     def before_training(self) -> None:
         """Run once before the first epoch (also after resume); may run sub-trainings."""
+
+    def run_own(self) -> Path | None:
+        """Train with the method's own loop and return the model folder, or ``None`` (the
+        default) to let the trainer's loop run. See "Its own loop" above."""
+        return None
 
     def extra_labelled(self) -> ExtraLabelled | None:
         """Extra (pseudo-)labelled patches for the labelled loader, or ``None``."""

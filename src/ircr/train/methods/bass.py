@@ -64,7 +64,7 @@ class Bass(Method):
         opts: BassOptions = self.options
         return run_bass(opts, t.dataset, t.split.labelled, t.split.unlabelled, t.run_dir,
                         self._save, device=t.device, seed=int(t.cfg.train.seed),
-                        stop_after=getattr(self, "stop_after", None), log=print,
+                        log=print,
                         held_out=[i for i, p in enumerate(t.dataset.patches)
                                   if t.dataset.names[p.image] in set(t.split.val_images)])
 
