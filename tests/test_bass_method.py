@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,16 @@ def test_interrupted_in_stage_3_and_resumed_equals_uninterrupted(
     a = load_checkpoint(full.parent / "student" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(resumed.parent / "student" / "checkpoints" / "last.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rerun_with_other_settings_is_refused(synth: Path, full: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(full.parent, run_dir)
+    assert run(synth, run_dir) == run_dir / "model"  # same settings: every stage is done
+    with pytest.raises(IrcrError, match="run/model: made with other settings"):
+        run(synth, run_dir, student={**STAGE, "iterations": 4, "lr": 0.02})
+    with pytest.raises(IrcrError, match="teacher/checkpoints/last.pt: made with other settings"):
+        run(synth, run_dir, min_area=2)
 
 
 def test_evaluate_and_segment_the_student(synth: Path, full: Path) -> None:

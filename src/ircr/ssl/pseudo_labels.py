@@ -66,6 +66,7 @@ def generate_pseudo_labels(
     min_area: int = 1,
     fixed_threshold: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    extra_info: dict[str, Any] | None = None,
 ) -> PseudoLabels:
     """Run stage 2 and write its files; returns the pseudo-labels.
 
@@ -80,6 +81,7 @@ def generate_pseudo_labels(
         min_area: painted instances with fewer pixels are dropped.
         fixed_threshold: skip count matching and use this box-score threshold.
         progress: called as ``progress(done, total)`` after each patch.
+        extra_info: more JSON-safe keys for ``threshold.json`` (e.g. a settings fingerprint).
     """
     if not patches:
         raise IrcrError("pseudo-labels: the split has no unlabelled patch")
@@ -129,6 +131,7 @@ def generate_pseudo_labels(
         "min_area": int(min_area),
         "tta": asdict(cfg),
         "labels_file": LABELS_FILE,
+        **(extra_info or {}),
     }
     out = Path(out_dir)
     _write(out, patches, labels, kept, t, info)

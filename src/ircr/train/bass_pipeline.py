@@ -26,6 +26,7 @@ threshold loses many nuclei or keeps many false ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ircr.config import from_dict, read_yaml
+from ircr.config import from_dict, read_yaml, to_dict
 from ircr.data.detection import count_instances
 from ircr.data.splits import Patch
 from ircr.data.store import PreparedDataset
@@ -153,24 +154,38 @@ class _Reader:
         return image, self.pseudo.labels[k]
 
 
+def _digest(obj: Any) -> str:
+    """Short fingerprint of a stage's settings (dataclasses, lists, numbers)."""
+    text = json.dumps(to_dict(obj), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _another_config(path: Path) -> IrcrError:
+    return IrcrError(f"{path}: made with other settings than this run's (config, split or "
+                     "seed changed); start a new run folder (--out)")
+
+
 def _train_stage(name: str, cfg: MaskRCNNConfig, pool: Sequence[int], read: _Reader,
-                 schedule: DetectionSchedule, stage_dir: Path, *, device: torch.device,
-                 seed: int, min_area: int, stop_after: int | None,
+                 schedule: DetectionSchedule, stage_dir: Path, *, key: str,
+                 device: torch.device, seed: int, min_area: int, stop_after: int | None,
                  log: Callable[[str], None]) -> nn.Module:
-    """Train one detector stage, resuming its checkpoint (or load it when it is complete)."""
+    """Train one detector stage, resuming its checkpoint (or load it when it is complete).
+    ``key`` fingerprints the stage's settings; a checkpoint with another key is refused."""
     model = build_maskrcnn(cfg)
     ckpt = stage_dir / "checkpoints" / "last.pt"
     its = resolve(schedule, len(pool)).iterations
     if ckpt.is_file():
         state = load_checkpoint(ckpt, map_location="cpu")
-        if int(state["iteration"]) >= its and state.get("stage") == name:
+        if state.get("config") != key:
+            raise _another_config(ckpt)
+        if int(state["iteration"]) >= its:
             model.load_state_dict(state["model"])
             log(f"BASS {name}: trained ({stage_dir})")
             return model.to(device).eval()
     log(f"BASS {name}: training ({its} iterations) in {stage_dir}")
     train_detector(model, pool, read, schedule, stage_dir, device=device, seed=seed,
                    min_area=min_area, stop_after=stop_after, log=log,
-                   extra_state={"stage": name, "pool": len(pool)})
+                   extra_state={"stage": name, "pool": len(pool), "config": key})
     return model.eval()
 
 
@@ -204,13 +219,12 @@ def _labelled_counts(ds: PreparedDataset, labelled: Sequence[int], min_area: int
 
 def _pseudo(opts: BassOptions, ds: PreparedDataset, counts: Sequence[int],
             unlabelled: Sequence[int], teacher: nn.Module, out: Path, device: torch.device,
-            log: Callable[[str], None]) -> PseudoLabels:
+            log: Callable[[str], None], key: str) -> PseudoLabels:
     patches = [ds.patches[int(i)] for i in unlabelled]
     if (out / THRESHOLD_FILE).is_file():
         pl = load_pseudo_labels(out)
-        if pl.patches != patches:
-            raise IrcrError(f"{out}: pseudo-labels are for other patches than this split's "
-                            "unlabelled ones (start a new run folder)")
+        if pl.patches != patches or pl.info.get("config") != key:
+            raise _another_config(out / THRESHOLD_FILE)
         log(f"BASS pseudo-labels: done (threshold {pl.threshold:.2f}, {out})")
         return pl
     out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +233,7 @@ def _pseudo(opts: BassOptions, ds: PreparedDataset, counts: Sequence[int],
     pl = generate_pseudo_labels(
         detector_fn(teacher, device), patches, lambda p: ds.read_patch(p)[0], counts, out,
         tta=opts.tta, mask_threshold=opts.pseudo_mask_threshold, min_area=opts.min_area,
-        fixed_threshold=opts.pseudo_threshold,
+        fixed_threshold=opts.pseudo_threshold, extra_info={"config": key},
         progress=lambda done, n: log(f"BASS pseudo-labels: {done}/{n} patches")
         if done % 200 == 0 else None)
     log(f"BASS pseudo-labels: threshold {pl.threshold:.2f} (n_L {pl.info['n_labelled_mean']:.1f}"
@@ -262,11 +276,19 @@ def run_bass(
     stops = stop_after or {}
     unlabelled = _subset(unlabelled, opts.pseudo_max_patches, seed)
     tcfg = teacher_config(opts)
+    t_key = _digest({"model": tcfg, "schedule": opts.teacher, "min_area": opts.min_area,
+                     "seed": seed, "labelled": list(labelled)})
+    p_key = _digest({"teacher": t_key, "tta": opts.tta, "mask": opts.pseudo_mask_threshold,
+                     "fixed": opts.pseudo_threshold, "unlabelled": list(unlabelled)})
+    s_key = _digest({"pseudo": p_key, "model": opts.model, "schedule": opts.student,
+                     "repeat": opts.repeat_labelled, "paint": opts.paint,
+                     "count_matched": opts.count_matched_paint, "held_out": list(held_out)})
     teacher = _train_stage("teacher", tcfg, list(range(len(labelled))), _Reader(ds, labelled),
-                           opts.teacher, run / "teacher", device=device, seed=seed,
+                           opts.teacher, run / "teacher", key=t_key, device=device, seed=seed,
                            min_area=opts.min_area, stop_after=stops.get("teacher"), log=say)
     counts = _labelled_counts(ds, labelled, opts.min_area)
-    pl = _pseudo(opts, ds, counts, unlabelled, teacher, run / "pseudo_labels", device, say)
+    pl = _pseudo(opts, ds, counts, unlabelled, teacher, run / "pseudo_labels", device, say,
+                 p_key)
     t_paint = _paint(opts, pl.info.get("count_matching_threshold"))
     if not (run / "teacher" / "model" / "model.yaml").is_file():
         save(run / "teacher" / "model", teacher, tcfg, t_paint)
@@ -275,13 +297,17 @@ def run_bass(
     pool = list(range(n)) * int(opts.repeat_labelled) + [n + k for k in range(len(pl.patches))]
     final = run / "model"
     s_paint = opts.paint
+    s_ckpt = run / "student" / "checkpoints" / "last.pt"
     if (final / "model.yaml").is_file():
+        if not s_ckpt.is_file() or load_checkpoint(s_ckpt).get("config") != s_key:
+            raise _another_config(final)
         say(f"BASS student: done ({final})")
         s_paint = from_dict(PaintParams, read_yaml(final / "postproc.yaml"),
                             where=str(final / "postproc.yaml"))
     else:
         student = _train_stage("student", opts.model, pool, _Reader(ds, labelled, pl),
-                               opts.student, run / "student", device=device, seed=seed,
+                               opts.student, run / "student", key=s_key, device=device,
+                               seed=seed,
                                min_area=opts.min_area, stop_after=stops.get("student"),
                                log=say)
         check = [ds.patches[int(i)] for i in held_out] or pl.patches
