@@ -40,6 +40,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ircr.errors import IrcrError
+from ircr.inference.model_folder import save_model_folder
 from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from ircr.postproc.detections import PaintParams
 from ircr.train.bass_pipeline import BassOptions, run_bass
@@ -62,17 +63,15 @@ class Bass(Method):
         """Run or resume the three stages; the run's model folder is the student."""
         t = self.trainer
         opts: BassOptions = self.options
+        val = set(t.split.val_images)
+        held_out = [i for i, p in enumerate(t.dataset.patches) if t.dataset.names[p.image] in val]
         return run_bass(opts, t.dataset, t.split.labelled, t.split.unlabelled, t.run_dir,
-                        self._save, device=t.device, seed=int(t.cfg.train.seed),
-                        log=print,
-                        held_out=[i for i, p in enumerate(t.dataset.patches)
-                                  if t.dataset.names[p.image] in set(t.split.val_images)])
+                        self._save, device=t.device, seed=int(t.cfg.train.seed), log=print,
+                        held_out=held_out)
 
     def _save(self, folder: Path, model: nn.Module, cfg: MaskRCNNConfig,
               paint: PaintParams) -> Path:
         """Write a ``maskrcnn`` model folder (teacher or student) as the trainer writes its."""
-        from ircr.inference.model_folder import save_model_folder
-
         t = self.trainer
         mpps = [float(m["mpp"]) for m in t.dataset.images if m.get("mpp") is not None]
         ev = t.cfg.eval
