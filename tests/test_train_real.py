@@ -11,7 +11,6 @@ import torch
 
 from ircr.config import read_yaml
 from ircr.data.prepare import prepare_dataset
-from ircr.models import build_model
 from ircr.train.config import experiment_from_dict
 from ircr.train.trainer import Trainer
 
@@ -66,16 +65,41 @@ def test_overfits_two_monuseg_patches(two_patches: Path, tmp_path: Path) -> None
     assert min(after) > 0.9, (before, after)
 
 
-# ~85 s on one core: in the default run on purpose (the only proof that training improves AJI)
+# In the default run on purpose: the only proof that training improves AJI (real data, the
+# trainer's own whole-image validation: predict_maps + WBIS + metrics). See the docstring.
 def test_training_beats_untrained_network_in_val_aji(monuseg_root: Path,
                                                      tmp_path: Path) -> None:
-    """About 1.5-3 min on one CPU core: 3 images (2 train, 1 val), 300 augmented iterations."""
+    """3 MoNuSeg images (2 train, 1 val), width 0.25, lr 2e-3, batch 4, 200 iterations.
+
+    The width-0.125 network of ``tiny_synthetic.yaml`` is a seed lottery here: its HV branch
+    can sit at ~0 output for hundreds of iterations (seed 11: mean |hv| 0.013 inside the
+    predicted foreground), the min-max-normalised Sobel energy of WBIS is then >= 0.43
+    everywhere, no marker survives and the val AJI is 0. Measured val AJI after "its"
+    iterations (untrained <= 0.03 where recorded; the data of iteration i depends only on
+    (seed, i), so runs validated every 50-100 iterations equal this one at the same "its"):
+
+    =================================  ====  =====  =====  =====  =====
+    setting (torch 2.14.1)             its   s10    s11    s12    s13
+    =================================  ====  =====  =====  =====  =====
+    w 0.125, lr 2e-3, batch 4 (old)    300   0.041  0      0.26
+    w 0.125, lr 1e-3, batch 4          200          0
+    w 0.125, lr 2e-3, batch 4, msge 2  200          0
+    w 0.125, lr 2e-3, batch 8          200          0
+    w 0.25,  lr 2e-3, batch 4          100   0.325  0.332  0.019
+    w 0.25,  lr 1e-3, batch 4          150   0.031  0.022  0.316
+    w 0.25,  lr 2e-3, batch 4 (this)   200   0.208  0.380  0.290  0.214
+    =================================  ====  =====  =====  =====  =====
+
+    torch 2.13.0, this setting, seed 10: 0.152 (0.328 at 100 its). Untrained (seed 10) 0.009,
+    so the test's margin over its threshold is 0.099 (torch 2.14.1) and 0.043 (2.13): thin,
+    and an estimated ~150 s on one idle core (width 0.25 costs ~2.6x width 0.125 per iteration).
+    """
     torch.set_num_threads(1)
     out = tmp_path / "ds"
     prepare_dataset("monuseg", monuseg_root, out, limit=3, patch=128, ratio="1",
                     val_fraction=0.34)
-    data = tiny(out, "ratio_1_seed0_val0.34", data={"batch_size": 4},
-                train={"epochs": 1, "iterations_per_epoch": 300, "lr": 2.0e-3},
+    data = tiny(out, "ratio_1_seed0_val0.34", data={"batch_size": 4}, model={"width": 0.25},
+                train={"epochs": 1, "iterations_per_epoch": 200, "lr": 2.0e-3, "seed": 10},
                 eval={"window": 256, "overlap": 64})
     cfg = experiment_from_dict(data, "test")
     tr = Trainer(cfg, tmp_path / "run")
@@ -83,5 +107,3 @@ def test_training_beats_untrained_network_in_val_aji(monuseg_root: Path,
     tr.run()
     trained = tr.last_row["val_student_aji"]
     assert trained > untrained + 0.1, (untrained, trained)
-    fresh = build_model(cfg.model)
-    assert sum(p.numel() for p in fresh.parameters()) > 0
