@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # in one layer are independent of each other). "ircr" is the package's public façade
 # (src/ircr/__init__.py: ircr.load_model over engine).
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "compat"},
+    {"_version", "errors", "compat", "plugins"},
     {"io"},
     {"config"},
     {"data"},

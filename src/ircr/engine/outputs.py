@@ -19,9 +19,7 @@ complete, so an output that exists is complete.
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from ircr.engine.measure import geojson_features
 from ircr.engine.result import SegmentResult
 from ircr.errors import IrcrError
 from ircr.io.paths import child_path
+from ircr.plugins import import_plugins
 
 
 @dataclass
@@ -141,11 +140,7 @@ def _load() -> None:
     global _loaded
     if _loaded:
         return
-    from ircr.engine import formats
-
-    for mod in sorted(pkgutil.iter_modules(formats.__path__), key=lambda m: m.name):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{formats.__name__}.{mod.name}")
+    import_plugins("ircr.engine.formats")
     _loaded = True
 
 

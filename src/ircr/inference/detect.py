@@ -25,9 +25,7 @@ detections of its core's window of ``score x mask probability`` (our definition)
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +33,7 @@ import torch
 from torch import nn
 
 from ircr.errors import IrcrError
-from ircr.inference.device import AmpSetting, amp_dtype, autocast
+from ircr.inference.device import AmpSetting, amp_dtype, autocast, eval_mode
 from ircr.postproc.detections import PaintParams, paint_detections
 
 __all__ = ["Window", "TiledDetections", "detection_windows", "predict_detections",
@@ -106,17 +104,6 @@ def _pad(image: np.ndarray, window: int) -> np.ndarray:
     if pad[0][1] == 0 and pad[1][1] == 0:
         return image
     return np.pad(image, pad, mode="reflect" if min(h, w) > 1 else "edge")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _crop_box(box: np.ndarray, window: int) -> tuple[int, int, int, int]:
@@ -195,7 +182,7 @@ def predict_detections(
         model.to(dev)
     padded = _pad(image, window)
     acc = _Collector((h, w), window, windows)
-    with _eval_mode(model):
+    with eval_mode(model):
         for b0 in range(0, len(windows), max(1, batch_size)):
             idx = list(range(b0, min(len(windows), b0 + max(1, batch_size))))
             tiles = [torch.from_numpy(np.ascontiguousarray(

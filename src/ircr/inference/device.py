@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from ircr.errors import IrcrError
 
@@ -107,6 +109,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode under ``torch.inference_mode``; restore its mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def describe_device(device: torch.device) -> str:

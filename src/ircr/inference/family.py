@@ -45,8 +45,6 @@ shared by every family: a family only maps an (h, w, 3) window to (instance map,
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +57,7 @@ from torch import nn
 from ircr.config import from_dict
 from ircr.errors import IrcrError
 from ircr.inference.device import AmpSetting
+from ircr.plugins import import_plugins
 
 DEFAULT_FAMILY = "hovernet"
 
@@ -168,11 +167,7 @@ def _load_families() -> None:
     global _loaded
     if _loaded:
         return
-    from ircr.inference import families
-
-    for mod in sorted(pkgutil.iter_modules(families.__path__), key=lambda m: m.name):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{families.__name__}.{mod.name}")
+    import_plugins("ircr.inference.families")
     _loaded = True
 
 

@@ -9,9 +9,8 @@ cropping back to the image.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 from ircr.errors import IrcrError
 from ircr.inference.compiled import compiled
-from ircr.inference.device import AmpSetting, amp_dtype, autocast
+from ircr.inference.device import AmpSetting, amp_dtype, autocast, eval_mode
 
 STRIDE_MULTIPLE = 8
 
@@ -81,17 +80,6 @@ def _forward(
     prob = torch.softmax(out["np"].float(), dim=1)[:, 1]
     hv = out["hv"].float()
     return prob.cpu().numpy(), hv.cpu().numpy()
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -230,7 +218,7 @@ def launch_maps(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     run = compiled(model) if compile else model
-    with _eval_mode(model):
+    with eval_mode(model):
         acc = _blend_on_device(run, padded, starts, window, blend_weight(window, overlap),
                                batch_size, dev, amp, pad_batches=compile)
         return MapsFuture(acc[:, margin : margin + h, margin : margin + w])
@@ -266,7 +254,7 @@ def predict_batch(
         patches = np.pad(patches, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
     probs = np.zeros((n, h, w), dtype=np.float32)
     hvs = np.zeros((n, 2, h, w), dtype=np.float32)
-    with _eval_mode(model):
+    with eval_mode(model):
         for i in range(0, n, batch_size):
             prob, hv = _forward(model, patches[i : i + batch_size], dev, amp)
             probs[i : i + batch_size] = prob[:, :h, :w]

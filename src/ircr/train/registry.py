@@ -10,12 +10,11 @@ here (classes are only required to carry ``options_type``, a dataclass).
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ircr.errors import IrcrError
+from ircr.plugins import import_plugins
 
 METHODS: dict[str, Any] = {}
 C = TypeVar("C", bound=type)
@@ -42,10 +41,7 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    pkg = importlib.import_module(_BUILTIN_PACKAGE)
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name != "base":
-            importlib.import_module(f"{_BUILTIN_PACKAGE}.{info.name}")
+    import_plugins(_BUILTIN_PACKAGE, skip=("base",))
 
 
 def known_methods() -> list[str]:
