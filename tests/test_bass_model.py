@@ -163,7 +163,9 @@ def test_backbone_weights_from_a_local_file_and_no_download(
         load_backbone_weights(resnet18(weights=None), tmp_path / "missing.pth")
 
 
-def test_train_step_on_a_real_monuseg_patch(monuseg_root: Path) -> None:
+# the paper's depth (ResNet-50 body; narrow FPN/heads keep it cheap on CPU) and the tiny one
+@pytest.mark.parametrize("backbone", ["tiny", "resnet50"])
+def test_train_step_on_a_real_monuseg_patch(monuseg_root: Path, backbone: str) -> None:
     from ircr.data.datasets import open_dataset
 
     sample = next(iter(open_dataset("monuseg", monuseg_root)))
@@ -177,7 +179,8 @@ def test_train_step_on_a_real_monuseg_patch(monuseg_root: Path) -> None:
     target = {"boxes": torch.tensor(boxes, dtype=torch.float32),
               "labels": torch.ones(len(ids), dtype=torch.int64), "masks": torch.from_numpy(masks)}
     assert len(ids) > 20  # a 256 px MoNuSeg patch holds dozens of nuclei
-    model = _tiny(min_size=[256], max_size=256, anchor_sizes=[16, 32, 64, 128, 256]).train()
+    model = _tiny(backbone=backbone, min_size=[256], max_size=256,
+                  anchor_sizes=[16, 32, 64, 128, 256]).train()
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
     losses = model([x], [target])
     assert all(torch.isfinite(v) for v in losses.values())
