@@ -189,3 +189,35 @@ def test_train_cli_resume_and_errors(trained: Path, synth: Path,
     assert read_yaml(trained / "config.yaml")["train"]["epochs"] == 3
     assert main(["train", cfg, "--set", "method.name=nope"]) == 2
     assert "method.name" in capsys.readouterr().err
+
+
+def test_image_at_another_pixel_size_is_rescaled_and_scored_at_its_own(
+        synth: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 0.5 µm/px image and a 0.25 µm/px model: the network sees it 2x enlarged (as ``ircr
+    segment`` would), the instances come back to 128 px and are scored against the untouched
+    ground truth. Nearest-neighbour 2x up then 2x down is the identity, so a WBIS that returns
+    the enlarged ground truth scores exactly 1 (hand reasoning, not the code's own output)."""
+    from ircr.inference.scale import resize_labels
+
+    ds = PreparedDataset(synth)
+    name = ds.names[0]
+    idx = ds.index_of(name)
+    gt = np.asarray(ds.load_inst(idx))
+    seen: list[tuple[int, ...]] = []
+
+    def oracle(model: Any, image: np.ndarray, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(image.shape[:2])
+        np_t, hv = hover_targets(resize_labels(gt, *image.shape[:2]))
+        return np_t.astype(np.float32), hv
+
+    monkeypatch.setattr(tiled, "predict_maps", oracle)
+    monkeypatch.setattr(hovernet, "wbis", lambda prob, hv, params: resize_labels(gt, *prob.shape))
+    ds.images[idx]["mpp"] = 0.5  # in memory only
+    res = ev.evaluate_model(Background(), ds, [name], EvalConfig(), model_mpp=0.25)
+    assert seen == [(256, 256)]
+    assert res.mean == {k: 1.0 for k in ev.METRICS}
+    ev.evaluate_model(Background(), ds, [name], EvalConfig(), model_mpp=0.26)  # 0.5/0.26
+    ev.evaluate_model(Background(), ds, [name], EvalConfig(), model_mpp=None)  # as is
+    ds.images[idx]["mpp"] = 0.51
+    ev.evaluate_model(Background(), ds, [name], EvalConfig(), model_mpp=0.5)  # within 5 %
+    assert seen[1:] == [(246, 246), (128, 128), (128, 128)]

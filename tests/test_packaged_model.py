@@ -106,6 +106,30 @@ def test_segments_a_real_validation_tile(monuseg_root) -> None:
     assert 0.7 * m.n_gt < m.n_pred < 1.3 * m.n_gt
 
 
+def test_evaluate_enlarges_20x_cpm15_images_for_the_40x_model(cpm15_root, tmp_path) -> None:
+    """``ircr evaluate`` runs the 0.25 µm/px model on CPM-15's 20x (0.5 µm/px) images at its
+    own resolution, as ``ircr segment`` does, and scores at the image's. Measured on the split's
+    2 validation images (image04, image07; 144 + 292 = 436 annotated nuclei, counts from the
+    masks): 511 predicted, mean AJI 0.4675; at the image's own 0.5 µm/px (no rescaling, the
+    behaviour before) the model finds only 245 nuclei (AJI 0.404)."""
+    from ircr.data.prepare import prepare_dataset
+    from ircr.inference.evaluate import evaluate_folder
+
+    ds = tmp_path / "cpm15"
+    prepare_dataset("cpm15", cpm15_root, ds, options={"fix_known_swaps": True}, patch=128,
+                    ratio="1", val_fraction=0.1, seed=0)
+    res = evaluate_folder(FOLDER, ds, split="val", out=tmp_path / "ev", device="cpu",
+                          progress=False)
+    assert [r["image"] for r in res.per_image] == ["image04", "image07"]
+    n_gt = sum(r["n_gt"] for r in res.per_image)
+    n_pred = sum(r["n_pred"] for r in res.per_image)
+    print(f"AJI {res.mean['aji']:.4f} n_pred {n_pred} n_gt {n_gt}")
+    assert n_gt == 436
+    assert 0.8 * n_gt < n_pred < 1.3 * n_gt
+    assert res.mean["aji"] > 0.4675 - 0.04
+    assert res.info["model_mpp"] == 0.25
+
+
 def test_cli_default_model_writes_every_output(monuseg_root, tmp_path, capsys) -> None:
     image, _ = _crop(monuseg_root, 256)
     Image.fromarray(image).save(tmp_path / "tile.png")

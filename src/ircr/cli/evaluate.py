@@ -14,7 +14,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "evaluate", help="evaluate a model folder on whole images of a prepared dataset",
         description="Sliding-window inference, WBIS on each whole image, AJI/Dice/F1/PQ/AJI+ "
-                    "per image and their mean. Writes metrics.json and per_image.csv.")
+                    "per image and their mean. Images at another pixel size than the model's "
+                    "are resized to it and scored at their own. Writes metrics.json and "
+                    "per_image.csv.")
     p.add_argument("model", metavar="MODEL",
                    help="model folder (run/model) or packaged model name (default)")
     p.add_argument("dataset", metavar="DATASET", type=Path, help="prepared dataset folder")

@@ -1,9 +1,6 @@
-"""Pixel size handling: which µm/px an input has, and rescaling to the model's resolution.
+"""Pixel size handling: which µm/px an input has (rescaling itself: :mod:`ircr.inference.scale`).
 
-The network runs at the model's training resolution (``mpp`` in model.yaml). An input whose
-pixel size differs by more than :data:`MPP_TOLERANCE` is resized to it (area averaging when
-shrinking, bilinear when enlarging) and the instance map is brought back with nearest
-neighbour. :func:`resolve_mpp` decides the input's pixel size: an explicit ``--mpp`` /
+:func:`resolve_mpp` decides the input's pixel size: an explicit ``--mpp`` /
 ``mpp=`` wins, then the file's metadata, then (tiles only, with a warning) the model's.
 """
 
@@ -11,41 +8,8 @@ from __future__ import annotations
 
 import warnings
 
-import cv2
-import numpy as np
-
 from ircr.errors import IrcrError
 from ircr.io.wsi import check_mpp
-
-MPP_TOLERANCE = 0.05  # input/model pixel sizes within 5 % are not rescaled
-
-
-def rescale_factor(input_mpp: float | None, model_mpp: float | None) -> float:
-    """Processing pixels per input pixel (1.0 when either is unknown or within 5 %)."""
-    if not input_mpp or not model_mpp:
-        return 1.0
-    f = input_mpp / model_mpp
-    return 1.0 if abs(f - 1.0) <= MPP_TOLERANCE else f
-
-
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize (H, W, 3) uint8 with area averaging when shrinking, bilinear when enlarging."""
-    if image.shape[:2] == (height, width):
-        return image
-    shrink = height * width < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height),
-                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def resize_labels(inst: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w) label map to (height, width) (pixel centres)."""
-    if inst.shape == (height, width):
-        return inst
-    ys = np.minimum(((np.arange(height) + 0.5) * inst.shape[0] / height).astype(np.int64),
-                    inst.shape[0] - 1)
-    xs = np.minimum(((np.arange(width) + 0.5) * inst.shape[1] / width).astype(np.int64),
-                    inst.shape[1] - 1)
-    return np.ascontiguousarray(inst[ys[:, None], xs[None, :]])
 
 
 def check_processing_size(source: str, size: tuple[int, int], proc: tuple[int, int],

@@ -38,12 +38,7 @@ from ircr.engine.outputs import (
 )
 from ircr.engine.packaged import resolve_model
 from ircr.engine.provenance import versions
-from ircr.engine.resolution import (
-    check_processing_size,
-    rescale_factor,
-    resize_image,
-    resize_labels,
-)
+from ircr.engine.resolution import check_processing_size
 from ircr.engine.result import SegmentResult
 from ircr.engine.slide import run_slide
 from ircr.engine.tiling import Tile, stitch_image
@@ -52,6 +47,7 @@ from ircr.errors import IrcrError, file_error
 from ircr.inference.device import describe_device, select_device
 from ircr.inference.family import InferenceSetting, ModelFamily, Prediction, get_family
 from ircr.inference.model_folder import load_model_folder, resolve_inference
+from ircr.inference.scale import processing_size, rescale_factor, resize_image, resize_labels
 from ircr.io.atomic import clean_stale_temps
 from ircr.io.paths import ensure_dir
 from ircr.io.wsi import check_mpp, is_slide
@@ -160,7 +156,7 @@ class NucleusSegmenter:
         h, w = image.shape[:2]
         f = rescale_factor(in_mpp, self.model_mpp)
         proc_mpp = (in_mpp / f) if in_mpp else self.model_mpp
-        ph, pw = max(1, round(h * f)), max(1, round(w * f))
+        ph, pw = processing_size(h, w, f)
         check_processing_size(inp.source, (w, h), (pw, ph), max(MAX_INMEMORY_PIXELS, h * w),
                               in_mpp, self.model_mpp)
         with timer("resize"):

@@ -37,16 +37,12 @@ import numpy as np
 from ircr.engine.inputs import MAX_INMEMORY_PIXELS, output_stem
 from ircr.engine.measure import nucleus_table
 from ircr.engine.outputs import OutputFormat, SlideFrame, SlideSink, TileNuclei
-from ircr.engine.resolution import (
-    check_processing_size,
-    rescale_factor,
-    resize_image,
-    resolve_mpp,
-)
+from ircr.engine.resolution import check_processing_size, resolve_mpp
 from ircr.engine.tiling import Stitcher, Tile, TileResult, tile_grid
 from ircr.engine.timer import Timer
 from ircr.engine.tissue import region_has_tissue, tissue_mask
 from ircr.inference.family import Prediction
+from ircr.inference.scale import rescale_factor, resize_image
 from ircr.io.wsi import Slide, open_slide
 
 THUMB_SIZE = 2048

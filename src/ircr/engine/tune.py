@@ -24,6 +24,7 @@ import numpy as np
 from ircr.config import from_dict
 from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
+from ircr.inference.scale import resize_labels
 from ircr.metrics import aggregate, instance_metrics
 from ircr.postproc.watershed import WBISParams, wbis
 
@@ -97,7 +98,9 @@ def _grid_points(start: WBISParams, grid: dict[str, tuple[float | int, ...]]
 
 def _score(maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], params: WBISParams,
            metric: str) -> float:
-    results = [instance_metrics(gt, wbis(prob, hv, params)) for prob, hv, gt in maps]
+    """Mean ``metric`` of WBIS(params) over (prob, hv, gt); instances scored at gt's size."""
+    results = [instance_metrics(gt, resize_labels(wbis(prob, hv, params), *gt.shape))
+               for prob, hv, gt in maps]
     return float(aggregate(results, mode="mean")[metric])
 
 
@@ -105,6 +108,9 @@ def tune_postproc(maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], start: 
                   grid: dict[str, tuple[float | int, ...]] | None = None, metric: str = "aji",
                   images: list[str] | None = None) -> TuneResult:
     """Grid search over WBIS parameters on precomputed (prob, hv, gt) maps.
+
+    prob/hv may be at the model's pixel size and gt at the image's own (see
+    :func:`predict_for_tuning`): the instances are resized to gt before scoring.
 
     Raises:
         IrcrError: unknown metric or no images.
@@ -151,7 +157,7 @@ def predict_for_tuning(model_dir: str | Path, dataset: str | Path, split: str = 
         idx = ds.index_of(name)
         if not ds.images[idx].get("labelled"):
             raise IrcrError(f"{ds.path}: image '{name}' has no labels; cannot tune on it")
-        prob, hv = predict_whole(loaded.model, ds, name, cfg, dev)
+        prob, hv = predict_whole(loaded.model, ds, name, cfg, dev, model_mpp=loaded.mpp)
         maps.append((prob, hv, np.asarray(ds.load_inst(idx))))
         if progress:
             print(f"tune-postproc: predicted {name}", flush=True)

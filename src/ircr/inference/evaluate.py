@@ -4,6 +4,9 @@ Per image: sliding-window inference over the whole image (``predict_maps``, wind
 WBIS once on the whole image, then AJI, Dice, F1_obj, PQ (DQ, SQ) and AJI+ against the ground
 truth (whole images are not padded, so every pixel counts). The summary is the mean over
 images. The same code validates during training (``val_<model>_<metric>`` in metrics.csv).
+An image whose pixel size (dataset.json ``mpp``) differs from the model's is resized to the
+model's for the network and WBIS and its instances brought back, as ``ircr segment`` does, so
+mixed-magnification datasets (CPM-15: 20x and 40x) are scored at each image's own resolution.
 
 ``ircr evaluate MODEL DATASET --split val|test|all|NAME``:
 
@@ -35,6 +38,7 @@ from ircr.errors import IrcrError
 from ircr.inference.device import AmpSetting
 from ircr.inference.family import InferenceSetting, ModelFamily, get_family
 from ircr.inference.predict import predict_maps
+from ircr.inference.scale import processing_size, rescale_factor, resize_image, resize_labels
 from ircr.io.atomic import atomic_write_text
 from ircr.io.paths import child_path, ensure_dir, unique_name
 from ircr.metrics import aggregate, instance_metrics
@@ -95,12 +99,31 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def image_at_model_scale(ds: PreparedDataset, idx: int, model_mpp: float | None
+                         ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Dataset image ``idx`` resized to the model's µm/px, and its own (H, W).
+
+    An image whose ``mpp`` (dataset.json) differs from ``model_mpp`` by more than 5 % is
+    resized (:mod:`ircr.inference.scale`), as ``ircr segment`` does; unknown pixel sizes and
+    ``model_mpp=None`` (validation during training) leave it as it is.
+    """
+    image = np.asarray(ds.load_image(idx))
+    h, w = image.shape[:2]
+    f = rescale_factor(ds.images[idx].get("mpp"), model_mpp)
+    return resize_image(image, *processing_size(h, w, f)), (h, w)
+
+
 def predict_whole(model: nn.Module, ds: PreparedDataset, name: str, cfg: EvalConfig,
                   device: torch.device | str | None = None,
-                  amp: AmpSetting = False) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-image prediction of dataset image ``name``: prob (H, W), hv (2, H, W) float32."""
-    image = ds.load_image(ds.index_of(name))
-    return predict_maps(model, np.asarray(image), window=cfg.window, overlap=cfg.overlap,
+                  amp: AmpSetting = False, model_mpp: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-image prediction of dataset image ``name`` at the model's µm/px (``model_mpp``).
+
+    Returns prob (h, w) and hv (2, h, w) float32 at the processing size (the image's own
+    size when no rescaling is needed); :func:`resize_labels` brings instances back.
+    """
+    image, _ = image_at_model_scale(ds, ds.index_of(name), model_mpp)
+    return predict_maps(model, image, window=cfg.window, overlap=cfg.overlap,
                         batch_size=cfg.batch_size, device=device, amp=amp)
 
 
@@ -108,11 +131,14 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
                    postproc: Any = None,
                    device: torch.device | str | None = None, amp: AmpSetting = False,
                    overlays: Path | None = None, progress: bool = False,
-                   family: ModelFamily | None = None) -> EvalResult:
+                   family: ModelFamily | None = None,
+                   model_mpp: float | None = None) -> EvalResult:
     """Evaluate ``model`` on whole images ``names`` of ``ds`` (metrics averaged over images).
 
     ``family`` (default HoVer-Net) predicts each whole image and turns it into instances;
     ``postproc`` is its post-processing (a mapping, its dataclass, or None = defaults).
+    ``model_mpp``: the model's µm/px; images at another pixel size are resized to it for the
+    network and WBIS, and the instances scored at the image's own resolution (None: as is).
     """
     fam = family or get_family()
     params = fam.parse_postproc(postproc)
@@ -132,8 +158,9 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
         idx = ds.index_of(name)
         if not ds.images[idx].get("labelled"):
             raise IrcrError(f"{ds.path}: image '{name}' has no labels; cannot evaluate it")
-        image = np.asarray(ds.load_image(idx))
-        pred, _ = fam.predict_instances(model, image, setting, params)
+        work, (h, w) = image_at_model_scale(ds, idx, model_mpp)
+        pred, _ = fam.predict_instances(model, work, setting, params)
+        pred = resize_labels(pred, h, w)
         gt = np.asarray(ds.load_inst(idx))
         res = instance_metrics(gt, pred, f1_mode=cfg.f1_mode, radius=cfg.f1_radius)
         results.append(res)
@@ -287,10 +314,11 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     res = evaluate_model(loaded.model, ds, names, cfg, loaded.postproc, dev,
                          amp=amp_dtype("auto", dev),
                          overlays=(out_dir / "overlays") if (overlays and out_dir) else None,
-                         progress=progress, family=loaded.family)
+                         progress=progress, family=loaded.family, model_mpp=loaded.mpp)
     res.split = label
     res.info = {"model": str(Path(model_dir)), "dataset": str(Path(dataset)),
-                "eval": to_dict(cfg), "inference": setting, "postproc": to_dict(loaded.postproc)}
+                "eval": to_dict(cfg), "inference": setting, "postproc": to_dict(loaded.postproc),
+                "model_mpp": loaded.mpp}
     if out_dir is not None:
         write_results(res, out_dir)
     return res

@@ -40,6 +40,7 @@ from ircr.errors import IrcrError
 from ircr.inference.device import amp_dtype, autocast, select_device
 from ircr.inference.evaluate import evaluate_models, predict_whole
 from ircr.inference.model_folder import save_model_folder
+from ircr.inference.scale import common_mpp
 from ircr.io.atomic import atomic_write, clean_stale_temps
 from ircr.io.paths import ensure_dir
 from ircr.io.torchfile import first_nonfinite
@@ -463,9 +464,8 @@ class Trainer:
         metrics = {k: v for k, v in self.last_row.items() if k.startswith("val_")} or None
         model = copy.deepcopy(self.method.final_model()).cpu().eval()
         out = self.run_dir / "model"
-        mpps = [float(m["mpp"]) for m in self.dataset.images if m.get("mpp") is not None]
         save_model_folder(out, model, self.cfg.model, to_dict(self.cfg.postproc),
-                          mpp=float(mpps[0]) if mpps else None,
+                          mpp=common_mpp(m.get("mpp") for m in self.dataset.images),
                           patch_size=self.cfg.data.patch_size, metrics=metrics,
                           inference={"window": self.cfg.eval.window,
                                      "overlap": self.cfg.eval.overlap,
