@@ -4,19 +4,29 @@
 # -> ircr tune-postproc on the 3 validation images -> evaluate -> package (fp16 weights + card).
 # Each step only reads the previous one's output, so a step can be rerun on its own.
 #
-# Usage: scripts/train_default_model.sh [MONUSEG_TRAIN_ROOT] [WORK_DIR]
+# Usage: scripts/train_default_model.sh [--paper-size] [MONUSEG_TRAIN_ROOT] [WORK_DIR]
+#   --paper-size        train the paper-size HoVer-Net the same way instead
+#                       (configs/default_model/paper_monuseg.yaml) for the comparison in
+#                       docs/results.md; steps 1-4 only, nothing is packaged
 #   MONUSEG_TRAIN_ROOT  default ../shared/data/MoNuSeg2018/train (next to the repository)
-#   WORK_DIR            default /tmp/ircr_default_model (data, run, evaluations; not the repo)
+#   WORK_DIR            default /tmp/ircr_default_model (--paper-size: /tmp/ircr_paper_size_model)
 # Interrupted? Run it again: training resumes from WORK_DIR/run/checkpoints/last.pt.
 # Threads: OMP_NUM_THREADS (default 1: on a busy 2-core machine two OpenMP threads spin-wait
 # for each other and run ~3x slower). On 2 shared CPU cores training takes well under an hour.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PAPER=0
+if [ "${1:-}" = "--paper-size" ]; then PAPER=1; shift; fi
 DATA="${1:-$REPO/../shared/data/MoNuSeg2018/train}"
-WORK="${2:-/tmp/ircr_default_model}"
 DEST="$REPO/src/ircr/resources/models/default"
-CONFIG="$REPO/configs/default_model/lite_monuseg.yaml"
+if [ "$PAPER" = 1 ]; then
+  WORK="${2:-/tmp/ircr_paper_size_model}"
+  CONFIG="$REPO/configs/default_model/paper_monuseg.yaml"
+else
+  WORK="${2:-/tmp/ircr_default_model}"
+  CONFIG="$REPO/configs/default_model/lite_monuseg.yaml"
+fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 SPLIT=ratio_1_seed0
 
@@ -38,6 +48,10 @@ python "$REPO/scripts/package_default_model.py" select "$WORK/run" "$WORK/select
 ircr tune-postproc "$WORK/selected" "$WORK/prepared" --split "$SPLIT" --device cpu
 ircr evaluate "$WORK/selected" "$WORK/prepared" --split "$SPLIT" --out "$WORK/eval_tuned" \
   --device cpu --no-progress
+if [ "$PAPER" = 1 ]; then
+  echo "paper-size network: selected model $WORK/selected, evaluation $WORK/eval_tuned"
+  exit 0
+fi
 # 5. the shipped folder: fp16 weights, tuned postproc, metrics, model card
 python "$REPO/scripts/package_default_model.py" package "$WORK/selected" "$WORK/eval_tuned" \
   "$DEST"

@@ -149,6 +149,20 @@ def test_cli_default_model_writes_every_output(monuseg_root, tmp_path, capsys) -
     assert again["n_nuclei"] == s["n_nuclei"]
 
 
+def test_paper_size_comparison_is_trained_the_same_way() -> None:
+    """configs/default_model/paper_monuseg.yaml (the accuracy comparison in docs/results.md)
+    is the packaged model's config with only the network changed, to the paper's network."""
+    from ircr.models.config import ModelConfig
+
+    lite = yaml.safe_load((REPO / "configs/default_model/lite_monuseg.yaml").read_text())
+    paper = yaml.safe_load((REPO / "configs/default_model/paper_monuseg.yaml").read_text())
+    assert {k: v for k, v in lite.items() if k != "model"} == \
+        {k: v for k, v in paper.items() if k != "model"}
+    assert paper["model"] == {"width": 1.0, "blocks": [3, 4, 6, 3], "decoder_units": [8, 4]}
+    default = ModelConfig()  # the HoVer-Net paper's network
+    assert (default.width, default.blocks, default.decoder_units) == (1.0, [3, 4, 6, 3], [8, 4])
+
+
 def test_cli_models_list_and_errors(tmp_path, capsys) -> None:
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
