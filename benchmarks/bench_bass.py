@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ircr.config import from_dict
+from ircr.data.detection import detection_targets
 from ircr.data.synthetic import make_tile
 from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn, total_loss
 
@@ -40,16 +41,10 @@ def _batch(n: int, device: torch.device) -> Batch:
     images, targets = [], []
     for i in range(n):
         img, inst = make_tile(np.random.default_rng(i), 256)
-        ids = [k for k in np.unique(inst) if k]
-        masks = np.stack([inst == k for k in ids]).astype(np.uint8)
-        boxes = []
-        for m in masks:
-            ys, xs = np.nonzero(m)
-            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        t = detection_targets(inst)
         images.append(torch.from_numpy(img).permute(2, 0, 1).float().to(device))
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32, device=device),
-                        "labels": torch.ones(len(ids), dtype=torch.int64, device=device),
-                        "masks": torch.from_numpy(masks).to(device)})
+        targets.append({k: torch.from_numpy(t[k]).to(device)
+                        for k in ("boxes", "labels", "masks")})
     return images, targets
 
 

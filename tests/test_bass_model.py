@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ircr.config import from_dict
+from ircr.data.detection import detection_targets
 from ircr.data.synthetic import make_tile
 from ircr.errors import IrcrError
 from ircr.models.maskrcnn import BassMaskRCNN, MaskRCNNConfig, build_maskrcnn, total_loss
@@ -39,17 +40,15 @@ def _tiny(**over: object) -> BassMaskRCNN:
     return build_maskrcnn(from_dict(MaskRCNNConfig, {**TINY, **over}, where="test.yaml"))
 
 
+def _targets(inst: np.ndarray, min_area: int = 1) -> dict[str, torch.Tensor]:
+    """Mask R-CNN targets of an instance map (the library's ``detection_targets``)."""
+    t = detection_targets(inst, min_area=min_area)
+    return {k: torch.from_numpy(t[k]) for k in ("boxes", "labels", "masks")}
+
+
 def _sample(seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     img, inst = make_tile(np.random.default_rng(seed), 64)
-    ids = [i for i in np.unique(inst) if i]
-    masks = np.stack([inst == i for i in ids]).astype(np.uint8)
-    boxes = []
-    for mk in masks:
-        ys, xs = np.nonzero(mk)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    target = {"boxes": torch.tensor(boxes, dtype=torch.float32),
-              "labels": torch.ones(len(ids), dtype=torch.int64), "masks": torch.from_numpy(masks)}
-    return torch.from_numpy(img).permute(2, 0, 1).float(), target
+    return torch.from_numpy(img).permute(2, 0, 1).float(), _targets(inst)
 
 
 def _empty_target() -> dict[str, torch.Tensor]:
@@ -170,15 +169,8 @@ def test_train_step_on_a_real_monuseg_patch(monuseg_root: Path, backbone: str) -
 
     sample = next(iter(open_dataset("monuseg", monuseg_root)))
     image, inst = sample.image[400:656, 400:656], sample.inst[400:656, 400:656]
-    ids = [i for i in np.unique(inst) if i and (inst == i).sum() >= 10]
-    masks = np.stack([inst == i for i in ids]).astype(np.uint8)
-    boxes = []
-    for mk in masks:
-        ys, xs = np.nonzero(mk)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    target = {"boxes": torch.tensor(boxes, dtype=torch.float32),
-              "labels": torch.ones(len(ids), dtype=torch.int64), "masks": torch.from_numpy(masks)}
-    assert len(ids) > 20  # a 256 px MoNuSeg patch holds dozens of nuclei
+    target = _targets(np.ascontiguousarray(inst), min_area=10)
+    assert len(target["labels"]) > 20  # a 256 px MoNuSeg patch holds dozens of nuclei
     model = _tiny(backbone=backbone, min_size=[256], max_size=256,
                   anchor_sizes=[16, 32, 64, 128, 256]).train()
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
