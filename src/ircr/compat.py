@@ -19,6 +19,11 @@ real data) and runs every fallback.
   Fallback: :func:`perimeters_public`, ``skimage.measure.perimeter`` per nucleus.
 * :func:`is_batchnorm`: ``torch.nn.modules.batchnorm._BatchNorm``, the private base class of
   every BatchNorm layer. Fallback: the public BatchNorm classes.
+* :func:`torchvision_problem`: not a private API but a probe of the same kind: torchvision is
+  needed only by the Mask R-CNN (BASS) models and imported there, never at package import;
+  this checks once, by importing it and running one empty ``nms``, that the installed
+  torch/torchvision pair works, else returns one line naming both versions (the models
+  package raises it as the user's error).
 
 This module sits at the bottom of the layers (imports nothing of ircr); third-party modules
 are imported where used, so importing it costs nothing.
@@ -145,3 +150,37 @@ def batchnorm_base() -> tuple[type, ...]:
 def is_batchnorm(module: Any) -> bool:
     """Whether ``module`` is a BatchNorm layer (any dimension, sync, lazy)."""
     return isinstance(module, batchnorm_base())
+
+
+_TORCH_INSTALL = "https://download.pytorch.org/whl/cpu"
+
+
+def _version_of(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@functools.cache
+def torchvision_problem() -> str | None:
+    """Why torchvision cannot be used with the installed torch (one line), or None if it can.
+
+    Imports torchvision and runs ``torchvision.ops.nms`` on zero boxes: a torchvision built
+    for another torch (e.g. ``+cu130`` next to a ``+cpu`` torch) fails one or the other.
+    """
+    try:
+        import torch
+        import torchvision.ops
+
+        torchvision.ops.nms(torch.zeros((0, 4)), torch.zeros(0), 0.5)
+    except Exception as exc:  # ImportError, RuntimeError (operator does not exist), OSError
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        return (f"torchvision {_version_of('torchvision')} does not work with torch "
+                f"{_version_of('torch')} ({type(exc).__name__}: {reason}); install a matching "
+                f"pair, e.g. pip install --force-reinstall torch torchvision --index-url "
+                f"{_TORCH_INSTALL} (CPU)")
+    return None
+

@@ -13,17 +13,54 @@ Modules: ``config`` (MaskRCNNConfig), ``backbone`` (ResNet-50/18/tiny + FPN, loc
 weights, BCE), ``contrastive`` (CRC pixel sets, sampling, InfoNCE), ``roi_heads``
 (torchvision RoIHeads with the BASS mask branch), ``model`` (BassMaskRCNN; input/output
 conventions in its docstring).
+
+torchvision is imported only when a network is built (``build_maskrcnn``, or the names
+``BassMaskRCNN``/``total_loss``): importing this package (the config, for model folders and
+the ``bass`` method's options) never needs it, so HoVer-Net work runs even where torchvision
+is missing or built for another torch. :func:`require_torchvision` checks the pair first and
+raises one line instead of the import traceback.
 """
 
 from __future__ import annotations
 
-from ircr.models.maskrcnn.config import MASK_BRANCHES, MaskRCNNConfig
-from ircr.models.maskrcnn.model import BassMaskRCNN, total_loss
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MASK_BRANCHES", "BassMaskRCNN", "MaskRCNNConfig", "build_maskrcnn", "total_loss"]
+from ircr.compat import torchvision_problem
+from ircr.errors import IrcrError
+from ircr.models.maskrcnn.config import MASK_BRANCHES, MaskRCNNConfig
+
+if TYPE_CHECKING:
+    from ircr.models.maskrcnn.model import BassMaskRCNN, total_loss
+
+__all__ = ["MASK_BRANCHES", "BassMaskRCNN", "MaskRCNNConfig", "build_maskrcnn",
+           "require_torchvision", "total_loss"]
+
+
+def require_torchvision() -> None:
+    """Raise a one-line IrcrError if torchvision cannot be used with the installed torch."""
+    problem = torchvision_problem()
+    if problem is not None:
+        raise IrcrError(f"Mask R-CNN (BASS) models need torchvision: {problem}")
+
+
+def __getattr__(name: str) -> Any:
+    """``BassMaskRCNN`` and ``total_loss`` load torchvision on first use (checked first)."""
+    if name in ("BassMaskRCNN", "total_loss"):
+        require_torchvision()
+        from ircr.models.maskrcnn import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_maskrcnn(cfg: MaskRCNNConfig) -> BassMaskRCNN:
-    """Build :class:`BassMaskRCNN` from ``cfg`` (validated; loads local backbone weights)."""
+    """Build :class:`BassMaskRCNN` from ``cfg`` (validated; loads local backbone weights).
+
+    Raises:
+        IrcrError: invalid config, or torchvision unusable (one line with both versions).
+    """
     cfg.validate()
+    require_torchvision()
+    from ircr.models.maskrcnn.model import BassMaskRCNN
+
     return BassMaskRCNN(cfg)
