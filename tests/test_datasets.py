@@ -311,7 +311,7 @@ def test_folder_layout(tmp_path: Path) -> None:
     np.save(tmp_path / "labels" / "a.npy", lab)
     tifffile.imwrite(tmp_path / "labels" / "b.tif", lab)
     msg = _one_line_error(open_dataset, "folder", tmp_path)
-    assert "c.jpg" in msg and "labels_required=False" in msg
+    assert "c.jpg" in msg and "--option labels_required=false" in msg
     out = list(open_dataset("folder", tmp_path, labels_required=False, mpp=0.5))
     assert [s.name for s in out] == ["a", "b", "c"]
     np.testing.assert_array_equal(out[0].inst, lab)

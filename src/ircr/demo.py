@@ -148,8 +148,8 @@ def prepare_data(out: Path, s: DemoSettings, seed: int) -> tuple[Path, str]:
 
 
 def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int,
-               progress: bool = False) -> Any:
-    """The experiment config of one demo run (tiny HoVer-Net, CPU, fixed iterations)."""
+               progress: bool = False, device: str = "cpu") -> Any:
+    """The experiment config of one demo run (tiny HoVer-Net, fixed iterations, ``device``)."""
     from ircr.train.config import experiment_from_dict, method_takes
 
     ipe = max(1, s.iterations // s.epochs)
@@ -159,7 +159,7 @@ def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int
                  "batch_size_unlabelled": s.batch, "workers": 0},
         "model": {"width": s.width, "blocks": [1, 1, 1, 1], "decoder_units": [2, 2]},
         "train": {"epochs": s.epochs, "iterations_per_epoch": ipe, "lr": s.lr,
-                  "lr_steps": [max(1, s.epochs - 1)], "seed": seed, "device": "cpu",
+                  "lr_steps": [max(1, s.epochs - 1)], "seed": seed, "device": device,
                   "amp": "off", "progress": progress, "tensorboard": False, "val_every": 0,
                   "checkpoint_minutes": 1.0},
         # warm-up and ramp-up scaled to the demo's short budget (defaults: 100 + 200 iterations)
@@ -173,7 +173,8 @@ def experiment(folder: Path, split: str, s: DemoSettings, method: str, seed: int
 
 
 def train(out: Path, folder: Path, split: str, s: DemoSettings, method: str, seed: int,
-          progress: bool = False, log: Callable[[str], None] = _log) -> Path:
+          progress: bool = False, log: Callable[[str], None] = _log,
+          device: str = "cpu") -> Path:
     """Train one method (resumes a half-finished demo run); returns its model folder."""
     from ircr.train.trainer import Trainer
 
@@ -185,13 +186,14 @@ def train(out: Path, folder: Path, split: str, s: DemoSettings, method: str, see
         return done.parent
     if (run_dir / "checkpoints" / "last.pt").is_file():
         log(f"{method}: resuming the interrupted run in {run_dir}")
-    trainer = Trainer(experiment(folder, split, s, method, seed, progress), run_dir,
+    trainer = Trainer(experiment(folder, split, s, method, seed, progress, device), run_dir,
                       resume="auto", config_source=f"demo ({method})")
     return trainer.run()
 
 
 def evaluate(folder: Path, split: str, model_dirs: dict[str, Path], s: DemoSettings,
-             seed: int, progress: bool = False) -> dict[str, dict[str, float]]:
+             seed: int, progress: bool = False,
+             device: str = "cpu") -> dict[str, dict[str, float]]:
     """Validation metrics of each model folder (whole images, WBIS, per-image mean)."""
     from ircr.inference.evaluate import evaluate_models
     from ircr.inference.model_folder import load_model_folder
@@ -201,7 +203,7 @@ def evaluate(folder: Path, split: str, model_dirs: dict[str, Path], s: DemoSetti
     ds = loaders.open_prepared(folder, "demo")
     sp = loaders.resolve_split(ds, split, "demo")
     models: dict[str, Any] = {m: load_model_folder(p).model for m, p in model_dirs.items()}
-    res = evaluate_models(models, ds, sp.val_images, cfg.eval, cfg.postproc, "cpu",
+    res = evaluate_models(models, ds, sp.val_images, cfg.eval, cfg.postproc, device,
                           progress=progress)
     return {m: {k: float(v) for k, v in r.items()} for m, r in res.items()}
 
@@ -253,7 +255,8 @@ def plot_curves(out: Path) -> Path:
 
 
 def segment_tile(out: Path, folder: Path, split: str, model_dirs: dict[str, Path],
-                 metrics: dict[str, dict[str, float]] | None = None) -> list[Path]:
+                 metrics: dict[str, dict[str, float]] | None = None,
+                 device: str = "cpu") -> list[Path]:
     """Segment the first validation image with each model; write titled side-by-side panels."""
     import ircr
     from ircr.io.figures import panel_figure, thick_overlay
@@ -266,12 +269,12 @@ def segment_tile(out: Path, folder: Path, split: str, model_dirs: dict[str, Path
     n_gt = len(np.unique(gt[gt > 0]))
     panels = [(thick_overlay(image, gt, GT_COLOR), f"ground truth ({n_gt} nuclei)")]
     for m in METHODS:
-        seg = ircr.load_model(model_dirs[m], device="cpu").segment(image, mpp=0.25)
+        seg = ircr.load_model(model_dirs[m], device=device).segment(image, mpp=0.25)
         aji = (metrics or {}).get(m, {}).get("aji")
         score = f", val AJI {aji:.3f}" if aji is not None else ""
         panels.append((thick_overlay(image, np.asarray(seg.inst), PRED_COLOR),
                        f"{m} ({len(seg)} nuclei{score})"))
-    panels.append(default_model_panel(image, gt))
+    panels.append(default_model_panel(image, gt, device))
     h, w = image.shape[:2]
     path = panel_figure(out / "segmentation.png", panels,
                         f"validation tile {sp.val_images[0]}: ground truth, both models and "
@@ -310,13 +313,14 @@ def diagnostics_figure(out: Path) -> Path | None:
                              "on the same unlabelled patch, at the end of the epoch shown")
 
 
-def default_model_panel(image: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, str]:
+def default_model_panel(image: np.ndarray, gt: np.ndarray,
+                        device: str = "cpu") -> tuple[np.ndarray, str]:
     """The same tile segmented by the packaged ``default`` model (trained on real MoNuSeg)."""
     import ircr
     from ircr.io.figures import thick_overlay
     from ircr.metrics import instance_metrics
 
-    seg = ircr.load_model("default", device="cpu").segment(image, mpp=0.25)
+    seg = ircr.load_model("default", device=device).segment(image, mpp=0.25)
     aji = instance_metrics(gt, np.asarray(seg.inst)).aji
     return (thick_overlay(image, np.asarray(seg.inst), PRED_COLOR),
             f"default model ({len(seg)} nuclei, AJI {aji:.3f})")
@@ -368,12 +372,18 @@ def write_report(res: DemoResult, s: DemoSettings, split: str, quick: bool) -> N
 
 
 def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0,
-             log: Callable[[str], None] = _log, progress: bool = True) -> DemoResult:
+             log: Callable[[str], None] = _log, progress: bool = True,
+             device: str = "cpu") -> DemoResult:
     """Run the whole demo into ``out``; returns the metrics and the report path.
 
     Rerunning into the same ``out`` resumes (finished trainings are reused, interrupted ones
     continue from their checkpoint). ``progress``: training/evaluation progress bars.
+    ``device``: where training and inference run (``--device``; the timings and results in
+    the docs are on CPU).
     """
+    from ircr.inference.device import select_device
+
+    device = str(select_device(device))  # an unknown/unavailable device fails before any work
     import torch
 
     from ircr.train.stop import TrainingStopped
@@ -397,21 +407,21 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0,
     seconds: dict[str, float] = {}
     for m in METHODS:
         eta = seconds.get("supervised", 0.0) * (IRCR_COST if m == "ircr" else 1.0) or None
-        st.start(f"{s.iterations} iterations on CPU", eta)
+        st.start(f"{s.iterations} iterations on {device}", eta)
         t0 = time.time()
         try:
-            model_dirs[m] = train(out, folder, split, s, m, seed, progress, log)
+            model_dirs[m] = train(out, folder, split, s, m, seed, progress, log, device)
         except TrainingStopped as stop:
             raise TrainingStopped(f"{stop}".split("; resume with")[0] + "; run the same "
                                   f"`ircr demo --out {out}` again to resume") from None
         seconds[m] = time.time() - t0
         log(f"{m} trained in {_mmss(seconds[m])}")
     st.start("whole-image sliding window + WBIS")
-    metrics = evaluate(folder, split, model_dirs, s, seed, progress)
+    metrics = evaluate(folder, split, model_dirs, s, seed, progress, device)
     res = DemoResult(out=out, report=out / "report.md", metrics=metrics, seconds=seconds)
     st.start()
     plot_curves(out)
-    segment_tile(out, folder, split, model_dirs, metrics)
+    segment_tile(out, folder, split, model_dirs, metrics, device)
     diagnostics_figure(out)
     write_report(res, s, split, quick)
     (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "seconds": seconds},

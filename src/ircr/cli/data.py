@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ircr.cli.options import NO_NETWORK, add_device, add_progress, check_device
 from ircr.errors import IrcrError
 
 _DATASETS = "monuseg, cpm15, consep, pannuke, monusac, folder, synthetic"
@@ -60,6 +61,8 @@ def register(subparsers: Any) -> None:
                    help="reader option, repeatable (e.g. --option labels=xml)")
     p.add_argument("--limit", type=int, default=None, help="prepare only the first N images")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
+    add_device(p, note=NO_NETWORK)
+    add_progress(p, note="no per-image lines")
     p.set_defaults(func=_prepare)
 
     s = sub.add_parser("split", help="write more split files for a prepared dataset")
@@ -89,6 +92,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if args.root is None and str(args.name).lower() != "synthetic":
         raise IrcrError(f"ircr data prepare: ROOT is required for dataset '{args.name}'")
+    check_device(args.device)
 
     def progress(i: int, name: str) -> None:
         print(f"  [{i + 1}] {name}", file=sys.stderr)
@@ -96,7 +100,8 @@ def _prepare(args: argparse.Namespace) -> int:
     res = prepare_dataset(
         args.name, args.root, args.out, options=parse_options(args.option), limit=args.limit,
         patch=args.patch, stride=args.stride, val_fraction=args.val_fraction,
-        ratio=args.ratio, seed=args.seed, overwrite=args.overwrite, progress=progress,
+        ratio=args.ratio, seed=args.seed, overwrite=args.overwrite,
+        progress=None if args.no_progress else progress,
         test_fraction=args.test_fraction,
     )
     print(

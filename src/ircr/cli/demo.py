@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ircr.cli.options import add_progress
+from ircr.cli.options import add_device, add_progress
 from ircr.demo import EXPECTED_TIME
 
 
@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
                    help="a much smaller run that only checks the pipeline works (about "
                         f"{EXPECTED_TIME['quick']} on an idle 2-core CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, init and order (default 0)")
+    add_device(p, default="cpu", note="the documented timings and results are on CPU")
     add_progress(p)
     p.set_defaults(func=handler)
 
@@ -36,7 +37,8 @@ def handler(args: argparse.Namespace) -> int:
     """Run the demo and print where the report is."""
     from ircr.demo import run_demo
 
-    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
+                      device=args.device)
     print(result.summary())
     print(f"report: {result.report}")
     return 0

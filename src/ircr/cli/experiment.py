@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ircr.cli.options import add_device, add_progress
 from ircr.errors import IrcrError
 
 
@@ -31,6 +32,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--progress-every", type=float, default=30.0, metavar="S",
                    help="seconds between progress lines of a run (default 30)")
+    add_device(p, default="")
+    add_progress(p, note="no progress bars in the runs (the progress lines stay)")
     p.set_defaults(func=handler)
 
 
@@ -49,5 +52,6 @@ def handler(args: argparse.Namespace) -> int:
     proto = Path(args.protocol)
     out = args.out or Path("experiments") / proto.stem
     summary = run_experiment(proto, out, jobs=args.jobs, budget_minutes=args.budget_minutes,
-                             dry_run=args.dry_run, progress_every=args.progress_every)
+                             dry_run=args.dry_run, progress_every=args.progress_every,
+                             device=args.device or None, progress=not args.no_progress)
     return 1 if summary.get("failed") else 0

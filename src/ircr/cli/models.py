@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ircr.cli.options import NO_NETWORK, add_device, add_progress, check_device
+
 
 def register(subparsers: Any) -> None:
     """Add ``ircr models list``."""
@@ -16,6 +18,9 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
     ls = sub.add_parser("list", help="packaged models with their model cards")
     ls.add_argument("--names", action="store_true", help="only the names, one per line")
+    for parser in (p, ls):
+        add_device(parser, note=NO_NETWORK)
+        add_progress(parser, note="this command shows none")
     ls.set_defaults(func=handler)
     p.set_defaults(func=handler, names=False)
 
@@ -24,6 +29,7 @@ def handler(args: argparse.Namespace) -> int:
     """Print the packaged models (names only, or the full cards)."""
     from ircr.engine.packaged import format_card, packaged_models
 
+    check_device(args.device)
     models = packaged_models()
     if not models:
         print("no packaged models installed")

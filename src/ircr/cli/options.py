@@ -14,11 +14,29 @@ from collections.abc import Sequence
 from typing import Any
 
 DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+NO_NETWORK = ("accepted like in every command; this one runs no network, so it only checks "
+              "the value")
 
 
-def add_device(p: argparse.ArgumentParser) -> None:
-    """``--device`` (validated by :func:`ircr.inference.device.select_device`)."""
-    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+def add_device(p: argparse.ArgumentParser, default: str = "auto", note: str = "") -> None:
+    """``--device`` (validated by :func:`ircr.inference.device.select_device`).
+
+    ``default``: the command's default (``auto`` everywhere but the CPU demo; ``""`` = each
+    run's ``train.device``); ``note``: a sentence appended to the help.
+    """
+    shown = default or "each run's train.device"
+    help_text = DEVICE_HELP if default == "auto" else DEVICE_HELP.replace(
+        "auto (default: CUDA, then MPS, then CPU)", f"auto (CUDA, then MPS, then CPU; default "
+        f"here: {shown})")
+    p.add_argument("--device", default=default, metavar="DEVICE",
+                   help=help_text + (f"; {note}" if note else ""))
+
+
+def check_device(value: str) -> None:
+    """Validate ``--device`` where the command runs no network (one-line error if bad)."""
+    from ircr.inference.device import select_device
+
+    select_device(value)
 
 
 class _DeprecatedQuiet(argparse.Action):
@@ -30,10 +48,11 @@ class _DeprecatedQuiet(argparse.Action):
         setattr(namespace, self.dest, True)
 
 
-def add_progress(p: argparse.ArgumentParser) -> None:
+def add_progress(p: argparse.ArgumentParser, note: str = "") -> None:
     """``--no-progress`` (dest ``no_progress``) and its deprecated alias ``--quiet``."""
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (for logs and batch jobs)")
+                   help="no progress bars (for logs and batch jobs)" + (f"; {note}" if note
+                                                                        else ""))
     p.add_argument("--quiet", action=_DeprecatedQuiet, nargs=0, dest="no_progress",
                    help="deprecated alias of --no-progress")
 

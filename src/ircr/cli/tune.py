@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ircr.cli.options import add_device, add_progress
+
 
 def register(subparsers: Any) -> None:
     """Add the ``tune-postproc`` subcommand."""
@@ -29,7 +31,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="write a tuned copy of the model folder here instead of in place")
     p.add_argument("--dry-run", action="store_true", help="report the best values, write nothing")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_device(p)
+    add_progress(p)
     p.set_defaults(func=handler)
 
 
@@ -47,7 +50,7 @@ def handler(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists():
         raise IrcrError(f"{args.out}: already exists; choose a new --out folder")
     loaded, maps, names = predict_for_tuning(folder, args.dataset, args.split, args.device,
-                                             progress=True)
+                                             progress=not args.no_progress)
     start = loaded.postproc  # WBISParams, parsed by load_model_folder
     result = tune_postproc(maps, start, grid, args.metric, names)
     print(f"tune-postproc: {result.summary()}")

@@ -127,4 +127,6 @@ def _format_value(key: str, value: Any, indent: int) -> list[str]:
         return out
     if isinstance(value, float):
         return [f"{pad}{label}: {value:.4g}"]
+    if isinstance(value, (list, tuple)):  # a list as text, not Python's repr
+        return [f"{pad}{label}: {', '.join(str(v) for v in value)}"]
     return [f"{pad}{label}: {value}"]

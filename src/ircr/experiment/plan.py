@@ -309,7 +309,8 @@ def ramp_notes(plan: list[PlannedRun]) -> list[str]:
         warm = int(m.get("warmup_iterations", default.warmup_iterations))
         ramp = int(m.get("rampup_iterations", default.rampup_iterations))
         if warm + ramp >= p.iterations:
-            notes.append(f"  note: {p.run_id}: {p.iterations} iterations, but the unsupervised "
+            its = f"{p.iterations} iteration{'s' * (p.iterations != 1)}"
+            notes.append(f"  note: {p.run_id}: {its}, but the unsupervised "
                          f"terms are off for {warm} and ramped up over {ramp} iterations "
                          "(method.warmup_iterations / rampup_iterations)")
     return notes

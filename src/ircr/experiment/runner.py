@@ -60,6 +60,8 @@ class RunContext:
     threads: int = 0
     progress_every: float = 30.0
     index: str = ""
+    device: str | None = None  # --device: replaces train.device (not part of the run's plan)
+    progress: bool = True  # False (--no-progress): no progress bars in the run
 
 
 def _fmt_s(s: float) -> str:
@@ -163,11 +165,15 @@ def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
     try:
         cfg = experiment_from_dict(json.loads(json.dumps(entry["config"])),
                                    where=str(run_json), stored=True)
+        if ctx.device:
+            cfg.train.device = ctx.device
+        if not ctx.progress:
+            cfg.train.progress = False
         tr = Trainer(cfg, run_dir, resume="auto", config_source=str(run_json))
         resumed = tr.iteration
         out(f"{ctx.index} {entry['run_id']}: " + (f"resuming at iteration {resumed}"
                                                   if resumed else "starting") +
-            f" ({entry['iterations']} iterations)")
+            f" ({entry['iterations']} iteration{'s' * (entry['iterations'] != 1)})")
         tr.on_step = Progress(entry, ctx.index, ctx.progress_every, out, run_dir, resumed)
         tr.run()
         doc.update(status="done", iterations=int(tr.iteration), wall_s=time.time() - t0,
@@ -271,14 +277,23 @@ def _n_test(proto: Protocol) -> int:
 def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
                    budget_minutes: float | None = None, dry_run: bool = False,
                    progress_every: float = 30.0,
-                   log: Callable[[str], None] = _print) -> dict[str, Any]:
-    """Plan, run every pending run (``jobs`` processes), write the report; returns a summary."""
+                   log: Callable[[str], None] = _print, device: str | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Plan, run every pending run (``jobs`` processes), write the report; returns a summary.
+
+    ``device`` (``--device``) replaces every run's ``train.device``; ``progress=False``
+    turns the runs' progress bars off. Neither is part of the plan.
+    """
     from ircr.experiment.report import write_report
 
     if jobs < 1:
         raise IrcrError(f"--jobs must be >= 1, got {jobs}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise IrcrError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    if device:
+        from ircr.inference.device import select_device
+
+        select_device(device)  # a bad --device fails before planning, not in every run
     t0 = time.time()
     proto = load_protocol(protocol_path)
     runs = expand(proto, str(protocol_path))
@@ -302,7 +317,8 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
     if skipped:
         log(f"skipping {skipped} finished run(s)")
     try:
-        results = _run_all(pending, out, proto, jobs, threads, progress_every, log)
+        results = _run_all(pending, out, proto, jobs, threads, progress_every, log,
+                           device, progress)
     except KeyboardInterrupt:
         log(f"interrupted; rerun the same command to resume. report so far: "
             f"{write_report(out)}")
@@ -319,11 +335,12 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
 
 
 def _run_all(pending: list[dict[str, Any]], out: Path, proto: Protocol, jobs: int, threads: int,
-             progress_every: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+             progress_every: float, log: Callable[[str], None], device: str | None = None,
+             progress: bool = True) -> list[dict[str, Any]]:
     def ctx(i: int) -> RunContext:
         return RunContext(list(proto.evaluate), _str(proto.test_dataset), proto.test_split,
                           list(proto.plugins), threads, progress_every,
-                          f"[{i + 1}/{len(pending)}]")
+                          f"[{i + 1}/{len(pending)}]", device, progress)
 
     if jobs == 1:
         return [run_one(e, out / "runs" / e["run_id"], ctx(i), log)

@@ -131,5 +131,6 @@ def describe_device(device: torch.device) -> str:
         return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
     if device.type == "mps":
         return "mps (Apple GPU)"
-    cores = os.cpu_count() or 1
-    return f"cpu ({torch.get_num_threads()} threads, {cores} cores)"
+    cores, threads = os.cpu_count() or 1, torch.get_num_threads()
+    return (f"cpu ({threads} thread{'s' * (threads != 1)}, "
+            f"{cores} core{'s' * (cores != 1)})")

@@ -182,7 +182,7 @@ def _train_stage(name: str, cfg: MaskRCNNConfig, pool: Sequence[int], read: _Rea
             model.load_state_dict(state["model"])
             log(f"BASS {name}: trained ({stage_dir})")
             return model.to(device).eval()
-    log(f"BASS {name}: training ({its} iterations) in {stage_dir}")
+    log(f"BASS {name}: training ({its} iteration{'s' * (its != 1)}) in {stage_dir}")
     train_detector(model, pool, read, schedule, stage_dir, device=device, seed=seed,
                    min_area=min_area, stop_after=stop_after, log=log,
                    extra_state={"stage": name, "pool": len(pool), "config": key})

@@ -319,7 +319,8 @@ class Trainer:
         """Lines printed before training: device, AMP, data counts, iterations, checkpoints."""
         cfg, sp = self.cfg, self.split
         amp = "bf16" if self.amp is not None else "off"
-        ckpt = [f"every {cfg.train.checkpoint_every} iterations"] if cfg.train.checkpoint_every \
+        ckpt = [_count(cfg.train.checkpoint_every, "iteration", "every ")] \
+            if cfg.train.checkpoint_every \
             else ["at epoch ends"]
         if cfg.train.checkpoint_minutes:
             ckpt.append(f"every {cfg.train.checkpoint_minutes:g} min")
@@ -330,8 +331,8 @@ class Trainer:
             "unlabelled patches" + ("" if self.method.uses_unlabelled else
                                     " (unlabelled not used by this method)")
             + f", {len(sp.val_images)} validation image(s)",
-            f"{start}{self.ipe} iterations/epoch x {cfg.train.epochs} epochs = {self.total} "
-            f"iterations (batch {cfg.data.batch_size}"
+            f"{start}{self.ipe} iterations/epoch x {_count(cfg.train.epochs, 'epoch')} = "
+            f"{_count(self.total, 'iteration')} (batch {cfg.data.batch_size}"
             + (f" + {cfg.data.batch_size_unlabelled} unlabelled" if
                self.method.uses_unlabelled else "") + ")",
             f"checkpoints {' and '.join(ckpt)} to {self.run_dir / 'checkpoints' / 'last.pt'}; "
@@ -340,7 +341,7 @@ class Trainer:
 
     def closing_summary(self, model_dir: Path) -> str:
         """Lines printed after training: best/last val metrics, wall time, next command."""
-        lines = [f"done: {self.iteration} iterations in {_hms(self._wall())} (wall)"]
+        lines = [f"done: {_count(self.iteration, 'iteration')} in {_hms(self._wall())} (wall)"]
         shown = ("_aji", "_dice", "_f1", "_pq")
         for key, (best, epoch) in sorted(self.best.items()):
             if not key.endswith(shown):
@@ -493,11 +494,17 @@ def _say(text: str) -> None:
         print(f"ircr train: {line}", file=sys.stderr, flush=True)
 
 
+def _count(n: int, word: str, prefix: str = "") -> str:
+    """``"1 iteration"``, ``"2 iterations"`` (with ``prefix`` before the number)."""
+    return f"{prefix}{n} {word}{'s' * (n != 1)}"
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"cpu ({n} thread{'s' * (n != 1)})"
     return str(device)
 
 

@@ -177,8 +177,9 @@ def _size_error(img_path: Path, isize: tuple[int, int], mask_path: Path,
                 msize: tuple[int, int]) -> IrcrError:
     return IrcrError(
         f"{img_path}: image is {isize[0]}x{isize[1]} but its mask {mask_path} is "
-        f"{msize[0]}x{msize[1]} (WxH); fix the pairing with pairs={{image: mask}} (or "
-        "fix_known_swaps=True for the swapped image04/image05 masks of the shared copy)"
+        f"{msize[0]}x{msize[1]} (WxH); fix the pairing with --option pairs=PAIRS.yaml (a "
+        "YAML mapping image: mask), or --option fix_known_swaps=true for the swapped "
+        "image04/image05 masks of the shared copy"
     )
 
 

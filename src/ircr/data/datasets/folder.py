@@ -61,7 +61,7 @@ def iter_folder(
             if name not in labels:
                 where = lab_dir if lab_dir is not None else base / labels_dir
                 raise file_error(img, f"no label map {where}/{name}.(png|tif|tiff|npy) "
-                                 "(pass labels_required=False for unlabelled images)")
+                                 "(pass --option labels_required=false for unlabelled images)")
     return _generate(images, labels, mpp)
 
 

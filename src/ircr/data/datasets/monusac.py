@@ -74,7 +74,8 @@ def iter_monusac(
     for name, img, xml in items:
         if xml is None and missing == "error":
             raise file_error(img, f"no annotation {img.with_name(name + '.xml').name} next to "
-                             "this image (use missing='skip' or 'unlabelled')")
+                             "this image (use --option missing=skip or "
+                             "--option missing=unlabelled)")
         if xml is None and missing == "skip":
             continue
         plan.append((name, img, xml))

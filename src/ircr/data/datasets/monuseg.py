@@ -122,8 +122,9 @@ def iter_monuseg(
         if lab is None and labels != "none":
             if missing == "error":
                 kind = {"auto": "label PNG or XML", "png": "label PNG", "xml": "XML"}[labels]
-                raise file_error(img, f"no {kind} found for this image (use missing='skip' or "
-                                 "'unlabelled' to continue without it)")
+                raise file_error(img, f"no {kind} found for this image (use --option "
+                                 "missing=skip or --option missing=unlabelled to continue "
+                                 "without it)")
             if missing == "skip":
                 continue
         plan.append((name, img, lab, fmt))
