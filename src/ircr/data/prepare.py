@@ -42,6 +42,7 @@ from ircr.data.splits import (
 from ircr.errors import IrcrError
 from ircr.io.atomic import AtomicPath, atomic_write_bytes, atomic_write_text
 from ircr.io.paths import ensure_dir, unique_name
+from ircr.io.wsi import check_mpp
 
 __all__ = ["prepare_dataset", "prepare_samples", "add_split", "PrepareResult", "FORMAT"]
 
@@ -242,7 +243,7 @@ def _write_images(
         meta = _json_safe(sample.meta)
         meta.update(
             name=name, file=stem, source=str(meta.get("source") or source),
-            mpp=meta.get("mpp"), height=h, width=w, labelled=inst is not None,
+            mpp=_sample_mpp(sample, name), height=h, width=w, labelled=inst is not None,
             image=f"images/{stem}.png", labels=label_rel, nuclei=n_nuclei,
         )
         entries.append(meta)
@@ -250,6 +251,15 @@ def _write_images(
         if progress is not None:
             progress(i, name)
     return entries, patches
+
+
+def _sample_mpp(sample: Sample, name: str) -> float | None:
+    """The sample's pixel size (None = unknown); a non-number, NaN or implausible value is a
+    one-line error naming the image (evaluation would rescale by it)."""
+    mpp = sample.meta.get("mpp")
+    if mpp is None:
+        return None
+    return check_mpp(mpp, key=f"{sample.meta.get('path') or name}: mpp")
 
 
 def prepare_dataset(

@@ -24,12 +24,26 @@ def require_root(root: str | Path | None, dataset: str) -> Path:
     return p
 
 
-def find_subdir(root: Path, candidates: Sequence[str]) -> Path | None:
-    """First existing sub-folder of ``root`` among ``candidates`` (exact names), else None."""
+def find_subdir(root: Path, candidates: Sequence[str], any_case: bool = False) -> Path | None:
+    """First existing sub-folder of ``root`` among ``candidates``, else None.
+
+    Names are exact unless ``any_case`` (then ``Images/``, ``IMAGES/`` match ``images``; an
+    exact match still wins).
+    """
     for name in candidates:
         d = root / name
         if d.is_dir():
             return d
+    if not any_case:
+        return None
+    try:
+        subdirs = sorted(d for d in root.iterdir() if d.is_dir())
+    except OSError:
+        return None
+    for name in candidates:
+        for d in subdirs:
+            if d.name.lower() == name.lower():
+                return d
     return None
 
 
@@ -124,3 +138,48 @@ def check_choice(dataset: str, option: str, value: object, choices: Sequence[obj
         raise IrcrError(
             f"dataset '{dataset}': option {option}={value!r} is invalid (valid: {valid})"
         )
+
+
+# One id covering this many separate regions is not a nucleus: the map is binary/semantic.
+MAX_PARTS_PER_ID = 10
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def parts_per_id(inst: np.ndarray) -> tuple[int, int]:
+    """(id, number of separate 8-connected regions) of the id with the most regions (0, 0 if
+    the map is empty). Regions of one id are counted once per foreground component they lie
+    in (exact for a binary mask; a lower bound where nuclei of one id touch others)."""
+    from scipy import ndimage
+
+    fg = inst > 0
+    if not fg.any():
+        return 0, 0
+    comp, n = ndimage.label(fg, structure=_EIGHT)
+    codes = inst[fg].astype(np.int64) * (n + 1) + comp[fg]
+    ids = np.unique(codes) // (n + 1)
+    uniq, counts = np.unique(ids, return_counts=True)
+    k = int(np.argmax(counts))
+    return int(uniq[k]), int(counts[k])
+
+
+def check_instance_map(inst: np.ndarray, path: Path, hint: str) -> None:
+    """Refuse a label map in which one id covers many separate regions (a 0/255 or class
+    mask read as instances would count as a handful of "nuclei"); ``hint`` says what to do.
+
+    Raises:
+        IrcrError: ``"<path>: id 255 covers 353 separate regions ...; <hint>"``.
+    """
+    k, parts = parts_per_id(inst)
+    if parts >= MAX_PARTS_PER_ID:
+        raise file_error(path, f"id {k} covers {parts} separate regions: this looks like a "
+                         f"binary (or class) mask, not an instance map with one id per "
+                         f"nucleus; {hint}")
+
+
+def label_components(mask: np.ndarray) -> np.ndarray:
+    """(H, W) int32 instance map of the 8-connected components of ``mask > 0`` (ids 1..K in
+    raster order of their first pixel). Touching nuclei of a binary mask stay merged."""
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(np.asarray(mask) > 0, structure=_EIGHT)
+    return lab.astype(np.int32)

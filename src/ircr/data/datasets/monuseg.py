@@ -5,8 +5,11 @@ Accepted layouts under ``root`` (first match wins):
 * images: ``images/``, ``Tissue Images/``, ``Tissue_Images/``, or ``root`` itself
   (``<id>.tif``/``.tiff``/``.png``);
 * label PNGs: ``labels_inst/<id>.png`` (16-bit instance maps, 0 = background);
-* Aperio ImageScope XMLs: ``annotations/``, ``Annotations/``, ``annotations_xml/``,
+* Aperio ImageScope XMLs: ``annotations/``, ``annotations_xml/``,
   ``annotations_xml_partial/`` or next to the images (``<id>.xml`` or ``<id>.xml.gz``).
+
+Folder names match in any case (``Images/``, ``Annotations/``); an error for a folder without
+images lists the names looked for.
 
 XML polygons are rasterised with :func:`ircr.data.polygons.rasterize_polygons` (pixel
 centres at integer coordinates; overlap rule ``"later"`` by default: a later region wins).
@@ -31,6 +34,7 @@ import numpy as np
 
 from ircr.data.datasets._common import (
     check_choice,
+    check_instance_map,
     empty_folder_error,
     find_subdir,
     list_by_stem,
@@ -49,7 +53,7 @@ from ircr.io.image import (
 )
 
 MONUSEG_MPP = 0.25  # 40x scans (Kumar et al. 2017)
-_IMAGE_DIRS = ("images", "Tissue Images", "Tissue_Images", "tissue_images")
+_IMAGE_DIRS = ("images", "Tissue Images", "Tissue_Images")
 _PNG_DIRS = ("labels_inst",)
 _XML_DIRS = ("annotations", "Annotations", "annotations_xml", "annotations_xml_partial")
 _XML_SUFFIXES = (".xml", ".xml.gz")
@@ -74,11 +78,11 @@ def read_monuseg_xml(
 
 
 def _discover(root: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path], Path]:
-    img_dir = find_subdir(root, _IMAGE_DIRS) or root
+    img_dir = find_subdir(root, _IMAGE_DIRS, any_case=True) or root
     images = list_by_stem(img_dir, IMAGE_SUFFIXES)
-    png_dir = find_subdir(root, _PNG_DIRS)
+    png_dir = find_subdir(root, _PNG_DIRS, any_case=True)
     pngs = list_by_stem(png_dir, LABEL_SUFFIXES) if png_dir else {}
-    xml_dir = find_subdir(root, _XML_DIRS) or img_dir
+    xml_dir = find_subdir(root, _XML_DIRS, any_case=True) or img_dir
     xmls = list_by_stem(xml_dir, _XML_SUFFIXES)
     return images, pngs, xmls, img_dir
 
@@ -111,7 +115,9 @@ def iter_monuseg(
     base = require_root(root, "monuseg")
     images, pngs, xmls, img_dir = _discover(base)
     if not images:
-        raise empty_folder_error(img_dir, "MoNuSeg images (.tif/.tiff/.png)")
+        looked = ", ".join(f"{d}/" for d in _IMAGE_DIRS)
+        raise empty_folder_error(img_dir, f"MoNuSeg images (.tif/.tiff/.png); image folders "
+                                 f"looked for: {looked} (any case) or the folder itself")
     plan: list[tuple[str, Path, Path | None, str]] = []
     for name, img in images.items():
         fmt, lab = "none", None
@@ -145,6 +151,8 @@ def _generate(
         if fmt == "png" and lab_path is not None:
             inst = read_label_map(lab_path)
             check_same_size(image, inst, img_path, lab_path)
+            check_instance_map(inst, lab_path, "labels_inst/ needs instance maps (for binary "
+                               "masks use the folder reader with --option labels=binary)")
         elif fmt == "xml" and lab_path is not None:
             inst, n_bad = read_monuseg_xml(lab_path, image.shape[:2], overlap, one_based)
             meta["n_degenerate"] = n_bad
