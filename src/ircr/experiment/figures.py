@@ -7,6 +7,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+# Seeds of one method share its colour and differ in marker and line style (curves).
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINE_STYLES = ("-", "--", ":", "-.")
+
 
 def _plt() -> Any:
     import matplotlib
@@ -78,21 +82,25 @@ def _unsup(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def plot_curves(out: Path, runs: list[dict[str, Any]]) -> list[Path]:
-    """One page per ratio: supervised loss, unsupervised loss, val AJI of every run."""
+    """One page per ratio: supervised loss, unsupervised loss, val AJI of every run.
+
+    Colour = method; each seed pair (split, train) its own marker and line style (the same
+    on every page), so the seeds of one method stay apart even as single points.
+    """
     plt = _plt()
     pages = []
     methods = list(dict.fromkeys(r["method"] for r in runs))
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     for ratio in sorted({r["ratio"] for r in runs}, key=Fraction):
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-        seeds: dict[tuple[int, int], str] = {}
+        seeds: dict[tuple[int, int], int] = {}
         for r in [r for r in runs if r["ratio"] == ratio]:
             rows = _read_csv(out / "runs" / r["run_id"] / "metrics.csv")
-            style = seeds.setdefault((r["split_seed"], r["train_seed"]),
-                                     ["-", "--", ":", "-."][len(seeds) % 4])
+            k = seeds.setdefault((r["split_seed"], r["train_seed"]), len(seeds))
             label = f"{r['method']} s{r['split_seed']}/{r['train_seed']}"
-            kw = {"color": colors[r["method"]], "linestyle": style, "label": label,
-                  "marker": "o", "markersize": 3}
+            # colour = method; marker and line style = seed (short runs are only points)
+            kw = {"color": colors[r["method"]], "linestyle": LINE_STYLES[k % len(LINE_STYLES)],
+                  "label": label, "marker": MARKERS[k % len(MARKERS)], "markersize": 4}
             sup = "train_sup" if any(x.get("train_sup") for x in rows) else "train_loss"
             axes[0].plot(*_series(rows, sup), **kw)
             axes[1].plot(*_series(_unsup(rows), "unsup"), **kw)

@@ -1,8 +1,8 @@
 """Readable figures: titled panels with a legend (matplotlib) and captioned overlays (OpenCV).
 
 * :func:`panel_figure`: a grid of image panels, each with a title, a figure title, an optional
-  note line and a colour legend; written at a fixed, predictable size
-  (:func:`figure_size_px`), never cropped.
+  note line and a colour legend (its entries wrap onto more rows when they are wider than
+  the figure); written at a fixed, predictable size (:func:`figure_size_px`), never cropped.
 * :func:`thick_overlay`: instance outlines ``width`` px wide (1-px outlines vanish when a
   figure is scaled down).
 * :func:`caption_image`: a full-resolution overlay with a white header band holding a title
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,6 +26,7 @@ Color = tuple[int, int, int]
 PANEL_INCHES = 3.2
 HEADER_INCHES = 0.75
 LEGEND_INCHES = 0.45
+LEGEND_ROW_INCHES = 0.22  # each further legend row (entries wrap to fit the figure width)
 DPI = 100
 
 
@@ -47,13 +49,30 @@ def thick_overlay(image: np.ndarray, inst: np.ndarray, color: Color,
 
 
 def figure_size_px(n_panels: int, ncols: int | None = None,
-                   legend: bool = True) -> tuple[int, int]:
-    """(width, height) in pixels of a :func:`panel_figure` with ``n_panels`` panels."""
+                   legend: bool = True, legend_rows: int = 1) -> tuple[int, int]:
+    """(width, height) in pixels of a :func:`panel_figure` with ``n_panels`` panels and a
+    legend of ``legend_rows`` rows."""
     cols = ncols or min(n_panels, 4)
     rows = math.ceil(n_panels / cols)
     w = cols * PANEL_INCHES
-    h = rows * PANEL_INCHES + HEADER_INCHES + (LEGEND_INCHES if legend else 0.0)
+    band = LEGEND_INCHES + LEGEND_ROW_INCHES * (max(1, legend_rows) - 1) if legend else 0.0
+    h = rows * PANEL_INCHES + HEADER_INCHES + band
     return round(w * DPI), round(h * DPI)
+
+
+def _legend_columns(fig: Any, handles: Sequence[Any], labels: list[str],
+                    width_px: float) -> int:
+    """Most legend columns whose rendered width fits ``width_px`` (at least 1): a legend
+    wider than the figure would be cut at both sides."""
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(len(labels), 1, -1):
+        leg = fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8,
+                         frameon=False)
+        fits = leg.get_window_extent(renderer).width <= 0.98 * width_px
+        leg.remove()
+        if fits:
+            return ncol
+    return 1
 
 
 def panel_figure(path: str | Path, panels: Sequence[tuple[np.ndarray, str]], title: str,
@@ -80,8 +99,15 @@ def panel_figure(path: str | Path, panels: Sequence[tuple[np.ndarray, str]], tit
     rows = math.ceil(n / cols)
     wpx, hpx = figure_size_px(n, cols, bool(legend))
     fig = plt.figure(figsize=(wpx / DPI, hpx / DPI), dpi=DPI)
+    handles = [Line2D([0], [0], color=(c[0] / 255, c[1] / 255, c[2] / 255), lw=3)
+               for c, _ in legend]
+    labels = [lab for _, lab in legend]
+    lcols = _legend_columns(fig, handles, labels, wpx) if legend else 1
+    lrows = math.ceil(len(labels) / lcols) if legend else 1
+    wpx, hpx = figure_size_px(n, cols, bool(legend), lrows)
+    fig.set_size_inches(wpx / DPI, hpx / DPI)
     top = 1 - HEADER_INCHES * DPI / hpx
-    bottom = (LEGEND_INCHES * DPI / hpx) if legend else 0.0
+    bottom = ((LEGEND_INCHES + LEGEND_ROW_INCHES * (lrows - 1)) * DPI / hpx) if legend else 0.0
     grid = fig.add_gridspec(rows, cols, left=0.01, right=0.99, top=top, bottom=bottom,
                             wspace=0.04, hspace=0.18)
     for k, (img, label) in enumerate(panels):
@@ -94,10 +120,8 @@ def panel_figure(path: str | Path, panels: Sequence[tuple[np.ndarray, str]], tit
         fig.text(0.5, 1 - 0.34 * DPI / hpx, note, ha="center", va="top", fontsize=8,
                  color="#444444")
     if legend:
-        handles = [Line2D([0], [0], color=(c[0] / 255, c[1] / 255, c[2] / 255), lw=3)
-                   for c, _ in legend]
-        fig.legend(handles, [lab for _, lab in legend], loc="lower center",
-                   ncol=len(legend), fontsize=8, frameon=False)
+        fig.legend(handles, labels, loc="lower center", ncol=lcols, fontsize=8,
+                   frameon=False)
     out = Path(path)
     try:
         fig.savefig(out, dpi=DPI)

@@ -73,7 +73,7 @@ def _quiet_zarr_tasks() -> None:
     warnings.filterwarnings("ignore", message="coroutine 'concurrent_map", category=RuntimeWarning)
 
 
-def check_mpp(value: float, key: str = "--mpp") -> float:
+def check_mpp(value: float | str, key: str = "--mpp") -> float:
     """``value`` as float if it is a plausible pixel size (:data:`MPP_RANGE` µm), else an error.
 
     Raises:
