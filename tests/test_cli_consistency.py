@@ -93,3 +93,30 @@ def test_cpm15_size_error_uses_cli_syntax(tmp_path: Path) -> None:
     assert "is 6x4 but its mask" in msg and "5x4" in msg
     assert "--option pairs=PAIRS.yaml" in msg and "--option fix_known_swaps=true" in msg
     assert "{" not in msg and "=True" not in msg
+
+
+def test_experiment_device_and_no_progress_reach_every_run(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    import ircr.train.trainer as trainer_mod
+    from ircr.experiment.runner import RunContext, run_one
+
+    seen: list[tuple[str, bool]] = []
+
+    class FakeTrainer:
+        def __init__(self, cfg, *a, **k) -> None:  # noqa: ANN001 - records and stops
+            seen.append((cfg.train.device, cfg.train.progress))
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(trainer_mod, "Trainer", FakeTrainer)
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny_synthetic.yaml")
+                            .read_text())
+    entry = {"run_id": "r", "method": "supervised", "ratio": "1/4", "split_seed": 0,
+             "train_seed": 0, "iterations": 1, "config": config}
+    ctx = RunContext(["student"], None, "test", device="cuda:0", progress=False)
+    doc = run_one(entry, tmp_path / "r", ctx, out=lambda _m: None)
+    assert doc["status"] == "failed" and seen == [("cuda:0", False)]
+    ctx = RunContext(["student"], None, "test")  # without the options: the config's values
+    run_one(entry, tmp_path / "r", ctx, out=lambda _m: None)
+    assert seen[-1] == ("cpu", True)
