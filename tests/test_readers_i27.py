@@ -175,3 +175,24 @@ def test_prepare_refuses_a_reader_mpp_that_is_not_a_pixel_size(tmp_path: Path) -
         prepare_samples([bad], tmp_path / "p", source="x", patch=16, ratio=1,
                         val_fraction=0)
     assert not (tmp_path / "p").exists()
+
+
+def test_prepared_dataset_with_a_bad_mpp_is_refused_on_load(tmp_path: Path) -> None:
+    import json
+
+    from ircr.data.store import PreparedDataset
+
+    inst = np.zeros((16, 16), np.int32)
+    inst[4:8, 4:8] = 1
+    good = Sample(image=_rgb(16, 16), inst=inst,
+                  meta={"name": "a", "source": "x", "mpp": 0.5, "path": "a.png"})
+    prepare_samples([good], tmp_path / "p", source="x", patch=16, ratio=1, val_fraction=0)
+    index = tmp_path / "p" / "dataset.json"
+    assert PreparedDataset(tmp_path / "p").images[0]["mpp"] == 0.5
+    for bad in ("abc", -1):  # written by a version that did not check it
+        data = json.loads(index.read_text())
+        data["images"][0]["mpp"] = bad
+        index.write_text(json.dumps(data))
+        with pytest.raises(IrcrError, match=r"dataset\.json: image 'a' mpp: .* is not a "
+                                            r"plausible pixel size"):
+            PreparedDataset(tmp_path / "p")

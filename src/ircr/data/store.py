@@ -19,6 +19,7 @@ import numpy as np
 
 from ircr.data.splits import Patch, patch_grid, read_split_file
 from ircr.errors import IrcrError
+from ircr.io.wsi import check_mpp
 
 __all__ = ["PreparedDataset", "Split", "mirrored_window", "reflect_index"]
 
@@ -135,6 +136,8 @@ class PreparedDataset:
             for key in ("name", "height", "width", "image", "labelled"):
                 if not isinstance(m, dict) or key not in m:
                     raise IrcrError(f"{where}: image entry {k} lacks '{key}'")
+            if m.get("mpp") is not None:  # datasets prepared before prepare checked it
+                check_mpp(m["mpp"], key=f"{where}: image {m['name']!r} mpp")
 
     def _read_patches(self) -> list[Patch]:
         path = self.path / "patches.csv"
