@@ -196,3 +196,13 @@ def test_prepared_dataset_with_a_bad_mpp_is_refused_on_load(tmp_path: Path) -> N
         with pytest.raises(IrcrError, match=r"dataset\.json: image 'a' mpp: .* is not a "
                                             r"plausible pixel size"):
             PreparedDataset(tmp_path / "p")
+
+
+def test_prepare_prints_reader_notes_as_one_line_warnings(tmp_path: Path, capsys) -> None:
+    _svs(tmp_path / "a.svs", _rgb(48, 64), None)
+    (tmp_path / "a.xml").write_text(XML.format(mpp=""))
+    assert main(["data", "prepare", "monusac", str(tmp_path), "-o", str(tmp_path / "p"),
+                 "--patch", "32", "--ratio", "1", "--val-fraction", "0", "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ircr: warning: {tmp_path / 'a.svs'}: no MicronsPerPixel in the XML and no "
+                   "pixel size in a.svs; assumed 0.25 µm/px (40x)"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +98,19 @@ def _prepare(args: argparse.Namespace) -> int:
     def progress(i: int, name: str) -> None:
         print(f"  [{i + 1}] {name}", file=sys.stderr)
 
-    res = prepare_dataset(
-        args.name, args.root, args.out, options=parse_options(args.option), limit=args.limit,
-        patch=args.patch, stride=args.stride, val_fraction=args.val_fraction,
-        ratio=args.ratio, seed=args.seed, overwrite=args.overwrite,
-        progress=None if args.no_progress else progress,
-        test_fraction=args.test_fraction,
-    )
+    with warnings.catch_warnings(record=True) as caught:  # reader notes: one line each
+        warnings.simplefilter("always")
+        try:
+            res = prepare_dataset(
+                args.name, args.root, args.out, options=parse_options(args.option),
+                limit=args.limit, patch=args.patch, stride=args.stride,
+                val_fraction=args.val_fraction, ratio=args.ratio, seed=args.seed,
+                overwrite=args.overwrite, progress=None if args.no_progress else progress,
+                test_fraction=args.test_fraction,
+            )
+        finally:
+            for w in caught:
+                print(f"ircr: warning: {w.message}", file=sys.stderr)
     print(
         f"prepared {res.n_images} images ({res.n_labelled_images} labelled, "
         f"{res.n_nuclei} nuclei), {res.n_patches} patches -> {res.path}"

@@ -33,7 +33,10 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto", note: str = ""
 
 
 def check_device(value: str) -> None:
-    """Validate ``--device`` where the command runs no network (one-line error if bad)."""
+    """Validate ``--device`` where the command runs no network (one-line error if bad;
+    the default ``auto`` is always valid and does not import torch)."""
+    if value.strip().lower() == "auto":
+        return
     from ircr.inference.device import select_device
 
     select_device(value)
