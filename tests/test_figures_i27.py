@@ -64,3 +64,18 @@ def test_seeds_of_one_method_get_their_own_marker_and_colour_stays(
         assert len({kw["color"] for kw in kws}) == 1
         assert len({kw["marker"] for kw in kws}) == 3  # 3 seeds, 3 markers (x 3 panels)
     assert by_method["supervised"][0]["color"] != by_method["ircr"][0]["color"]
+
+
+def test_caption_legend_on_a_small_patch_wraps_instead_of_being_cut() -> None:
+    from ircr.io.figures import caption_image
+    from ircr.ssl.diagnostics import LEGEND as DIAG
+
+    img = np.zeros((128, 128, 3), np.uint8)
+    cap = caption_image(img, "e3_p19", DIAG)
+    band = cap[: cap.shape[0] - 128]
+    assert np.array_equal(cap[band.shape[0]:], img)
+    assert (band[:, -4:] == 255).all()  # no text or swatch reaches the right edge
+    for color, _ in DIAG:  # every swatch drawn ("pair" was cut to "pa" before)
+        assert (band == color).all(axis=2).sum() >= 20, color
+    wide = caption_image(np.zeros((10, 1400, 3), np.uint8), "t", DIAG)
+    assert wide.shape[0] == 10 + 82  # one legend line when it fits (2 x 38 px + 6)

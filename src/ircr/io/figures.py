@@ -134,19 +134,39 @@ def panel_figure(path: str | Path, panels: Sequence[tuple[np.ndarray, str]], tit
 
 def caption_image(image: np.ndarray, title: str,
                   legend: Sequence[tuple[Color, str]] = ()) -> np.ndarray:
-    """``image`` (RGB uint8) below a white header band with ``title`` and colour swatches."""
+    """``image`` (RGB uint8) below a white header band with ``title`` and colour swatches.
+
+    Legend entries that do not fit the image width continue on the next line (a 128 px
+    diagnostic patch gets one or two entries per line), so none is cut at the edge.
+    """
     h, w = image.shape[:2]
     scale = max(0.45, min(1.0, w / 1400))
     line = int(30 * scale) + 8
-    band = np.full((line * (2 if legend else 1) + 6, w, 3), 255, np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
+    rows = _legend_rows(legend, w, scale, font)
+    band = np.full((line * (1 + len(rows)) + 6, w, 3), 255, np.uint8)
     cv2.putText(band, title, (8, line - 8), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    sw = int(28 * scale)
+    for r, entries in enumerate(rows):
+        y, x = (r + 2) * line - 8, 8
+        for color, label in entries:
+            cv2.rectangle(band, (x, y - int(14 * scale)), (x + sw, y), color, -1)
+            x += sw + 6
+            cv2.putText(band, label, (x, y), font, scale * 0.9, (0, 0, 0), 1, cv2.LINE_AA)
+            x += cv2.getTextSize(label, font, scale * 0.9, 1)[0][0] + 20
+    return np.concatenate([band, np.asarray(image, np.uint8)], axis=0)
+
+
+def _legend_rows(legend: Sequence[tuple[Color, str]], width: int, scale: float,
+                 font: int) -> list[list[tuple[Color, str]]]:
+    """Legend entries split into lines that fit ``width`` px (at least one entry a line)."""
+    rows: list[list[tuple[Color, str]]] = []
     x = 8
     for color, label in legend:
-        y = 2 * line - 8
-        cv2.rectangle(band, (x, y - int(14 * scale)), (x + int(28 * scale), y), color, -1)
-        x += int(28 * scale) + 6
-        cv2.putText(band, label, (x, y), font, scale * 0.9, (0, 0, 0), 1, cv2.LINE_AA)
-        (tw, _), _ = cv2.getTextSize(label, font, scale * 0.9, 1)
-        x += tw + 20
-    return np.concatenate([band, np.asarray(image, np.uint8)], axis=0)
+        need = int(28 * scale) + 6 + cv2.getTextSize(label, font, scale * 0.9, 1)[0][0]
+        if not rows or (x + need > width - 4 and rows[-1]):
+            rows.append([])
+            x = 8
+        rows[-1].append((color, label))
+        x += need + 20
+    return rows
