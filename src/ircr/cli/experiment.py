@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--progress-every", type=float, default=30.0, metavar="S",
                    help="seconds between progress lines of a run (default 30)")
     add_device(p, default="")
-    add_progress(p, note="no progress bars in the runs (the progress lines stay)")
+    add_progress(p, note="the runs' periodic progress lines stay")
     p.set_defaults(func=handler)
 
 
