@@ -221,6 +221,15 @@ class Method:
         self.options = options
         self.trainer = trainer
 
+    @classmethod
+    def saved_progress(cls, run_dir: Path) -> Path | None:
+        """The file showing that a run of this method already started in ``run_dir`` (the
+        trainer then requires ``--resume``; without one ``--resume`` is refused), or None.
+        Default: the trainer's ``checkpoints/last.pt``; a method with its own loop names
+        its own checkpoints (``bass``: its stages')."""
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+
     # -- lifecycle -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         """The network the trainer optimises (default: HoVer-Net from ``cfg.model``)."""
