@@ -12,8 +12,11 @@
 
 Every stage resumes: a stage whose output exists is skipped (teacher: its checkpoint at the
 last iteration; pseudo-labels: ``threshold.json``, written last; student: ``model/``), a stage
-that was interrupted continues from its own ``checkpoints/last.pt``. ``<run>/bass.json``
-summarises the stages.
+that was interrupted continues from its own ``checkpoints/last.pt``. Every stage is a pure
+function of the run's seed (:func:`~ircr.train.stage_tools.stage_seed`), so where a run was
+interrupted does not change its models. Damaged outputs are redone, never used: unreadable
+pseudo-labels are generated again, a model folder that does not hold its stage's checkpoint
+is written again. ``<run>/bass.json`` (written last) summarises the stages.
 
 Painting of the model folders: ``opts.paint`` (score > 0.5 as the reference evaluation) or,
 with ``count_matched_paint``, the box-score threshold chosen by count matching on the model's

@@ -70,7 +70,9 @@ What a method can do
   family with its own targets and optimiser, several stages: ``bass``) trains in
   :meth:`Method.run_own` and returns the run's model folder; the trainer then runs no loop,
   writes no checkpoint of its own and returns that folder. The method owns resume (its
-  checkpoints under ``trainer.run_dir``), Ctrl-C handling and the model folder.
+  checkpoints under ``trainer.run_dir``), Ctrl-C handling and the model folder; it names the
+  files that make a run folder "started" in :meth:`Method.saved_progress`, so ``--resume``
+  works for it as for every method.
 
 Batch dicts (tensors already on ``trainer.device``)
 ----------------------------------------------------
