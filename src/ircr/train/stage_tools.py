@@ -15,8 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
+import sys
 import zlib
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -75,6 +78,14 @@ class StageStop(StopRequest):
     def __init__(self, what: str, hint: str) -> None:
         super().__init__()
         self.what, self.hint = what, hint
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            super()._handle(signum, frame)  # a second Ctrl-C aborts at once
+            return
+        self.requested = signal.Signals(signum).name
+        print(f"\nircr train: {self.requested} received; {self.what} stops after the current "
+              "item (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StageStop:
         super().__enter__()
