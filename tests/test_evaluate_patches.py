@@ -63,15 +63,16 @@ def test_patch_metrics_are_the_mean_over_unpadded_patches(ds: Path) -> None:
 
 def test_cli_unit_patch_and_dilate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ds = tmp_path / "ds"
-    prepare_dataset("synthetic", None, ds, options={"n_images": 2, "size": 64}, patch=32,
-                    stride=32, ratio="1/2", val_fraction=0.5)
+    prepare_dataset("synthetic", None, ds, options={"n_images": 2, "size": 64}, patch=64,
+                    stride=64, ratio="1/2", val_fraction=0.5)
     out = tmp_path / "ev"
     rc = main(["evaluate", "default", str(ds), "--split", "all", "--unit", "patch", "--out",
                str(out), "--no-progress", "--device", "cpu"])
     assert rc == 0
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["unit"] == "patch" and len(doc["per_image"]) == 2 * 4
-    assert "8 patches, each on its own" in capsys.readouterr().out
+    assert doc["unit"] == "patch" and [r["image"].split("@")[1] for r in doc["per_image"]] == \
+        ["0,0", "0,0"]
+    assert "2 patches, each on its own" in capsys.readouterr().out
     rc = main(["evaluate", "default", str(ds), "--split", "all", "--dilate", "1", "--out",
                str(tmp_path / "d"), "--no-progress"])
     assert rc == 2
