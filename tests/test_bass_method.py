@@ -56,9 +56,13 @@ def config(ds: Path, **method: Any) -> dict[str, Any]:
     return data
 
 
-def run(ds: Path, out: Path, **method: Any) -> Path:
+def run(ds: Path, out: Path, resume: bool | str = False, seed: int | None = None,
+        **method: Any) -> Path:
+    data = config(ds, **method)
+    if seed is not None:
+        data["train"]["seed"] = seed
     torch.manual_seed(0)
-    return Trainer(experiment_from_dict(config(ds, **method), "bass.yaml"), out).run()
+    return Trainer(experiment_from_dict(data, "bass.yaml"), out, resume=resume).run()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +108,7 @@ def test_interrupted_in_stage_3_and_resumed_equals_uninterrupted(
                            )["iteration"] == 2
     assert not (tmp_path / "run" / "model" / "model.yaml").exists()
     monkeypatch.setattr(detector_loop, "_step", real)
-    resumed = run(synth, tmp_path / "run")
+    resumed = run(synth, tmp_path / "run", resume=True)
     a = load_checkpoint(full.parent / "student" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(resumed.parent / "student" / "checkpoints" / "last.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -113,11 +117,17 @@ def test_interrupted_in_stage_3_and_resumed_equals_uninterrupted(
 def test_rerun_with_other_settings_is_refused(synth: Path, full: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(full.parent, run_dir)
-    assert run(synth, run_dir) == run_dir / "model"  # same settings: every stage is done
-    with pytest.raises(IrcrError, match="run/model: made with other settings"):
-        run(synth, run_dir, student={**STAGE, "iterations": 4, "lr": 0.02})
+    assert run(synth, run_dir, resume=True) == run_dir / "model"  # same settings: all done
+    with pytest.raises(IrcrError, match="config section 'method' differs"):  # as every method
+        run(synth, run_dir, resume=True, student={**STAGE, "iterations": 4, "lr": 0.02})
     with pytest.raises(IrcrError, match="teacher/checkpoints/last.pt: made with other settings"):
-        run(synth, run_dir, min_area=2)
+        run(synth, run_dir, resume=True, seed=3)  # train.seed: not compared by the trainer
+    (run_dir / "config.yaml").unlink()  # e.g. a run folder of an older version
+    with pytest.raises(IrcrError, match="run/model: made with other settings"):
+        run(synth, run_dir, resume=True, student={**STAGE, "iterations": 4, "lr": 0.02})
+    (run_dir / "config.yaml").unlink()
+    with pytest.raises(IrcrError, match="teacher/checkpoints/last.pt: made with other settings"):
+        run(synth, run_dir, resume=True, min_area=2)
 
 
 def test_evaluate_and_segment_the_student(synth: Path, full: Path) -> None:

@@ -30,6 +30,13 @@ def register(subparsers: Any) -> None:
     add_device(p)
     add_inference(p)
     p.add_argument("--f1-mode", default="iou", choices=["iou", "centroid"])
+    p.add_argument("--unit", default="image", choices=["image", "patch"],
+                   help="image: whole images (default); patch: every patch of the dataset's "
+                        "grid on its own, mean over patches (the BASS paper's test unit)")
+    p.add_argument("--dilate", type=int, default=None, choices=[0, 1],
+                   help="detection models (maskrcnn): grow each painted nucleus by 1 px into "
+                        "background (1, the released BASS evaluation) or not (0); default: "
+                        "the model folder's postproc.yaml")
     add_progress(p)
     p.set_defaults(func=handler)
 
@@ -39,7 +46,7 @@ def handler(args: argparse.Namespace) -> int:
     from ircr.config import from_dict
     from ircr.engine.packaged import is_packaged_folder, resolve_model
     from ircr.errors import IrcrError
-    from ircr.inference.evaluate import EvalConfig, evaluate_folder
+    from ircr.inference.evaluate import EvalConfig, EvalResult, evaluate_folder
 
     cfg = from_dict(EvalConfig, {"f1_mode": args.f1_mode}, where="ircr evaluate")
     folder = resolve_model(args.model)
@@ -50,10 +57,12 @@ def handler(args: argparse.Namespace) -> int:
     res = evaluate_folder(folder, args.dataset, split=args.split, out=out,
                           overlays=args.overlays, device=args.device, cfg=cfg,
                           progress=not args.no_progress, window=args.window,
-                          overlap=args.overlap, batch_size=args.batch_size)
+                          overlap=args.overlap, batch_size=args.batch_size,
+                          unit=args.unit, dilate=args.dilate)
     inf = res.info["inference"]
-    print(f"split: {res.split} ({len(res.per_image)} images); window {inf['window']} / overlap "
+    what = "images" if args.unit == "image" else "patches, each on its own; mean over patches"
+    print(f"split: {res.split} ({len(res.per_image)} {what}); window {inf['window']} / overlap "
           f"{inf['overlap']} px, batch size {inf['batch_size']}")
-    print(res.table())
+    print(res.table() if args.unit == "image" else EvalResult([], res.mean).table())
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
     return 0

@@ -12,10 +12,13 @@ from ircr.cli.options import add_device, add_progress
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
     p = subparsers.add_parser(
-        "train", help="train a model from an experiment config (supervised, mean_teacher, "
-                      "self_training, ircr)",
-        description="Train one experiment. The run folder gets config.yaml, split.yaml, "
-                    "metrics.csv, checkpoints/last.pt and the final model/ folder.")
+        "train", help="train a model from an experiment config (methods: supervised, "
+                      "mean_teacher, self_training, ircr, bass)",
+        description="Train one experiment (method in the config: supervised, mean_teacher, "
+                    "self_training, ircr, bass). The run folder gets config.yaml, split.yaml, "
+                    "metrics.csv, checkpoints/last.pt and the final model/ folder (bass: its "
+                    "three stages' folders, docs/bass.md). A rerun into a started run folder "
+                    "needs --resume, for every method.")
     p.add_argument("config", metavar="CONFIG", type=Path, help="experiment YAML (configs/...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=10 or --set "
@@ -25,7 +28,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from checkpoints/last.pt (written every "
                         "train.checkpoint_every iterations / train.checkpoint_minutes, at "
-                        "epoch ends, and on Ctrl-C or SIGTERM)")
+                        "epoch ends, and on Ctrl-C or SIGTERM; bass: from its stages' "
+                        "outputs and checkpoints)")
     add_device(p)
     add_progress(p)
     p.set_defaults(func=handler)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ircr.config import to_dict
+from ircr.data.splits import Patch
 from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.inference.device import AmpSetting
@@ -178,6 +179,80 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
     return EvalResult(per_image=rows, mean=mean)
 
 
+# -- per-patch evaluation: the BASS paper's test unit (``ircr evaluate --unit patch``) ------
+#
+# The BASS paper scores its test set as overlapping 256 px patches (MoNuSeg: 6 test images x 49
+# patches = 294), each patch segmented on its own and scored against the ground truth cropped
+# to it, the metrics averaged over patches. Here the patches are the prepared dataset's own
+# grid (``ircr data prepare --stride 128``: 7 x 7 = 49 per 1000 px image); a patch at the right
+# or bottom edge is its part inside the image (232 px wide on a 1000 px image), never padded,
+# so every scored pixel is a real one. A nucleus cut by a patch edge is scored as the part inside
+# the patch, in the prediction and in the ground truth alike. Images at another pixel size than
+# the model's are resized for the network and their instances brought back, as for whole images.
+#
+# Whole images (:func:`ircr.inference.evaluate.evaluate_model`) stay the default everywhere.
+
+
+def image_patches(ds: PreparedDataset, idx: int) -> list[Patch]:
+    """The dataset grid's patches of image ``idx`` (raster order; ``h, w`` = inside part)."""
+    return [p for p in ds.patches if p.image == idx]
+
+
+def evaluate_patches(model: nn.Module, ds: PreparedDataset, names: list[str], cfg: EvalConfig,
+                     postproc: Any = None, device: torch.device | str | None = None,
+                     amp: AmpSetting = False, progress: bool = False,
+                     family: ModelFamily | None = None,
+                     model_mpp: float | None = None) -> EvalResult:
+    """Evaluate ``model`` on every grid patch of the images ``names`` (mean over patches).
+
+    Returns an :class:`EvalResult` whose rows are patches, named ``<image>@<y0>,<x0>``.
+    """
+    fam = family or get_family()
+    params = fam.parse_postproc(postproc)
+    dev = None if device is None else torch.device(device)
+    setting = InferenceSetting(window=cfg.window, overlap=cfg.overlap,
+                               batch_size=cfg.batch_size, device=dev, amp=amp)
+    jobs = []
+    for name in names:
+        idx = ds.index_of(name)
+        if not ds.images[idx].get("labelled"):
+            raise IrcrError(f"{ds.path}: image '{name}' has no labels; cannot evaluate it")
+        jobs.append((name, idx, image_patches(ds, idx)))
+    total = sum(len(p) for _, _, p in jobs)
+    if total == 0:
+        raise IrcrError(f"{ds.path}: no patch of the chosen images to evaluate")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="patch", dynamic_ncols=True)
+    rows: list[dict[str, Any]] = []
+    results = []
+    try:
+        for name, idx, patches in jobs:
+            image, gt_all = np.asarray(ds.load_image(idx)), np.asarray(ds.load_inst(idx))
+            f = rescale_factor(ds.images[idx].get("mpp"), model_mpp)
+            for p in patches:
+                crop = image[p.y0:p.y0 + p.h, p.x0:p.x0 + p.w]
+                gt = gt_all[p.y0:p.y0 + p.h, p.x0:p.x0 + p.w]
+                work = resize_image(np.ascontiguousarray(crop), *processing_size(p.h, p.w, f))
+                pred, _ = fam.predict_instances(model, work, setting, params)
+                res = instance_metrics(gt, resize_labels(pred, p.h, p.w), f1_mode=cfg.f1_mode,
+                                       radius=cfg.f1_radius)
+                results.append(res)
+                row: dict[str, Any] = {"image": f"{name}@{p.y0},{p.x0}"}
+                row.update({k: float(getattr(res, k)) for k in METRICS})
+                row["n_gt"], row["n_pred"] = int(res.n_gt), int(res.n_pred)
+                rows.append(row)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    agg = aggregate(results, mode="mean")
+    return EvalResult(per_image=rows, mean={k: float(agg[k]) for k in METRICS if k in agg})
+
+
 def evaluate_models(models: dict[str, nn.Module], ds: PreparedDataset, names: list[str],
                     cfg: EvalConfig, postproc: Any,
                     device: torch.device | str | None, amp: AmpSetting = False,
@@ -289,14 +364,24 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
                     out: str | Path | None = None, overlays: bool = False,
                     device: str = "auto", cfg: EvalConfig | None = None,
                     progress: bool = True, window: int | None = None,
-                    overlap: int | None = None, batch_size: int | None = None) -> EvalResult:
+                    overlap: int | None = None, batch_size: int | None = None,
+                    unit: str = "image", dilate: int | None = None) -> EvalResult:
     """Evaluate a model folder on a prepared dataset (the ``ircr evaluate`` backend).
 
     The sliding-window setting is the model folder's ``inference`` (the one ``ircr segment``
     and ``ircr.load_model`` use too), overridden by ``window``/``overlap``/``batch_size``
     when given; ``cfg`` supplies the F1 settings (its window fields are replaced).
+    ``unit``: ``"image"`` (whole images, the default) or ``"patch"`` (every grid patch on its
+    own, mean over patches: the BASS paper's unit, :mod:`ircr.inference.evaluate_patches`).
+    ``dilate``: 0/1 overrides the painting's 1-px growth of a detection model (``maskrcnn``;
+    the released BASS evaluation uses 1).
     """
     import dataclasses
+
+    if unit not in ("image", "patch"):
+        raise IrcrError(f"--unit: must be 'image' or 'patch', got {unit!r}")
+    if dilate is not None and dilate not in (0, 1):
+        raise IrcrError(f"--dilate: must be 0 or 1, got {dilate!r}")
 
     from ircr.inference.device import amp_dtype, select_device
     from ircr.inference.model_folder import load_model_folder, resolve_inference
@@ -311,14 +396,27 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:  # fail before the (long) inference, not after
         ensure_dir(out_dir)
-    res = evaluate_model(loaded.model, ds, names, cfg, loaded.postproc, dev,
-                         amp=amp_dtype("auto", dev),
-                         overlays=(out_dir / "overlays") if (overlays and out_dir) else None,
-                         progress=progress, family=loaded.family, model_mpp=loaded.mpp)
+    postproc = loaded.postproc
+    if dilate is not None:
+        if not dataclasses.is_dataclass(postproc) or not hasattr(postproc, "dilate"):
+            raise IrcrError(f"--dilate: the model's post-processing ({loaded.family.name}) "
+                            "has no dilation; it applies to detection models (maskrcnn)")
+        postproc = dataclasses.replace(postproc, dilate=int(dilate))  # type: ignore[type-var]
+    if unit == "patch":
+        if overlays:
+            raise IrcrError("--overlays: written for whole images only (--unit image)")
+        res = evaluate_patches(loaded.model, ds, names, cfg, postproc, dev,
+                               amp=amp_dtype("auto", dev), progress=progress,
+                               family=loaded.family, model_mpp=loaded.mpp)
+    else:
+        res = evaluate_model(loaded.model, ds, names, cfg, postproc, dev,
+                             amp=amp_dtype("auto", dev),
+                             overlays=(out_dir / "overlays") if (overlays and out_dir) else None,
+                             progress=progress, family=loaded.family, model_mpp=loaded.mpp)
     res.split = label
     res.info = {"model": str(Path(model_dir)), "dataset": str(Path(dataset)),
-                "eval": to_dict(cfg), "inference": setting, "postproc": to_dict(loaded.postproc),
-                "model_mpp": loaded.mpp}
+                "eval": to_dict(cfg), "inference": setting, "postproc": to_dict(postproc),
+                "model_mpp": loaded.mpp, "unit": unit}
     if out_dir is not None:
         write_results(res, out_dir)
     return res

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,8 +168,10 @@ def load_pseudo_labels(out_dir: str | Path) -> PseudoLabels:
                 raise IrcrError(f"{npz}: not an ircr pseudo-label file")
             labels, pt = z["labels"], z["patches"]
             flat, offsets, t = z["scores"], z["offsets"], float(z["threshold"])
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise IrcrError(f"{npz}: unreadable pseudo-labels ({type(exc).__name__})") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # a truncated or damaged file (BadZipFile, a bad CRC, a short stream): one line
+        raise IrcrError(f"{npz}: unreadable pseudo-labels ({type(exc).__name__}: damaged or "
+                        "truncated file)") from None
     n = len(pt)
     if labels.ndim != 3 or labels.shape[0] != n or offsets.shape != (n + 1,):
         raise IrcrError(f"{npz}: inconsistent pseudo-label arrays")

@@ -34,6 +34,7 @@ from ircr.data.detection import detection_targets
 from ircr.errors import IrcrError
 from ircr.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from ircr.train.logging import MetricsLogger
+from ircr.train.stage_tools import stage_bar
 from ircr.train.stop import CheckpointClock, StopRequest, TrainingStopped
 
 __all__ = ["DetectionSchedule", "StageInterrupted", "lr_at", "resolve", "detection_batch",
@@ -203,12 +204,17 @@ def train_detector(
     stop_after: int | None = None,
     log: Callable[[str], None] | None = None,
     extra_state: dict[str, Any] | None = None,
+    progress: bool = False,
+    desc: str = "training",
+    resume_hint: str = "run the same command to resume",
 ) -> int:
     """Train ``model`` (returns a loss dict in train mode) for the stage's iterations.
 
     Resumes from ``run_dir/checkpoints/last.pt`` when it exists (``extra_state`` must then
     match what was saved, e.g. the stage name and pool size: another stage's checkpoint is
-    refused). Returns the number of iterations done (= ``schedule.iterations``).
+    refused). ``progress``: a bar named ``desc`` with ETA on stderr; ``resume_hint`` ends the
+    message of a Ctrl-C/SIGTERM stop. Returns the number of iterations done
+    (= ``schedule.iterations``).
     """
     if not pool:
         raise IrcrError(f"{run_dir}: no training patches for this stage")
@@ -239,12 +245,15 @@ def train_detector(
     say(f"{run}: iterations {it}/{schedule.iterations}, {len(pool)} items in the pool, "
         f"batch {schedule.batch_size}")
     clock = CheckpointClock(schedule.checkpoint_minutes)
+    bar = stage_bar(progress, schedule.iterations, desc, initial=it)
     try:
         with StopRequest() as stop:
             while it < schedule.iterations:
                 lr = lr_at(schedule, it)
                 _step(model, opt, pool, read, schedule, seed, it, lr, device, min_area, prog)
                 it += 1
+                if bar is not None:
+                    bar.update(1)
                 if it % schedule.log_every == 0 or it == schedule.iterations:
                     logger.log((it - 1) // schedule.log_every, prog.row(it, lr))
                     prog = _Progress()
@@ -256,10 +265,12 @@ def train_detector(
                     clock.reset()
                 if stop.requested:
                     raise TrainingStopped(f"{run}: stopped at iteration {it} "
-                                          f"({stop.requested}); run the same command to resume")
+                                          f"({stop.requested}), checkpoint saved; {resume_hint}")
                 if stop_after is not None and it >= stop_after:
                     raise StageInterrupted(f"{run}: stopped after iteration {it} (stop_after)")
     finally:
+        if bar is not None:
+            bar.close()
         logger.close()
     return it
 

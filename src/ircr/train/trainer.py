@@ -125,16 +125,18 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.cfg
         last = self.run_dir / "checkpoints" / "last.pt"
-        if self.resume is True and not last.is_file():
-            raise IrcrError(f"{last}: no checkpoint to resume from")
-        if self.resume is False and last.is_file():
+        method_cls = get_method(cfg.method.name, self.where)
+        started = method_cls.saved_progress(self.run_dir)  # the same rule for every method
+        if self.resume is True and started is None:
+            raise IrcrError(f"{self.run_dir}: no checkpoint to resume from (start it without "
+                            "--resume)")
+        if self.resume is False and started is not None:
             raise IrcrError(f"{self.run_dir}: run folder already holds a checkpoint; "
                             "use --resume or another --out")
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         self.dataset = loaders.open_prepared(cfg.data.dataset, self.where)
         self.split = loaders.resolve_split(self.dataset, cfg.data.split, self.where)
         self.wbis_params = cfg.postproc
-        method_cls = get_method(cfg.method.name, self.where)
         self.method: Method = method_cls(cfg.method.options, self)
         self.model: nn.Module = self.method.build_model().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,

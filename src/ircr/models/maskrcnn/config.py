@@ -67,6 +67,9 @@ class MaskRCNNConfig:
         crc_form: "paper" (four InfoNCE terms, tau in numerator and denominator) or
             "hard_only" (the released code: two hard terms, keys shifted by the query, no tau
             on the positive in the denominator).
+        crc_query: "all_rois" (the released code: per-RoI means of all pixels, averaged over
+            every kept RoI) or "two_rois" (the paper's Eq. 5: two RoIs drawn at random, the
+            queries the means of their sampled keys).
         crc_tau_hard / crc_tau_easy: temperatures of the boundary (hard) / inner (easy) terms.
         crc_band: d, band = pixels at Euclidean distance < d from the edge, edge excluded.
         crc_alpha: fraction of each pixel set sampled (ceil(alpha * |set|)).
@@ -106,6 +109,7 @@ class MaskRCNNConfig:
     lrd_boundary_weight: float = 1.0
     crc_channels: int = 64
     crc_form: Literal["paper", "hard_only"] = "paper"
+    crc_query: Literal["all_rois", "two_rois"] = "all_rois"
     crc_tau_hard: float = 0.7
     crc_tau_easy: float = 0.3
     crc_band: int = 4

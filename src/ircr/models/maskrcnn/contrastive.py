@@ -13,9 +13,15 @@ Per positive RoI with 28x28 binary target ``m``:
 
 RoIs with fewer than ``min_pixels`` pixels in any set are dropped; from each set of a kept
 RoI ``ceil(alpha * |set|)`` pixels are drawn uniformly without replacement (the ceil of the
-exact product: 0.7 * 10 -> 7). Queries: per RoI the mean embedding of all of ``m`` (q_f) and
-of all of its complement (q_b), then averaged over the kept RoIs (cross-RoI). Keys: the
-sampled pixels of all kept RoIs.
+exact product: 0.7 * 10 -> 7). Queries (``query``):
+
+* ``all_rois`` (default, the released code): per RoI the mean embedding of all of ``m`` (q_f)
+  and of all of its complement (q_b), then averaged over the kept RoIs (cross-RoI); keys: the
+  sampled pixels of all kept RoIs;
+* ``two_rois`` (the paper's Eq. 5): two kept RoIs i, j drawn at random (torch's generator;
+  both when only two are kept, the one when one is), q_b = the mean of their sampled R_b and
+  R_o keys, q_f = the mean of their sampled R_f and R_i keys ("M, the averaged operation of
+  vectors", over all those vectors); keys: the sampled pixels of those two RoIs.
 
 InfoNCE, for query q, positive keys k+ and negative keys k-, on cosine similarity:
 
@@ -107,6 +113,7 @@ def crc_loss(
     embed: torch.Tensor, m: torch.Tensor, *, d: float = 4, alpha: float = 0.7,
     min_pixels: int = 5, tau_hard: float = 0.7, tau_easy: float = 0.3,
     form: Literal["paper", "hard_only"] = "paper",
+    query: Literal["all_rois", "two_rois"] = "all_rois",
 ) -> torch.Tensor:
     """Cross-RoI contrastive loss of (R, E, S, S) embeddings with (R, S, S) binary targets."""
     m = m.bool()
@@ -115,12 +122,18 @@ def crc_loss(
     if not bool(keep.any()):
         return embed.sum() * 0.0
     embed, m, sets = embed[keep], m[keep], sets[:, keep]
+    if query == "two_rois" and embed.shape[0] > 2:
+        pair = torch.randperm(embed.shape[0], device=embed.device)[:2]
+        embed, m, sets = embed[pair], m[pair], sets[:, pair]
     pix = embed.permute(0, 2, 3, 1)  # (R, S, S, E)
-    fg = m[..., None].to(pix.dtype)
-    q_f = ((pix * fg).sum((1, 2)) / fg.sum((1, 2))).mean(0)
-    q_b = ((pix * (1 - fg)).sum((1, 2)) / (1 - fg).sum((1, 2))).mean(0)
     picked = sample_sets(sets, alpha)
     hp, hn, ep, en = (pix[picked[i]] for i in range(4))
+    if query == "two_rois":  # Eq. 5: means of the sampled keys
+        q_f, q_b = torch.cat([ep, hp]).mean(0), torch.cat([en, hn]).mean(0)
+    else:
+        fg = m[..., None].to(pix.dtype)
+        q_f = ((pix * fg).sum((1, 2)) / fg.sum((1, 2))).mean(0)
+        q_b = ((pix * (1 - fg)).sum((1, 2)) / (1 - fg).sum((1, 2))).mean(0)
     if form == "hard_only":
         return info_nce(q_f, hp, hn, tau_hard, form) + info_nce(q_b, hn, hp, tau_hard, form)
     return (

@@ -80,7 +80,8 @@ class BassRoIHeads(RoIHeads):
             embed = out["embed"]
             cl = crc_loss(embed, t28 > 0.5, d=cfg.crc_band, alpha=cfg.crc_alpha,
                           min_pixels=cfg.crc_min_pixels, tau_hard=cfg.crc_tau_hard,
-                          tau_easy=cfg.crc_tau_easy, form=cfg.crc_form)
+                          tau_easy=cfg.crc_tau_easy, form=cfg.crc_form,
+                          query=cfg.crc_query)
             losses["loss_crc"] = cfg.crc_weight * cl
         return losses
 

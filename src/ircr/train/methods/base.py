@@ -70,7 +70,9 @@ What a method can do
   family with its own targets and optimiser, several stages: ``bass``) trains in
   :meth:`Method.run_own` and returns the run's model folder; the trainer then runs no loop,
   writes no checkpoint of its own and returns that folder. The method owns resume (its
-  checkpoints under ``trainer.run_dir``), Ctrl-C handling and the model folder.
+  checkpoints under ``trainer.run_dir``), Ctrl-C handling and the model folder; it names the
+  files that make a run folder "started" in :meth:`Method.saved_progress`, so ``--resume``
+  works for it as for every method.
 
 Batch dicts (tensors already on ``trainer.device``)
 ----------------------------------------------------
@@ -220,6 +222,15 @@ class Method:
     def __init__(self, options: Any, trainer: TrainerAPI) -> None:
         self.options = options
         self.trainer = trainer
+
+    @classmethod
+    def saved_progress(cls, run_dir: Path) -> Path | None:
+        """The file showing that a run of this method already started in ``run_dir`` (the
+        trainer then requires ``--resume``; without one ``--resume`` is refused), or None.
+        Default: the trainer's ``checkpoints/last.pt``; a method with its own loop names
+        its own checkpoints (``bass``: its stages')."""
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
 
     # -- lifecycle -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

@@ -37,6 +37,7 @@ import copy
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from ircr.errors import IrcrError
@@ -46,6 +47,7 @@ from ircr.postproc.detections import PaintParams
 from ircr.train.bass_pipeline import BassOptions, run_bass
 from ircr.train.methods import register_method
 from ircr.train.methods.base import Method
+from ircr.train.stage_tools import cpu_threads
 
 
 @register_method("bass")
@@ -59,15 +61,33 @@ class Bass(Method):
         opts: BassOptions = self.options
         return build_maskrcnn(opts.model)
 
+    @classmethod
+    def saved_progress(cls, run_dir: Path) -> Path | None:
+        """A started BASS run: any stage's output or checkpoint (``ircr train`` then needs
+        ``--resume``, as for every method)."""
+        for rel in ("model/model.yaml", "student/checkpoints/last.pt",
+                    "pseudo_labels/threshold.json", "pseudo_labels/pseudo_labels.npz",
+                    "teacher/model/model.yaml", "teacher/checkpoints/last.pt"):
+            if (run_dir / rel).is_file():
+                return run_dir / rel
+        return None
+
     def run_own(self) -> Path:
         """Run or resume the three stages; the run's model folder is the student."""
         t = self.trainer
         opts: BassOptions = self.options
         val = set(t.split.val_images)
         held_out = [i for i, p in enumerate(t.dataset.patches) if t.dataset.names[p.image] in val]
+        if t.device.type == "cpu":
+            threads, why = cpu_threads()
+            torch.set_num_threads(threads)
+            print(f"BASS on CPU: {why}")
+        hint = (f"resume with: ircr train {t.run_dir / 'config.yaml'} --out {t.run_dir} "
+                "--resume")
         return run_bass(opts, t.dataset, t.split.labelled, t.split.unlabelled, t.run_dir,
                         self._save, device=t.device, seed=int(t.cfg.train.seed), log=print,
-                        held_out=held_out)
+                        held_out=held_out, progress=bool(t.cfg.train.progress),
+                        resume_hint=hint)
 
     def _save(self, folder: Path, model: nn.Module, cfg: MaskRCNNConfig,
               paint: PaintParams) -> Path:
