@@ -22,13 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from ircr.config import apply_overrides, from_dict, read_yaml, to_dict
+from ircr.config import apply_overrides, bounded, from_dict, read_yaml, to_dict
 from ircr.data.augment import AugmentConfig
 from ircr.errors import IrcrError
 from ircr.inference.evaluate import EvalConfig
 from ircr.losses import LossConfig
 from ircr.models.config import ModelConfig
 from ircr.postproc.watershed import WBISParams
+
+# upper bounds of sizes (a typo such as 1e8 must not allocate until the kernel kills the run)
+MAX_PATCH = 4096  # px, a training patch side (paper: 256)
+MAX_BATCH = 1024  # patches per iteration (paper: 4)
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
+MAX_EPOCHS = 1_000_000
+MAX_ITERATIONS = 10**12
 
 
 @dataclass
@@ -51,11 +58,11 @@ class DataConfig:
 
     dataset: Path | None = None
     split: str = "default"
-    patch_size: int = 256
-    context_margin: int = 100
-    batch_size: int = 4
-    batch_size_unlabelled: int = 4
-    workers: int = 2
+    patch_size: int = bounded(256, 16, MAX_PATCH)
+    context_margin: int = bounded(100, 0, MAX_PATCH)
+    batch_size: int = bounded(4, 1, MAX_BATCH)
+    batch_size_unlabelled: int = bounded(4, 1, MAX_BATCH)
+    workers: int = bounded(2, 0, 256)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -72,7 +79,7 @@ class TrainConfig:
         lr: Adam learning rate. lr_steps: epochs after which lr is multiplied by lr_gamma.
         optimizer: only "adam" (betas 0.9/0.999, no weight decay by default).
         amp: "auto" = bf16 autocast on CUDA when supported, off elsewhere; "bf16"; "off".
-        seed: seeds model init, data order and augmentation.
+        seed: seeds model init, data order and augmentation (0 .. 2**32 - 1).
         deterministic: deterministic kernels (``torch.use_deterministic_algorithms``).
         checkpoint_every: also write ``checkpoints/last.pt`` every this many iterations
             (0 = only at epoch ends). checkpoint_minutes: also write it when this many
@@ -87,21 +94,21 @@ class TrainConfig:
         grad_clip: clip the gradient norm to this value (None = no clipping).
     """
 
-    epochs: int = 150
-    iterations_per_epoch: int | None = None
-    max_iterations: int | None = None
-    lr: float = 1e-4
-    lr_steps: list[int] = field(default_factory=lambda: [100])
+    epochs: int = bounded(150, 1, MAX_EPOCHS)
+    iterations_per_epoch: int | None = bounded(None, 1, MAX_ITERATIONS)
+    max_iterations: int | None = bounded(None, 1, MAX_ITERATIONS)
+    lr: float = bounded(1e-4, 0, 10, lo_open=True)
+    lr_steps: list[int] = bounded(lo=1, hi=MAX_EPOCHS, factory=lambda: [100])
     lr_gamma: float = 0.1
     optimizer: Literal["adam"] = "adam"
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, 0, 10)
     amp: Literal["auto", "bf16", "off"] = "auto"
-    seed: int = 10
+    seed: int = bounded(10, 0, MAX_SEED)
     deterministic: bool = False
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 0.0
-    keep_every: int = 0
-    val_every: int = 1
+    checkpoint_every: int = bounded(0, 0, MAX_ITERATIONS)
+    checkpoint_minutes: float = bounded(0.0, 0, 10**6)
+    keep_every: int = bounded(0, 0, MAX_EPOCHS)
+    val_every: int = bounded(1, 0, MAX_EPOCHS)
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = True

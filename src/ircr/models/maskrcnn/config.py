@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ircr.config import bounded, check_ranges
 from ircr.errors import IrcrError
 
 __all__ = ["MaskRCNNConfig", "MASK_BRANCHES"]
@@ -31,6 +32,10 @@ __all__ = ["MaskRCNNConfig", "MASK_BRANCHES"]
 #: the mask-head branches: naive 28x28 head, low-resolution denoising 14x14 head, cross-RoI
 #: contrastive head (its 28x28 logits); their 28x28 logits are fused by a 1x1 conv.
 MASK_BRANCHES = ("nmh", "lrd", "crc")
+# upper bounds of sizes (larger values only exhaust memory)
+MAX_CHANNELS = 4096
+MAX_SIDE = 8192  # px, image sides after resizing and anchor sizes
+MAX_BOXES = 100_000  # proposals, sampled RoIs, detections per image
 
 
 @dataclass
@@ -78,39 +83,41 @@ class MaskRCNNConfig:
     backbone_weights: str | None = None
     trainable_layers: int | None = None
     norm: Literal["auto", "frozen", "batch"] = "auto"
-    tiny_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    fpn_channels: int = 256
-    min_size: list[int] = field(default_factory=lambda: [800])
-    max_size: int = 1333
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    tiny_channels: list[int] = bounded(lo=1, hi=MAX_CHANNELS,
+                                       factory=lambda: [16, 32, 64, 128])
+    fpn_channels: int = bounded(256, 1, MAX_CHANNELS)
+    min_size: list[int] = bounded(lo=1, hi=MAX_SIDE, factory=lambda: [800])
+    max_size: int = bounded(1333, 1, MAX_SIDE)
+    anchor_sizes: list[int] = bounded(lo=1, hi=MAX_SIDE,
+                                      factory=lambda: [32, 64, 128, 256, 512])
     anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_train: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
+    rpn_pre_nms_top_n_train: int = bounded(2000, 1, MAX_BOXES)
+    rpn_pre_nms_top_n_test: int = bounded(1000, 1, MAX_BOXES)
+    rpn_post_nms_top_n_train: int = bounded(1000, 1, MAX_BOXES)
+    rpn_post_nms_top_n_test: int = bounded(1000, 1, MAX_BOXES)
     rpn_nms_thresh: float = 0.7
     rpn_fg_iou_thresh: float = 0.7
     rpn_bg_iou_thresh: float = 0.3
-    rpn_batch_size_per_image: int = 256
+    rpn_batch_size_per_image: int = bounded(256, 1, MAX_BOXES)
     rpn_positive_fraction: float = 0.5
-    box_batch_size_per_image: int = 512
+    box_batch_size_per_image: int = bounded(512, 1, MAX_BOXES)
     box_positive_fraction: float = 0.25
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
-    box_detections_per_img: int = 100
-    box_representation: int = 1024
-    mask_channels: int = 256
+    box_detections_per_img: int = bounded(100, 1, MAX_BOXES)
+    box_representation: int = bounded(1024, 1, 16 * MAX_CHANNELS)
+    mask_channels: int = bounded(256, 1, MAX_CHANNELS)
     mask_branches: list[str] = field(default_factory=lambda: list(MASK_BRANCHES))
     lrd_boundary_weight: float = 1.0
-    crc_channels: int = 64
+    crc_channels: int = bounded(64, 1, MAX_CHANNELS)
     crc_form: Literal["paper", "hard_only"] = "paper"
     crc_tau_hard: float = 0.7
     crc_tau_easy: float = 0.3
-    crc_band: int = 4
+    crc_band: int = bounded(4, 0, 256)
     crc_alpha: float = 0.7
-    crc_min_pixels: int = 5
+    crc_min_pixels: int = bounded(5, 1, 10**6)
     crc_weight: float = 0.25
 
     def validate(self, where: str = "model") -> None:
@@ -118,6 +125,7 @@ class MaskRCNNConfig:
         def bad(key: str, problem: str) -> IrcrError:
             return IrcrError(f"{where}: model.{key} {problem}")
 
+        check_ranges(self, where, "model.")
         if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
             raise bad("trainable_layers", f"must be in 0..5 or null, got {self.trainable_layers}")
         if len(self.tiny_channels) != 4 or any(c < 1 for c in self.tiny_channels):
