@@ -104,6 +104,10 @@ def test_long_values_are_cut_in_messages(tmp_path: Path) -> None:
     with pytest.raises(IrcrError, match="'train.epochs' must be int") as exc:
         load_experiment(p)
     assert _short_one_line(exc).endswith("...]")
+    p.write_text("data: {dataset: d}\nmodel: {blocks: [" + ", ".join(["1"] * 50000) + "]}\n")
+    with pytest.raises(IrcrError, match="model.blocks must be 4 positive integers") as exc:
+        load_experiment(p)
+    assert _short_one_line(exc).endswith("...]")
 
 
 # ---- 3. duplicate keys ------------------------------------------------------------------

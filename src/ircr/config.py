@@ -259,10 +259,10 @@ def from_dict(
     if missing:
         raise IrcrError(f"{where}: missing required config key '{prefix}{missing[0]}'")
     obj = cls(**kwargs)
-    check_ranges(obj, where, prefix)
     validate = getattr(obj, "validate", None)
-    if callable(validate):
+    if callable(validate):  # first: a section may name its keys itself (e.g. "model.")
         validate(where)
+    check_ranges(obj, where, prefix)
     return obj
 
 

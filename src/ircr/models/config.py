@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ircr.config import bounded, check_ranges
+from ircr.config import bounded, check_ranges, short_repr
 from ircr.errors import IrcrError
 
 
@@ -59,11 +59,12 @@ class ModelConfig:
         if not 0.0 < self.width <= 4.0:
             raise IrcrError(f"{where}: model.width must be in (0, 4], got {self.width}")
         if len(self.blocks) != 4 or any(b < 1 for b in self.blocks):
-            raise IrcrError(f"{where}: model.blocks must be 4 positive integers, got {self.blocks}")
+            raise IrcrError(f"{where}: model.blocks must be 4 positive integers, got "
+                            f"{short_repr(self.blocks)}")
         if len(self.decoder_units) != 2 or any(u < 0 for u in self.decoder_units):
             raise IrcrError(
                 f"{where}: model.decoder_units must be 2 non-negative integers, "
-                f"got {self.decoder_units}"
+                f"got {short_repr(self.decoder_units)}"
             )
         if self.decoder_kernel < 1 or self.decoder_kernel % 2 == 0:
             raise IrcrError(

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ircr.config import bounded, from_dict, read_yaml, to_dict
+from ircr.config import bounded, from_dict, read_yaml, short_repr, to_dict
 from ircr.data.detection import count_instances
 from ircr.data.splits import Patch
 from ircr.data.store import PreparedDataset
@@ -89,7 +89,7 @@ class BassOptions:
         bad = [b for b in self.teacher_branches if b not in MASK_BRANCHES]
         if bad or not self.teacher_branches:
             raise IrcrError(f"{where}: method.teacher_branches must be a non-empty subset of "
-                            f"{list(MASK_BRANCHES)}, got {self.teacher_branches}")
+                            f"{list(MASK_BRANCHES)}, got {short_repr(self.teacher_branches)}")
         self.teacher.check(f"{where}: method.teacher")
         self.student.check(f"{where}: method.student")
         if self.repeat_labelled < 1:

@@ -75,16 +75,16 @@ class DetectionSchedule:
         log_every: iterations per metrics.csv row.
     """
 
-    iterations: int = bounded(2000, 1, MAX_STEPS)
-    epochs: float | None = bounded(None, 0, MAX_EPOCHS, lo_open=True)
-    lr_step_epochs: list[float] = bounded(lo=0, hi=MAX_EPOCHS, lo_open=True, factory=list)
-    batch_size: int = bounded(2, 1, 1024)
+    iterations: int = bounded(2000, hi=MAX_STEPS)  # lower bounds: check()
+    epochs: float | None = bounded(None, hi=MAX_EPOCHS)
+    lr_step_epochs: list[float] = bounded(hi=MAX_EPOCHS, factory=list)
+    batch_size: int = bounded(2, hi=1024)
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_iterations: int = bounded(500, 0, MAX_STEPS)
+    warmup_iterations: int = bounded(500, hi=MAX_STEPS)
     warmup_factor: float = 0.001
-    lr_steps: list[int] = bounded(lo=1, hi=MAX_STEPS, factory=list)
+    lr_steps: list[int] = bounded(hi=MAX_STEPS, factory=list)
     lr_gamma: float = 0.1
     grad_clip: float | None = None
     hflip: bool = True

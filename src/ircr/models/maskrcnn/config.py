@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ircr.config import bounded, check_ranges
+from ircr.config import bounded, check_ranges, short_repr
 from ircr.errors import IrcrError
 
 __all__ = ["MaskRCNNConfig", "MASK_BRANCHES"]
@@ -129,7 +129,8 @@ class MaskRCNNConfig:
         if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
             raise bad("trainable_layers", f"must be in 0..5 or null, got {self.trainable_layers}")
         if len(self.tiny_channels) != 4 or any(c < 1 for c in self.tiny_channels):
-            raise bad("tiny_channels", f"must be 4 positive integers, got {self.tiny_channels}")
+            raise bad("tiny_channels", "must be 4 positive integers, got "
+                      f"{short_repr(self.tiny_channels)}")
         for key in ("fpn_channels", "max_size", "box_representation", "mask_channels",
                     "crc_channels", "box_detections_per_img", "rpn_batch_size_per_image",
                     "box_batch_size_per_image", "rpn_pre_nms_top_n_train",
@@ -139,12 +140,12 @@ class MaskRCNNConfig:
                 raise bad(key, f"must be >= 1, got {getattr(self, key)}")
         if not self.min_size or any(s < 1 for s in self.min_size):
             raise bad("min_size", f"must be a non-empty list of positive sizes, got "
-                      f"{self.min_size}")
+                      f"{short_repr(self.min_size)}")
         if len(self.anchor_sizes) != 5 or any(s <= 0 for s in self.anchor_sizes):
             raise bad("anchor_sizes", f"must be 5 positive sizes (one per FPN level), "
-                      f"got {self.anchor_sizes}")
+                      f"got {short_repr(self.anchor_sizes)}")
         if not self.anchor_ratios or any(r <= 0 for r in self.anchor_ratios):
-            raise bad("anchor_ratios", f"must be positive, got {self.anchor_ratios}")
+            raise bad("anchor_ratios", f"must be positive, got {short_repr(self.anchor_ratios)}")
         for key in ("rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh",
                     "rpn_positive_fraction", "box_positive_fraction", "box_fg_iou_thresh",
                     "box_bg_iou_thresh", "box_score_thresh", "box_nms_thresh"):
@@ -157,7 +158,7 @@ class MaskRCNNConfig:
         unknown = [b for b in branches if b not in MASK_BRANCHES]
         if unknown or not branches or len(set(branches)) != len(branches):
             raise bad("mask_branches", f"must be a non-empty subset of {list(MASK_BRANCHES)} "
-                      f"without repeats, got {branches}")
+                      f"without repeats, got {short_repr(branches)}")
         if self.lrd_boundary_weight < 0:
             raise bad("lrd_boundary_weight", f"must be >= 0, got {self.lrd_boundary_weight}")
         if self.crc_tau_hard <= 0 or self.crc_tau_easy <= 0:
