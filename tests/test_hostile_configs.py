@@ -137,6 +137,7 @@ def test_duplicate_keys_are_refused(tmp_path: Path, text: str, key: str, line: i
     ("eval.window=1000000", r"'eval.window' must be <= 4096, got 1000000"),
     ("eval.window=4096", r"'eval.batch_size' 8 windows of 4096 x 4096 px need 1.5 GiB"),
     ("train.epochs=10000000000", r"'train.epochs' must be <= 1000000, got"),
+    ("data.batch_size=1000", r"'data.batch_size' 1004 patches of 456 x 456 px .* need 2.3 GiB"),
 ])
 def test_sizes_have_upper_bounds(tmp_path: Path, override: str, pattern: str) -> None:
     p = _config(tmp_path, "data: {dataset: d}\n")

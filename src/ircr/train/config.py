@@ -244,10 +244,30 @@ class ExperimentConfig:
         for ok, key, problem in checks:
             if not ok:
                 raise IrcrError(f"{where}: config key '{key}' {problem}")
+        self._check_batch_memory(where)
         try:
             self.postproc.effective()  # validates post-processing parameters
         except IrcrError as exc:
             raise IrcrError(f"{where}: {exc}") from None
+
+    def _check_batch_memory(self, where: str) -> None:
+        """Estimate a training batch's input before anything is allocated (one line if too big).
+
+        Each patch is read with its context margin on every side; the network's activations
+        are a multiple of the input, so the input alone must stay under MAX_BATCH_PIXELS.
+        """
+        from ircr.inference.predict import MAX_BATCH_PIXELS
+
+        d = self.data
+        side = d.patch_size + 2 * d.context_margin
+        n = d.batch_size + d.batch_size_unlabelled
+        if side * side * n > MAX_BATCH_PIXELS:
+            gib = side * side * n * 3 * 4 / 2**30
+            raise IrcrError(f"{where}: config key 'data.batch_size' {n} patches of {side} x "
+                            f"{side} px (patch_size + 2 x context_margin, labelled + "
+                            f"unlabelled) need {gib:.1f} GiB per iteration for the input alone "
+                            f"(at most {MAX_BATCH_PIXELS} px); lower the batch sizes or "
+                            "patch_size")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
