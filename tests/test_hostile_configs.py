@@ -110,6 +110,21 @@ def test_long_values_are_cut_in_messages(tmp_path: Path) -> None:
     assert _short_one_line(exc).endswith("...]")
 
 
+@pytest.mark.parametrize(("text", "pattern"), [
+    ("data: {dataset: d}\n1: x\nfoo: y\n", r"unknown config key '1' \(valid keys: data,"),
+    ("data: {dataset: d}\nmethod: {name: ircr, 1: x, foo: y}\n",
+     r"unknown config key 'method.1' for method 'ircr'"),
+    ("data: {dataset: d}\ntrain: {" + "x" * 1000 + ": 1}\n",
+     r"unknown config key 'train.x{57}\.\.\.'"),
+], ids=["number-key", "number-method-key", "long-key"])
+def test_odd_keys_are_one_short_line(tmp_path: Path, text: str, pattern: str) -> None:
+    """Numbers next to words as keys (a TypeError traceback before) and very long keys."""
+    with pytest.raises(IrcrError, match=pattern) as exc:
+        load_experiment(_config(tmp_path, text))
+    msg = str(exc.value)  # the message lists the valid keys: longer, still one line
+    assert "\n" not in msg and len(msg) < 700
+
+
 # ---- 3. duplicate keys ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("text", "key", "line"), [

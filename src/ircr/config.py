@@ -244,10 +244,12 @@ def from_dict(
         return parse(data, where, prefix)  # type: ignore[no-any-return]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys may be numbers too
     if unknown:
         valid = ", ".join(sorted(fields))
-        raise IrcrError(f"{where}: unknown config key '{prefix}{unknown[0]}' (valid keys: {valid})")
+        key = str(unknown[0])
+        key = key if len(key) <= 60 else key[:57] + "..."
+        raise IrcrError(f"{where}: unknown config key '{prefix}{key}' (valid keys: {valid})")
     kwargs = {n: _convert(v, hints[n], prefix + n, where) for n, v in data.items()}
     missing = [
         n

@@ -168,10 +168,10 @@ class MethodConfig:
         opt_type = options_type(name, where)
         fields = {f.name for f in dataclasses.fields(opt_type)}
         rest = {k: v for k, v in data.items() if k not in cls.SHARED}
-        unknown = sorted(set(rest) - fields)
+        unknown = sorted(set(rest) - fields, key=str)
         if unknown:
             valid = sorted(set(cls.SHARED) | fields)
-            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            close = difflib.get_close_matches(str(unknown[0]), valid, n=1)
             hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
             raise IrcrError(f"{where}: unknown config key '{prefix}{unknown[0]}' for method "
                             f"'{name}' ({hint}valid keys: {', '.join(valid)})")
