@@ -153,9 +153,10 @@ def test_duplicate_keys_are_refused(tmp_path: Path, text: str, key: str, line: i
     ("eval.window=4096", r"'eval.batch_size' 8 windows of 4096 x 4096 px need 1.5 GiB"),
     ("train.epochs=10000000000", r"'train.epochs' must be <= 1000000, got"),
     ("data.batch_size=1000", r"'data.batch_size' 1004 patches of 456 x 456 px .* need 2.3 GiB"),
+    ("method.wbis_workers=100000", r"'method.wbis_workers' must be <= 256"),
 ])
 def test_sizes_have_upper_bounds(tmp_path: Path, override: str, pattern: str) -> None:
-    p = _config(tmp_path, "data: {dataset: d}\n")
+    p = _config(tmp_path, "data: {dataset: d}\nmethod: {name: ircr}\n")
     with pytest.raises(IrcrError, match=pattern) as exc:
         load_experiment(p, [override])
     assert _short_one_line(exc).startswith((f"--set {override}: ", f"{p}: "))
