@@ -99,12 +99,12 @@ def test_small_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
 
 
 def test_long_values_are_cut_in_messages(tmp_path: Path) -> None:
-    p = _config(tmp_path, "data: {dataset: d}\ntrain: {epochs: [" + ", ".join(["7"] * 50000)
+    p = _config(tmp_path, "data: {dataset: d}\ntrain: {epochs: [" + ", ".join(["7"] * 5000)
                 + "]}\n")
     with pytest.raises(IrcrError, match="'train.epochs' must be int") as exc:
         load_experiment(p)
     assert _short_one_line(exc).endswith("...]")
-    p.write_text("data: {dataset: d}\nmodel: {blocks: [" + ", ".join(["1"] * 50000) + "]}\n")
+    p.write_text("data: {dataset: d}\nmodel: {blocks: [" + ", ".join(["1"] * 5000) + "]}\n")
     with pytest.raises(IrcrError, match="model.blocks must be 4 positive integers") as exc:
         load_experiment(p)
     assert _short_one_line(exc).endswith("...]")
