@@ -84,6 +84,24 @@ def test_recursive_alias_and_set_values_are_checked_too(tmp_path: Path) -> None:
         parse_yaml_text(bomb, "exp.yaml (--set): value of 'model.blocks'")
 
 
+@pytest.mark.parametrize("text", [
+    "a: " + "[" * 100000 + "]" * 100000,  # crashed the process (C parser recursion)
+    "- " * 100000 + "x",
+    "a: " + "{a: " * 150 + "1" + "}" * 150,
+], ids=["flow-100000", "block-100000", "mapping-150"])
+def test_deep_nesting_is_refused_not_a_crash(tmp_path: Path, text: str) -> None:
+    import subprocess
+    import sys
+
+    p = _config(tmp_path, text, "deep.yaml")
+    code = ("from ircr.config import read_yaml\nfrom ircr.errors import IrcrError\n"
+            f"try:\n    read_yaml({str(p)!r})\nexcept IrcrError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.returncode  # -11: segmentation fault before
+    assert out.stdout.strip() == f"{p}: refused: YAML nested more than 100 levels deep"
+
+
 def test_small_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
     from ircr.config import MAX_ALIAS_EXPANSION, parse_yaml_text
 

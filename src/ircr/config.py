@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 #: values that aliases may add to a YAML document when expanded (beyond its own nodes)
 MAX_ALIAS_EXPANSION = 10_000
+MAX_YAML_DEPTH = 100  # nesting levels of a YAML document (configs use fewer than 10)
 RANGE = "range"  # dataclass field metadata key: (low, high, low_open, high_open)
 
 _REPR = reprlib.Repr()
@@ -368,12 +369,43 @@ def _alias_excess(data: Any) -> int:
     return size.get(id(data), 1) - distinct
 
 
+def _check_depth(text: str, where: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_YAML_DEPTH` before the C parser sees it (it
+    recurses per level and crashes the process, no exception, some 10^4 levels deep).
+
+    Each level needs one of ``[{-?:`` or a new line, so a text with fewer of them is safe
+    unscanned; others are scanned (a flat token stream, no recursion).
+    """
+    bound = sum(text.count(c) for c in "[{-?:\n")
+    if bound <= MAX_YAML_DEPTH:
+        return
+    depth = 0
+    try:
+        for tok in yaml.scan(text, Loader=_StrictLoader):
+            if isinstance(tok, _OPEN):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise IrcrError(f"{where}: refused: YAML nested more than "
+                                    f"{MAX_YAML_DEPTH} levels deep")
+            elif isinstance(tok, _CLOSE):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # invalid YAML: the loader reports it with its line
+
+
+_OPEN = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken,
+         yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken)
+_CLOSE = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+
+
 def parse_yaml_text(text: str, where: str = "--set") -> Any:
     """Parse YAML ``text`` (safe loader) with one-line errors naming ``where``.
 
-    Duplicate mapping keys, recursive aliases and aliases expanding to more than
-    :data:`MAX_ALIAS_EXPANSION` extra values are errors (as invalid YAML is).
+    Duplicate mapping keys, recursive aliases, aliases expanding to more than
+    :data:`MAX_ALIAS_EXPANSION` extra values and nesting deeper than :data:`MAX_YAML_DEPTH`
+    levels are errors (as invalid YAML is).
     """
+    _check_depth(text, where)
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
