@@ -97,10 +97,11 @@ def test_copy_killed_before_the_rename_leaves_nothing_and_reruns(
     # a kill -9 leaves the temporary folder behind: the rerun removes it and succeeds
     stale = tmp_path / f".tuned.ircr-tmp-{DEAD_PID}-0a1b2c3d"
     shutil.copytree(folder, stale)
+    (folder / f".model.yaml.ircr-tmp-{DEAD_PID}-0a1b2c3d").write_text("x")  # not copied
     assert write_tuned(folder, _result(0.4), out=out) == out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "tuned"]
     assert yaml.safe_load((out / "postproc.yaml").read_text())["threshold"] == 0.4
-    _consistent(out)
+    _consistent(out)  # also: the source's temporary file was not copied
     assert yaml.safe_load((folder / "postproc.yaml").read_text())["threshold"] == 0.5
 
 

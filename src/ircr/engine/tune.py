@@ -222,14 +222,14 @@ def _write_copy(model_dir: Path, target: Path, best: dict[str, Any],
                 doc: dict[str, Any]) -> Path:
     """Copy ``model_dir`` to a temporary folder, tune it there, rename it to ``target``."""
     from ircr.inference.model_folder import write_postproc
-    from ircr.io.atomic import atomic_write_text, clean_stale_temp_dirs, temp_path
+    from ircr.io.atomic import TMP_MARK, atomic_write_text, clean_stale_temp_dirs, temp_path
 
     clean_stale_temp_dirs(target)
     if target.exists() or target.is_symlink():
         raise IrcrError(f"{target}: already exists; choose a new --out folder")
     tmp = temp_path(target)
     try:
-        shutil.copytree(model_dir, tmp)
+        shutil.copytree(model_dir, tmp, ignore=shutil.ignore_patterns(f"*{TMP_MARK}*"))
         write_postproc(tmp, best)
         atomic_write_text(tmp / TUNING_JSON, json.dumps(doc, indent=2) + "\n")
         os.rename(tmp, target)
