@@ -233,3 +233,36 @@ def _matched_iou_total(gt: np.ndarray, pred: np.ndarray) -> float:
     sel = M._max_iou_matching(gi, pj, iou, ag.size - 1, ap.size - 1)
     assert np.unique(gi[sel]).size == sel.size and np.unique(pj[sel]).size == sel.size
     return float(iou[sel].sum())
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int8,
+                                   np.int16, np.int32, np.int64])
+def test_every_integer_dtype_gives_the_hand_computed_scores(dtype: type) -> None:
+    """Issue 28.15: uint64 maps raised IndexError. Two nuclei: A (4 px) against A' (6 px,
+    covering A), B (4 px) predicted exactly. By hand: Dice 2*8/(8+10), AJI (4+4)/(6+4),
+    SQ (4/6 + 1)/2, both matched at IoU > 0.5."""
+    gt = np.zeros((8, 8), dtype)
+    gt[1:3, 1:3], gt[5:7, 5:7] = 1, 2
+    pred = np.zeros((8, 8), dtype)
+    for ids in ((2, 1), (7, 3)):  # contiguous ids are used as they are, others remapped
+        pred[1:3, 1:4], pred[5:7, 5:7] = ids
+        m = instance_metrics(gt, pred)
+        assert _close(m.dice, 16 / 18) and _close(m.aji, 0.8) and _close(m.aji_plus, 0.8)
+        assert (m.pq_tp, m.n_gt, m.n_pred) == (2, 2, 2) and _close(m.sq, (4 / 6 + 1) / 2)
+
+
+def test_uint64_ids_beyond_the_int64_range_keep_their_meaning() -> None:
+    gt = np.zeros((8, 8), np.uint64)
+    gt[1:3, 1:3], gt[5:7, 5:7] = 1, 2**64 - 1
+    pred = np.zeros((8, 8), np.uint64)
+    pred[1:3, 1:4], pred[5:7, 5:7] = 2**63 + 7, 2**63
+    m = instance_metrics(gt, pred)
+    assert _close(m.dice, 16 / 18) and _close(m.aji, 0.8) and m.pq_tp == 2
+    # no background pixel: every pixel is a nucleus, ids above 2**63 included
+    full = np.full((2, 2), 2**64 - 2, np.uint64)
+    assert instance_metrics(full, full).aji == 1.0
+    # ties between predictions over one nucleus go to the lowest id, as with small ids
+    gt2 = np.array([[1, 1, 1, 1]], np.uint64)
+    big = np.array([[2**63 + 9, 2**63 + 9, 2**63 + 5, 2**63 + 5]], np.uint64)
+    small = np.array([[9, 9, 5, 5]], np.uint64)
+    assert instance_metrics(gt2, big) == instance_metrics(gt2, small)

@@ -1,7 +1,8 @@
 """Instance segmentation metrics: pixel Dice, AJI, AJI+, DQ/SQ/PQ, object F1.
 
-Per image pair (ground truth ``gt``, prediction ``pred``: (H, W) integer instance maps, 0 =
-background, ids in any order, not necessarily contiguous, a map may have no background pixel)
+Per image pair (ground truth ``gt``, prediction ``pred``: (H, W) integer instance maps of any
+integer dtype (uint64 included, any id value), 0 = background, ids in any order, not
+necessarily contiguous, a map may have no background pixel)
 :func:`instance_metrics` returns an :class:`InstanceMetrics`; :func:`aggregate` averages per
 image (``mode="mean"``, the papers' convention) or pools the raw sums over images
 (``mode="pooled"``).
@@ -100,7 +101,19 @@ def _check(m: object, what: str, name: str) -> np.ndarray:
         raise IrcrError(f"{name}: {what} must be an integer instance map, got dtype {m.dtype}")
     if m.size and m.dtype.kind == "i" and int(m.min()) < 0:
         raise IrcrError(f"{name}: {what} has negative ids (min {int(m.min())})")
+    if m.dtype.kind == "u" and m.dtype.itemsize >= np.dtype(np.intp).itemsize:
+        return _as_intp(m)  # uint64: numpy cannot index or bincount with it
     return m
+
+
+def _as_intp(m: np.ndarray) -> np.ndarray:
+    """An unsigned (H, W) map as intp with the same ids, or ids 1..n in the same order when
+    some id exceeds the intp range (0 stays background)."""
+    if not m.size or int(m.max()) <= np.iinfo(np.intp).max:
+        return m.astype(np.intp)
+    ids, inv = np.unique(m, return_inverse=True)
+    inv = inv.reshape(m.shape).astype(np.intp)
+    return inv if ids[0] == 0 else inv + 1
 
 
 def _relabel(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ircr.config import from_dict
+from ircr.config import from_dict, short_repr
 from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.inference.scale import resize_labels
@@ -61,8 +63,11 @@ class TuneResult:
 def parse_grid(items: list[str] | None) -> dict[str, tuple[float | int, ...]]:
     """``["threshold=0.4,0.5", ...]`` -> grid (defaults for keys not given).
 
+    Every value is checked as ``postproc.yaml`` checks it (finite, in range: thresholds in
+    [0, 1], ksize an odd size in 1..31, ...), before anything runs.
+
     Raises:
-        IrcrError: unknown key, malformed or empty list (the message names ``--grid``).
+        IrcrError: unknown key, malformed, empty or out-of-range list (names ``--grid``).
     """
     grid = dict(DEFAULT_GRID)
     for item in items or []:
@@ -70,14 +75,22 @@ def parse_grid(items: list[str] | None) -> dict[str, tuple[float | int, ...]]:
         key = key.strip()
         if not sep or key not in TUNABLE:
             raise IrcrError(f"--grid: expected KEY=v1,v2,... with KEY one of "
-                            f"{', '.join(TUNABLE)}, got '{item}'")
+                            f"{', '.join(TUNABLE)}, got '{short_repr(item)}'")
         cast = float if key in ("threshold", "marker_threshold") else int
         try:
             parsed = tuple(cast(v) for v in values.split(",") if v.strip())
         except ValueError as exc:
-            raise IrcrError(f"--grid: {key}: not a list of numbers: '{values}'") from exc
+            raise IrcrError(f"--grid: {key}: not a list of numbers: "
+                            f"'{short_repr(values)}'") from exc
         if not parsed:
             raise IrcrError(f"--grid: {key}: no values")
+        for v in parsed:
+            try:
+                from_dict(WBISParams, {key: v}, where="--grid").effective()
+            except IrcrError as exc:
+                given = values if len(values) <= 40 else values[:37] + "..."
+                raise IrcrError(f"--grid {key}={given}: "
+                                f"{str(exc).removeprefix('--grid: ')}") from None
         grid[key] = parsed
     return grid
 
@@ -168,25 +181,74 @@ def write_tuned(model_dir: str | Path, result: TuneResult, out: str | Path | Non
                 dataset: str = "") -> Path:
     """Write the best parameters into ``model_dir`` (or a copy at ``out``); returns the folder.
 
+    A copy is made under a temporary name next to ``out`` and renamed once, so ``out`` is
+    either the complete tuned folder or absent (leftovers of a killed run are removed on
+    the next one). In place, ``tuning.json`` is removed before ``postproc.yaml`` is replaced
+    and written after it: whenever it exists it describes ``postproc.yaml``.
+
     Raises:
-        IrcrError: the target is a packaged (read-only) model and no ``out`` was given, or
-            ``out`` already exists.
+        IrcrError: the target is a packaged (read-only) model and no ``out`` was given,
+            ``out`` already exists, or a write fails (disk full, ...; names the target).
     """
     from ircr.engine.packaged import is_packaged_folder
-    from ircr.inference.model_folder import write_postproc
 
-    target = Path(model_dir)
-    if out is not None:
-        target = Path(out)
-        if target.exists():
-            raise IrcrError(f"{target}: already exists; choose a new --out folder")
-        shutil.copytree(model_dir, target)
-    elif is_packaged_folder(model_dir):
-        raise IrcrError(f"{model_dir}: a packaged model is not changed in place; "
-                        "pass --out DIR to write a tuned copy")
     doc = {"metric": result.metric, "best_score": result.best_score,
            "start_score": result.start_score, "images": result.images, "dataset": dataset,
            "best": result.best, "grid": result.rows}
-    write_postproc(target, result.best,
-                   extra_files={TUNING_JSON: json.dumps(doc, indent=2) + "\n"})
+    if out is not None:
+        return _write_copy(Path(model_dir), Path(out), result.best, doc)
+    if is_packaged_folder(model_dir):
+        raise IrcrError(f"{model_dir}: a packaged model is not changed in place; "
+                        "pass --out DIR to write a tuned copy")
+    _write_in_place(Path(model_dir), result.best, doc)
+    return Path(model_dir)
+
+
+def _write_in_place(folder: Path, best: dict[str, Any], doc: dict[str, Any]) -> None:
+    """Replace postproc.yaml and tuning.json so that tuning.json never disagrees with it."""
+    from ircr.inference.model_folder import write_postproc
+    from ircr.io.atomic import atomic_write_text, clean_stale_temps, write_error
+
+    clean_stale_temps(folder)
+    try:
+        (folder / TUNING_JSON).unlink(missing_ok=True)
+    except OSError as exc:
+        raise write_error(folder / TUNING_JSON, exc, "cannot replace") from None
+    write_postproc(folder, best)
+    atomic_write_text(folder / TUNING_JSON, json.dumps(doc, indent=2) + "\n")
+
+
+def _write_copy(model_dir: Path, target: Path, best: dict[str, Any],
+                doc: dict[str, Any]) -> Path:
+    """Copy ``model_dir`` to a temporary folder, tune it there, rename it to ``target``."""
+    from ircr.inference.model_folder import write_postproc
+    from ircr.io.atomic import TMP_MARK, atomic_write_text, clean_stale_temp_dirs, temp_path
+
+    clean_stale_temp_dirs(target)
+    if target.exists() or target.is_symlink():
+        raise IrcrError(f"{target}: already exists; choose a new --out folder")
+    tmp = temp_path(target)
+    try:
+        shutil.copytree(model_dir, tmp, ignore=shutil.ignore_patterns(f"*{TMP_MARK}*"))
+        write_postproc(tmp, best)
+        atomic_write_text(tmp / TUNING_JSON, json.dumps(doc, indent=2) + "\n")
+        os.rename(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, IrcrError)):
+            raise IrcrError(f"{target}: cannot write the tuned copy "
+                            f"({_reason(exc, tmp, target)})") from None
+        raise
     return target
+
+
+def _reason(exc: BaseException, tmp: Path, target: Path) -> str:
+    """The cause of a failed copy in a few words (shutil.Error lists one per file)."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        first = exc.args[0][0] if exc.args[0] else ("", "", "copy failed")
+        why = str(first[-1])
+        m = re.match(r"\[Errno \d+\] ([^:]+)", why)
+        return m.group(1) if m else short_repr(why)
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc).replace(str(tmp), str(target))

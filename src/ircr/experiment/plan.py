@@ -212,6 +212,22 @@ def expected_seconds(cfg: dict[str, Any], rate: Rate, size: SplitSize, n_test: i
             + per_image * n_test + pseudo)
 
 
+MAX_BUDGET_MINUTES = 366 * 24 * 60.0  # a year
+
+
+def check_budget_minutes(value: float | None) -> None:
+    """``--budget-minutes``: None or a finite number of minutes in (0, a year].
+
+    NaN would never equal itself, so a plan made with it could never be resumed.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and 0 < value <= MAX_BUDGET_MINUTES):
+        raise IrcrError(f"--budget-minutes: must be a finite number of minutes in "
+                        f"(0, {MAX_BUDGET_MINUTES:g}], got {value}")
+
+
 def make_plan(proto: Protocol, runs: list[RunSpec], rates: dict[str, Rate] | None = None,
               budget_s: float | None = None, jobs: int = 1, n_test: int = 0,
               ) -> list[PlannedRun]:

@@ -288,8 +288,7 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
 
     if jobs < 1:
         raise IrcrError(f"--jobs must be >= 1, got {jobs}")
-    if budget_minutes is not None and budget_minutes <= 0:
-        raise IrcrError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    planning.check_budget_minutes(budget_minutes)
     if device:
         from ircr.inference.device import select_device
 

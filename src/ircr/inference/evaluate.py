@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ircr.config import to_dict
+from ircr.config import bounded, to_dict
 from ircr.data.splits import Patch
 from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.inference.device import AmpSetting
 from ircr.inference.family import InferenceSetting, ModelFamily, get_family
-from ircr.inference.predict import predict_maps
+from ircr.inference.predict import MAX_BATCH, MAX_WINDOW, predict_maps, window_size_problem
 from ircr.inference.scale import processing_size, rescale_factor, resize_image, resize_labels
 from ircr.io.atomic import atomic_write_text
 from ircr.io.paths import child_path, ensure_dir, unique_name
@@ -57,12 +57,12 @@ class EvalConfig:
         max_images: validate on at most this many images (None = all; smoke tests).
     """
 
-    window: int = 256
-    overlap: int = 64
-    batch_size: int = 8
+    window: int = bounded(256, 16, MAX_WINDOW)
+    overlap: int = bounded(64, 0, MAX_WINDOW)
+    batch_size: int = bounded(8, 1, MAX_BATCH)
     f1_mode: Literal["iou", "centroid"] = "iou"
-    f1_radius: float = 12.0
-    max_images: int | None = None
+    f1_radius: float = bounded(12.0, 0, 10_000, lo_open=True)
+    max_images: int | None = bounded(None, 1, 10**9)
 
     def validate(self, where: str = "config") -> None:
         """Window/overlap/batch checks (one-line IrcrError naming ``where``)."""
@@ -75,6 +75,9 @@ class EvalConfig:
         ):
             if not ok:
                 raise IrcrError(f"{where}: config key '{key}' {problem}")
+        too_big = window_size_problem(self.window, self.batch_size)
+        if too_big is not None:
+            raise IrcrError(f"{where}: config key 'eval.{too_big[0]}' {too_big[1]}")
 
 
 @dataclass

@@ -40,9 +40,10 @@ import yaml
 from torch import nn
 
 from ircr._version import __version__
-from ircr.config import load_yaml_file, to_dict
+from ircr.config import load_yaml_file, short_repr, to_dict
 from ircr.errors import IrcrError
 from ircr.inference.family import DEFAULT_FAMILY, ModelFamily, get_family
+from ircr.inference.predict import window_size_problem
 from ircr.io.atomic import atomic_write, atomic_write_text, clean_stale_temps
 from ircr.io.paths import ensure_dir
 from ircr.io.torchfile import first_nonfinite, save_torch
@@ -92,7 +93,7 @@ def check_inference(settings: dict[str, Any], where: str, flags: bool = False) -
     out = dict(INFERENCE_DEFAULTS)
     for key, value in settings.items():
         if isinstance(value, bool) or not isinstance(value, int):
-            raise IrcrError(f"{name(key)}: must be an integer, got {value!r}")
+            raise IrcrError(f"{name(key)}: must be an integer, got {short_repr(value)}")
         out[key] = value
     w, o, b = out["window"], out["overlap"], out["batch_size"]
     if w < 16 or w % 8:
@@ -101,6 +102,9 @@ def check_inference(settings: dict[str, Any], where: str, flags: bool = False) -
         raise IrcrError(f"{name('overlap')}: must be in [0, window={w}), got {o}")
     if b < 1:
         raise IrcrError(f"{name('batch_size')}: must be >= 1, got {b}")
+    too_big = window_size_problem(w, b)
+    if too_big is not None:
+        raise IrcrError(f"{name(too_big[0])}: {too_big[1]}")
     return out
 
 
@@ -237,16 +241,18 @@ def _read_meta(folder: Path) -> tuple[dict[str, Any], ModelFamily, Any, float | 
         raise IrcrError(f"{yml}: 'model' must be a mapping")
     family = meta.get("family", DEFAULT_FAMILY)
     if not isinstance(family, str):
-        raise IrcrError(f"{yml}: 'family' must be a model family name, got {family!r}")
+        raise IrcrError(f"{yml}: 'family' must be a model family name, got "
+                        f"{short_repr(family)}")
     fam = get_family(family, where=f"{yml}: family")
     cfg = fam.parse_config(meta["model"], where=str(yml))
     mpp, patch = meta.get("mpp"), meta["patch_size"]
     if mpp is not None and (not isinstance(mpp, (int, float)) or isinstance(mpp, bool)
                             or not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]):
         raise IrcrError(f"{yml}: 'mpp' must be a number of microns per pixel in "
-                        f"[{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}] or null, got {mpp!r}")
+                        f"[{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}] or null, got {short_repr(mpp)}")
     if not isinstance(patch, int) or patch <= 0:
-        raise IrcrError(f"{yml}: 'patch_size' must be a positive integer, got {patch!r}")
+        raise IrcrError(f"{yml}: 'patch_size' must be a positive integer, got "
+                        f"{short_repr(patch)}")
     return meta, fam, cfg, None if mpp is None else float(mpp), patch
 
 

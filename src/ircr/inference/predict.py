@@ -21,6 +21,29 @@ from ircr.inference.compiled import compiled
 from ircr.inference.device import AmpSetting, amp_dtype, autocast, eval_mode
 
 STRIDE_MULTIPLE = 8
+# sane upper bounds of a sliding-window setting, checked before anything is allocated
+MAX_WINDOW = 4096  # px (the default is 256)
+MAX_BATCH = 1024  # windows per forward pass
+MAX_BATCH_PIXELS = 2**26  # window^2 x batch_size: 0.75 GiB of float32 input alone at the cap
+
+
+def window_size_problem(window: int, batch_size: int) -> tuple[str, str] | None:
+    """(key, problem) when ``window``/``batch_size`` exceed the bounds above, else None.
+
+    The memory estimate (window^2 x batch_size x 3 float32 input values per batch; the
+    network's activations are a multiple of it) is made before anything is allocated.
+    """
+    if window > MAX_WINDOW:
+        return "window", f"must be <= {MAX_WINDOW}, got {window}"
+    if batch_size > MAX_BATCH:
+        return "batch_size", f"must be <= {MAX_BATCH}, got {batch_size}"
+    pixels = window * window * batch_size
+    if pixels > MAX_BATCH_PIXELS:
+        gib = pixels * 3 * 4 / 2**30
+        return "batch_size", (f"{batch_size} windows of {window} x {window} px need "
+                              f"{gib:.1f} GiB per batch for the input alone (at most "
+                              f"{MAX_BATCH_PIXELS} px per batch); lower batch_size or window")
+    return None
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -61,6 +84,9 @@ def _check_window(window: int, overlap: int, batch_size: int) -> None:
         raise IrcrError(f"inference: overlap must be in [0, window), got {overlap}")
     if batch_size < 1:
         raise IrcrError(f"inference: batch_size must be >= 1, got {batch_size}")
+    too_big = window_size_problem(window, batch_size)
+    if too_big is not None:
+        raise IrcrError(f"inference: {too_big[0]} {too_big[1]}")
 
 
 def _tile_starts(size: int, window: int, stride: int) -> list[int]:

@@ -7,7 +7,8 @@ streaming writers): the content goes to a temporary file in the destination fold
 destination with :func:`os.replace`; the folder is fsynced too, so the rename survives a power
 cut. Any error (or interrupt) removes the temporary file; a ``kill -9`` leaves it behind, and
 :func:`clean_stale_temps` removes such leftovers of dead processes on the next start (also
-the temporary names of older ircr versions: ``.last.pt.tmp-<pid>``, ``.weights.pt.<x>.tmp``).
+the temporary names of older ircr versions: ``.last.pt.tmp-<pid>``, ``.weights.pt.<x>.tmp``);
+:func:`clean_stale_temp_dirs` does the same for folders written under a temporary name.
 
 Write errors (folder not writable, disk full, a file where a folder should be) become one-line
 :class:`~ircr.errors.IrcrError` naming the destination.
@@ -193,4 +194,25 @@ def clean_stale_temps(folder: str | Path) -> list[Path]:
             except OSError:
                 pass
             break
+    return removed
+
+
+def clean_stale_temp_dirs(path: str | Path) -> list[Path]:
+    """Remove temporary folders ``.<name>.ircr-tmp-<pid>-<token>`` of ``path`` whose
+    process is gone (a folder written under a temporary name and renamed once, killed
+    before the rename). Returns the removed paths."""
+    import shutil
+
+    p = Path(path)
+    removed: list[Path] = []
+    if not p.parent.is_dir():
+        return removed
+    pattern = re.compile(rf"^\.{re.escape(p.name)}{re.escape(TMP_MARK)}(?P<pid>\d+)-[0-9a-f]+$")
+    for entry in p.parent.iterdir():
+        m = pattern.match(entry.name)
+        if m is None or not entry.is_dir() or entry.is_symlink() or _pid_alive(int(m["pid"])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
     return removed

@@ -7,9 +7,10 @@ with a stride-1 stem and no max-pool, 'same'-padded decoders with k=3, 256 -> 25
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from ircr.config import bounded, check_ranges, short_repr
 from ircr.errors import IrcrError
 
 
@@ -38,26 +39,32 @@ class ModelConfig:
     """
 
     encoder: Literal["preact", "resnet"] = "preact"
-    width: float = 1.0
-    blocks: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
-    decoder_units: list[int] = field(default_factory=lambda: [8, 4])
-    decoder_kernel: int = 3
-    nr_types: int | None = None
+    width: float = bounded(1.0, 0, 4, lo_open=True)
+    blocks: list[int] = bounded(lo=1, hi=64, factory=lambda: [3, 4, 6, 3])
+    decoder_units: list[int] = bounded(lo=0, hi=64, factory=lambda: [8, 4])
+    decoder_kernel: int = bounded(3, 1, 31)
+    nr_types: int | None = bounded(None, 2, 1024)
     pretrained: str | None = None
-    freeze_encoder_epochs: int = 0
+    freeze_encoder_epochs: int = bounded(0, 0, 1_000_000)
     freeze_encoder_bn: bool = False
     activation_checkpointing: bool = False
 
     def validate(self, where: str = "model") -> None:
-        """Raise :class:`IrcrError` (naming ``where``) for values the network cannot use."""
+        """Raise :class:`IrcrError` (naming ``where``) for values the network cannot use.
+
+        Sizes have upper bounds (blocks and decoder units <= 64 per stage, kernel <= 31,
+        width <= 4): larger values only exhaust memory.
+        """
+        check_ranges(self, where, "model.")
         if not 0.0 < self.width <= 4.0:
             raise IrcrError(f"{where}: model.width must be in (0, 4], got {self.width}")
         if len(self.blocks) != 4 or any(b < 1 for b in self.blocks):
-            raise IrcrError(f"{where}: model.blocks must be 4 positive integers, got {self.blocks}")
+            raise IrcrError(f"{where}: model.blocks must be 4 positive integers, got "
+                            f"{short_repr(self.blocks)}")
         if len(self.decoder_units) != 2 or any(u < 0 for u in self.decoder_units):
             raise IrcrError(
                 f"{where}: model.decoder_units must be 2 non-negative integers, "
-                f"got {self.decoder_units}"
+                f"got {short_repr(self.decoder_units)}"
             )
         if self.decoder_kernel < 1 or self.decoder_kernel % 2 == 0:
             raise IrcrError(

@@ -47,6 +47,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from ircr import compat
+from ircr.config import bounded
 from ircr.errors import IrcrError
 
 _FOUR = ndi.generate_binary_structure(2, 1)
@@ -61,18 +62,21 @@ class WBISParams:
     defaults are kept (see :meth:`effective`).
     """
 
-    threshold: float = 0.5
-    min_size: int = 10
+    threshold: float = bounded(0.5, 0, 1)
+    min_size: int = bounded(10, 0, 10**7)
     ksize: int = 21
-    marker_threshold: float = 0.4
-    marker_min_size: int = 10
-    open_ksize: int = 5
-    scale: float = 1.0
+    marker_threshold: float = bounded(0.4, 0, 1)
+    marker_min_size: int = bounded(10, 0, 10**7)
+    open_ksize: int = bounded(5, 1, 255)
+    scale: float = bounded(1.0, 0, 100, lo_open=True)
 
     def effective(self) -> WBISParams:
         """Return a copy with ``ksize``/``marker_min_size`` scaled and values validated."""
         if not (self.scale > 0 and math.isfinite(self.scale)):
             raise IrcrError(f"postproc.scale: must be a positive number, got {self.scale}")
+        for key in ("threshold", "marker_threshold"):  # NaN fails the comparison too
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise IrcrError(f"postproc.{key}: must be in [0, 1], got {getattr(self, key)}")
         ksize, mms = self.ksize, self.marker_min_size
         if self.scale != 1.0:
             if ksize == 21:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ircr.config import from_dict, read_yaml, to_dict
+from ircr.config import bounded, from_dict, read_yaml, short_repr, to_dict
 from ircr.data.detection import count_instances
 from ircr.data.splits import Patch
 from ircr.data.store import PreparedDataset
@@ -80,12 +80,12 @@ class BassOptions:
     teacher_branches: list[str] = field(default_factory=lambda: ["nmh"])
     teacher: DetectionSchedule = field(default_factory=_teacher_schedule)
     student: DetectionSchedule = field(default_factory=DetectionSchedule)
-    repeat_labelled: int = 19
+    repeat_labelled: int = bounded(19, 1, 1000)  # the student's pool holds L x this items
     tta: TTAConfig = field(default_factory=TTAConfig)
-    pseudo_mask_threshold: float = 0.5
-    pseudo_threshold: float | None = None
-    min_area: int = 4
-    pseudo_max_patches: int | None = None
+    pseudo_mask_threshold: float = bounded(0.5, 0, 1, lo_open=True)
+    pseudo_threshold: float | None = bounded(None, 0, 1, hi_open=True)
+    min_area: int = bounded(4, 1, 10**7)
+    pseudo_max_patches: int | None = bounded(None, 1, 10**9)
     paint: PaintParams = field(default_factory=PaintParams)
     count_matched_paint: bool = False
 
@@ -95,7 +95,7 @@ class BassOptions:
         bad = [b for b in self.teacher_branches if b not in MASK_BRANCHES]
         if bad or not self.teacher_branches:
             raise IrcrError(f"{where}: method.teacher_branches must be a non-empty subset of "
-                            f"{list(MASK_BRANCHES)}, got {self.teacher_branches}")
+                            f"{list(MASK_BRANCHES)}, got {short_repr(self.teacher_branches)}")
         self.teacher.check(f"{where}: method.teacher")
         self.student.check(f"{where}: method.student")
         if self.repeat_labelled < 1:

@@ -22,13 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from ircr.config import apply_overrides, from_dict, read_yaml, to_dict
+from ircr.config import apply_overrides, bounded, from_dict, read_yaml, to_dict
 from ircr.data.augment import AugmentConfig
 from ircr.errors import IrcrError
 from ircr.inference.evaluate import EvalConfig
 from ircr.losses import LossConfig
 from ircr.models.config import ModelConfig
 from ircr.postproc.watershed import WBISParams
+
+# upper bounds of sizes (a typo such as 1e8 must not allocate until the kernel kills the run)
+MAX_PATCH = 4096  # px, a training patch side (paper: 256)
+MAX_BATCH = 1024  # patches per iteration (paper: 4)
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
+MAX_EPOCHS = 1_000_000
+MAX_ITERATIONS = 10**12
 
 
 @dataclass
@@ -51,11 +58,11 @@ class DataConfig:
 
     dataset: Path | None = None
     split: str = "default"
-    patch_size: int = 256
-    context_margin: int = 100
-    batch_size: int = 4
-    batch_size_unlabelled: int = 4
-    workers: int = 2
+    patch_size: int = bounded(256, 16, MAX_PATCH)
+    context_margin: int = bounded(100, 0, MAX_PATCH)
+    batch_size: int = bounded(4, 1, MAX_BATCH)
+    batch_size_unlabelled: int = bounded(4, 1, MAX_BATCH)
+    workers: int = bounded(2, 0, 256)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -72,7 +79,7 @@ class TrainConfig:
         lr: Adam learning rate. lr_steps: epochs after which lr is multiplied by lr_gamma.
         optimizer: only "adam" (betas 0.9/0.999, no weight decay by default).
         amp: "auto" = bf16 autocast on CUDA when supported, off elsewhere; "bf16"; "off".
-        seed: seeds model init, data order and augmentation.
+        seed: seeds model init, data order and augmentation (0 .. 2**32 - 1).
         deterministic: deterministic kernels (``torch.use_deterministic_algorithms``).
         checkpoint_every: also write ``checkpoints/last.pt`` every this many iterations
             (0 = only at epoch ends). checkpoint_minutes: also write it when this many
@@ -87,21 +94,21 @@ class TrainConfig:
         grad_clip: clip the gradient norm to this value (None = no clipping).
     """
 
-    epochs: int = 150
-    iterations_per_epoch: int | None = None
-    max_iterations: int | None = None
-    lr: float = 1e-4
-    lr_steps: list[int] = field(default_factory=lambda: [100])
+    epochs: int = bounded(150, 1, MAX_EPOCHS)
+    iterations_per_epoch: int | None = bounded(None, 1, MAX_ITERATIONS)
+    max_iterations: int | None = bounded(None, 1, MAX_ITERATIONS)
+    lr: float = 1e-4  # > 0, finite (no upper bound: tests provoke divergence with 1e6)
+    lr_steps: list[int] = bounded(lo=1, hi=MAX_EPOCHS, factory=lambda: [100])
     lr_gamma: float = 0.1
     optimizer: Literal["adam"] = "adam"
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, 0)
     amp: Literal["auto", "bf16", "off"] = "auto"
-    seed: int = 10
+    seed: int = bounded(10, 0, MAX_SEED)
     deterministic: bool = False
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 0.0
-    keep_every: int = 0
-    val_every: int = 1
+    checkpoint_every: int = bounded(0, 0, MAX_ITERATIONS)
+    checkpoint_minutes: float = bounded(0.0, 0, 10**6)
+    keep_every: int = bounded(0, 0, MAX_EPOCHS)
+    val_every: int = bounded(1, 0, MAX_EPOCHS)
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = True
@@ -161,10 +168,10 @@ class MethodConfig:
         opt_type = options_type(name, where)
         fields = {f.name for f in dataclasses.fields(opt_type)}
         rest = {k: v for k, v in data.items() if k not in cls.SHARED}
-        unknown = sorted(set(rest) - fields)
+        unknown = sorted(set(rest) - fields, key=str)
         if unknown:
             valid = sorted(set(cls.SHARED) | fields)
-            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            close = difflib.get_close_matches(str(unknown[0]), valid, n=1)
             hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
             raise IrcrError(f"{where}: unknown config key '{prefix}{unknown[0]}' for method "
                             f"'{name}' ({hint}valid keys: {', '.join(valid)})")
@@ -237,10 +244,30 @@ class ExperimentConfig:
         for ok, key, problem in checks:
             if not ok:
                 raise IrcrError(f"{where}: config key '{key}' {problem}")
+        self._check_batch_memory(where)
         try:
             self.postproc.effective()  # validates post-processing parameters
         except IrcrError as exc:
             raise IrcrError(f"{where}: {exc}") from None
+
+    def _check_batch_memory(self, where: str) -> None:
+        """Estimate a training batch's input before anything is allocated (one line if too big).
+
+        Each patch is read with its context margin on every side; the network's activations
+        are a multiple of the input, so the input alone must stay under MAX_BATCH_PIXELS.
+        """
+        from ircr.inference.predict import MAX_BATCH_PIXELS
+
+        d = self.data
+        side = d.patch_size + 2 * d.context_margin
+        n = d.batch_size + d.batch_size_unlabelled
+        if side * side * n > MAX_BATCH_PIXELS:
+            gib = side * side * n * 3 * 4 / 2**30
+            raise IrcrError(f"{where}: config key 'data.batch_size' {n} patches of {side} x "
+                            f"{side} px (patch_size + 2 x context_margin, labelled + "
+                            f"unlabelled) need {gib:.1f} GiB per iteration for the input alone "
+                            f"(at most {MAX_BATCH_PIXELS} px); lower the batch sizes or "
+                            "patch_size")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

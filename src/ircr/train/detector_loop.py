@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ircr.config import bounded
 from ircr.data.detection import detection_targets
 from ircr.errors import IrcrError
 from ircr.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -46,6 +47,10 @@ _PICK, _AUG = 0x706963, 0x617567
 
 class StageInterrupted(RuntimeError):
     """Raised by ``stop_after`` (tests of resume) right after that iteration's checkpoint."""
+
+
+MAX_STEPS = 10**9  # optimiser steps of one stage
+MAX_EPOCHS = 1_000_000  # a stage's length in passes over its pool (finite)
 
 
 @dataclass
@@ -71,16 +76,16 @@ class DetectionSchedule:
         log_every: iterations per metrics.csv row.
     """
 
-    iterations: int = 2000
-    epochs: float | None = None
-    lr_step_epochs: list[float] = field(default_factory=list)
-    batch_size: int = 2
+    iterations: int = bounded(2000, hi=MAX_STEPS)  # lower bounds: check()
+    epochs: float | None = bounded(None, hi=MAX_EPOCHS)
+    lr_step_epochs: list[float] = bounded(hi=MAX_EPOCHS, factory=list)
+    batch_size: int = bounded(2, hi=1024)
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_iterations: int = 500
+    warmup_iterations: int = bounded(500, hi=MAX_STEPS)
     warmup_factor: float = 0.001
-    lr_steps: list[int] = field(default_factory=list)
+    lr_steps: list[int] = bounded(hi=MAX_STEPS, factory=list)
     lr_gamma: float = 0.1
     grad_clip: float | None = None
     hflip: bool = True

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ircr.config import bounded, check_ranges, short_repr
 from ircr.errors import IrcrError
 
 __all__ = ["MaskRCNNConfig", "MASK_BRANCHES"]
@@ -31,6 +32,10 @@ __all__ = ["MaskRCNNConfig", "MASK_BRANCHES"]
 #: the mask-head branches: naive 28x28 head, low-resolution denoising 14x14 head, cross-RoI
 #: contrastive head (its 28x28 logits); their 28x28 logits are fused by a 1x1 conv.
 MASK_BRANCHES = ("nmh", "lrd", "crc")
+# upper bounds of sizes (larger values only exhaust memory)
+MAX_CHANNELS = 4096
+MAX_SIDE = 8192  # px, image sides after resizing and anchor sizes
+MAX_BOXES = 100_000  # proposals, sampled RoIs, detections per image
 
 
 @dataclass
@@ -81,40 +86,42 @@ class MaskRCNNConfig:
     backbone_weights: str | None = None
     trainable_layers: int | None = None
     norm: Literal["auto", "frozen", "batch"] = "auto"
-    tiny_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    fpn_channels: int = 256
-    min_size: list[int] = field(default_factory=lambda: [800])
-    max_size: int = 1333
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    tiny_channels: list[int] = bounded(lo=1, hi=MAX_CHANNELS,
+                                       factory=lambda: [16, 32, 64, 128])
+    fpn_channels: int = bounded(256, 1, MAX_CHANNELS)
+    min_size: list[int] = bounded(lo=1, hi=MAX_SIDE, factory=lambda: [800])
+    max_size: int = bounded(1333, 1, MAX_SIDE)
+    anchor_sizes: list[int] = bounded(lo=1, hi=MAX_SIDE,
+                                      factory=lambda: [32, 64, 128, 256, 512])
     anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_train: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
+    rpn_pre_nms_top_n_train: int = bounded(2000, 1, MAX_BOXES)
+    rpn_pre_nms_top_n_test: int = bounded(1000, 1, MAX_BOXES)
+    rpn_post_nms_top_n_train: int = bounded(1000, 1, MAX_BOXES)
+    rpn_post_nms_top_n_test: int = bounded(1000, 1, MAX_BOXES)
     rpn_nms_thresh: float = 0.7
     rpn_fg_iou_thresh: float = 0.7
     rpn_bg_iou_thresh: float = 0.3
-    rpn_batch_size_per_image: int = 256
+    rpn_batch_size_per_image: int = bounded(256, 1, MAX_BOXES)
     rpn_positive_fraction: float = 0.5
-    box_batch_size_per_image: int = 512
+    box_batch_size_per_image: int = bounded(512, 1, MAX_BOXES)
     box_positive_fraction: float = 0.25
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
-    box_detections_per_img: int = 100
-    box_representation: int = 1024
-    mask_channels: int = 256
+    box_detections_per_img: int = bounded(100, 1, MAX_BOXES)
+    box_representation: int = bounded(1024, 1, 16 * MAX_CHANNELS)
+    mask_channels: int = bounded(256, 1, MAX_CHANNELS)
     mask_branches: list[str] = field(default_factory=lambda: list(MASK_BRANCHES))
     lrd_boundary_weight: float = 1.0
-    crc_channels: int = 64
+    crc_channels: int = bounded(64, 1, MAX_CHANNELS)
     crc_form: Literal["paper", "hard_only"] = "paper"
     crc_query: Literal["all_rois", "two_rois"] = "all_rois"
     crc_tau_hard: float = 0.7
     crc_tau_easy: float = 0.3
-    crc_band: int = 4
+    crc_band: int = bounded(4, 0, 256)
     crc_alpha: float = 0.7
-    crc_min_pixels: int = 5
+    crc_min_pixels: int = bounded(5, 1, 10**6)
     crc_weight: float = 0.25
 
     def validate(self, where: str = "model") -> None:
@@ -122,10 +129,12 @@ class MaskRCNNConfig:
         def bad(key: str, problem: str) -> IrcrError:
             return IrcrError(f"{where}: model.{key} {problem}")
 
+        check_ranges(self, where, "model.")
         if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
             raise bad("trainable_layers", f"must be in 0..5 or null, got {self.trainable_layers}")
         if len(self.tiny_channels) != 4 or any(c < 1 for c in self.tiny_channels):
-            raise bad("tiny_channels", f"must be 4 positive integers, got {self.tiny_channels}")
+            raise bad("tiny_channels", "must be 4 positive integers, got "
+                      f"{short_repr(self.tiny_channels)}")
         for key in ("fpn_channels", "max_size", "box_representation", "mask_channels",
                     "crc_channels", "box_detections_per_img", "rpn_batch_size_per_image",
                     "box_batch_size_per_image", "rpn_pre_nms_top_n_train",
@@ -135,12 +144,12 @@ class MaskRCNNConfig:
                 raise bad(key, f"must be >= 1, got {getattr(self, key)}")
         if not self.min_size or any(s < 1 for s in self.min_size):
             raise bad("min_size", f"must be a non-empty list of positive sizes, got "
-                      f"{self.min_size}")
+                      f"{short_repr(self.min_size)}")
         if len(self.anchor_sizes) != 5 or any(s <= 0 for s in self.anchor_sizes):
             raise bad("anchor_sizes", f"must be 5 positive sizes (one per FPN level), "
-                      f"got {self.anchor_sizes}")
+                      f"got {short_repr(self.anchor_sizes)}")
         if not self.anchor_ratios or any(r <= 0 for r in self.anchor_ratios):
-            raise bad("anchor_ratios", f"must be positive, got {self.anchor_ratios}")
+            raise bad("anchor_ratios", f"must be positive, got {short_repr(self.anchor_ratios)}")
         for key in ("rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh",
                     "rpn_positive_fraction", "box_positive_fraction", "box_fg_iou_thresh",
                     "box_bg_iou_thresh", "box_score_thresh", "box_nms_thresh"):
@@ -153,7 +162,7 @@ class MaskRCNNConfig:
         unknown = [b for b in branches if b not in MASK_BRANCHES]
         if unknown or not branches or len(set(branches)) != len(branches):
             raise bad("mask_branches", f"must be a non-empty subset of {list(MASK_BRANCHES)} "
-                      f"without repeats, got {branches}")
+                      f"without repeats, got {short_repr(branches)}")
         if self.lrd_boundary_weight < 0:
             raise bad("lrd_boundary_weight", f"must be >= 0, got {self.lrd_boundary_weight}")
         if self.crc_tau_hard <= 0 or self.crc_tau_easy <= 0:

@@ -34,6 +34,7 @@ import torch
 from scipy import ndimage as ndi
 from torch import Tensor
 
+from ircr.config import bounded
 from ircr.postproc.batch import wbis_batch
 from ircr.ssl import matching
 from ircr.ssl.band_maps import batch_band_counts
@@ -88,10 +89,10 @@ class IrcrOptions(MeanTeacherOptions):
     mask_source: Literal["current", "previous"] = "current"
     piac: bool = True
     miac: bool = True
-    wbis_workers: int = 0
-    diagnostic_overlays: int = 0
+    wbis_workers: int = bounded(0, hi=256)  # processes: a typo must not fork thousands
+    diagnostic_overlays: int = bounded(0, hi=10_000)
     mask_pipeline: Literal["auto", "on", "off"] = "auto"
-    mask_workers: int = 0
+    mask_workers: int = bounded(0, hi=256)
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """Mean Teacher's checks plus the PIAC / MIAC ranges."""

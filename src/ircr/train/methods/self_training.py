@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from ircr.config import bounded
 from ircr.errors import IrcrError
 from ircr.io.paths import child_path, unique_name
 from ircr.postproc.batch import wbis_batch
@@ -39,7 +40,7 @@ class SelfTrainingOptions:
             round r + 1; the main run trains the student of the last round).
     """
 
-    rounds: int = 1
+    rounds: int = bounded(1, hi=100)  # each round trains a whole model
 
     def validate(self, where: str = "config") -> None:
         """``rounds`` >= 1 (one-line IrcrError naming the key)."""
