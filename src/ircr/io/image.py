@@ -206,8 +206,8 @@ def _load_raw(path: Path, for_labels: bool = False) -> np.ndarray:
         raise
     except Exception as exc:  # Pillow: UnidentifiedImageError, OSError (truncated), ...
         if type(exc).__name__ == "UnidentifiedImageError":
-            raise file_error(path, "not an image file (its content is not PNG, JPEG, TIFF or "
-                                   "BMP data)") from None
+            raise file_error(path, "cannot read image: not an image file (its content is not "
+                                   "PNG, JPEG, TIFF or BMP data)") from None
         errors.append(str(exc) or type(exc).__name__)
     detail = "; ".join(e.splitlines()[0] if e else e for e in errors)
     raise file_error(path, f"cannot read image ({detail})")
