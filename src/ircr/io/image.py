@@ -213,6 +213,47 @@ def _load_raw(path: Path, for_labels: bool = False) -> np.ndarray:
     raise file_error(path, f"cannot read image ({detail})")
 
 
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels.
+
+    A quick check before any heavy work (``ircr segment`` probes every input before loading
+    the model); errors are :func:`read_image`'s one-line messages.
+
+    Raises:
+        IrcrError: a missing, empty, unidentifiable or over-limit file.
+    """
+    p = Path(path)
+    _check_file(p)
+    if p.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(str(p)) as tif:
+                page = tif.pages[0]
+                w, h = int(page.imagewidth), int(page.imagelength)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - Pillow may still read it (as read_image does)
+            pass
+        else:
+            check_pixels(p, w, h)
+            return w, h
+    from PIL import Image, UnidentifiedImageError
+
+    old = Image.MAX_IMAGE_PIXELS  # only the header is read; check_pixels is the limit
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(str(p)) as im:
+            w, h = im.size
+    except UnidentifiedImageError:
+        raise file_error(p, "cannot read image: not an image file (its content is not PNG, "
+                            "JPEG, TIFF or BMP data)") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder error is one line
+        raise file_error(p, f"cannot read image ({str(exc) or type(exc).__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    check_pixels(p, w, h)
+    return w, h
+
+
 def to_uint8(arr: np.ndarray, path: str | Path) -> np.ndarray:
     """Convert an image array's sample type to uint8 by the module rules (``path`` for errors)."""
     if arr.dtype == np.uint8:

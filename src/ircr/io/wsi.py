@@ -32,6 +32,10 @@ from ircr.errors import file_error
 
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide", ".qptiff"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8"}
+DICOM_SUFFIX = ".dcm"  # DICOM-WSI: read by OpenSlide 4 or newer only
+DICOM_UNSUPPORTED = ("DICOM-WSI is not supported here: it needs OpenSlide 4 or newer "
+                     "(pip install openslide-python openslide-bin); or convert the slide to "
+                     "OME-TIFF or SVS")
 MPP_RANGE = (0.05, 50.0)
 # A plain (single-level, untiled) TIFF above this many pixels is still read as a slide.
 SLIDE_MIN_PIXELS = 8192 * 8192
@@ -148,6 +152,51 @@ def image_mpp(path: str | Path) -> float | None:
     return None
 
 
+def non_rgb_reason(path: str | Path, slide: bool = False) -> str | None:
+    """Why a TIFF-family file is not a brightfield RGB image, from its metadata, or None.
+
+    Channel planes (tifffile axes with ``C`` > 1, e.g. a Vectra QPTIFF's ``CYX``) are
+    fluorescence or multiplex data; a slide (``slide``) with one sample per pixel is not RGB
+    either. Other files (PNG, JPEG, vendor formats tifffile cannot parse) give None.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in TIFF_SUFFIXES | {".svs", ".ndpi", ".qptiff"}:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(p)) as tif:
+            series = tif.series[0]
+            axes, shape = str(series.axes), tuple(series.shape)
+            samples = int(getattr(tif.pages[0], "samplesperpixel", 3))
+    except Exception:  # unreadable metadata: the reader reports the file itself
+        return None
+    if "C" in axes and shape[axes.index("C")] > 1:
+        return (f"{shape[axes.index('C')]} channel planes (axes {axes}), not an RGB image: a "
+                "fluorescence or multiplex image")
+    if slide and "S" not in axes and samples == 1:
+        return f"one sample per pixel (axes {axes}), not an RGB brightfield slide"
+    return None
+
+
+def openslide_reads_dicom() -> bool:
+    """Whether OpenSlide is importable and new enough (4.0+) to read DICOM-WSI."""
+    try:
+        import openslide
+    except Exception:  # noqa: BLE001 - not installed, or its library is missing
+        return False
+    version = str(getattr(openslide, "__library_version__", "0"))
+    try:
+        return int(version.split(".")[0]) >= 4
+    except ValueError:
+        return False
+
+
+def slide_suffixes() -> set[str]:
+    """Whole-slide file suffixes readable here (``.dcm`` only with OpenSlide 4+)."""
+    return SLIDE_SUFFIXES | ({DICOM_SUFFIX} if openslide_reads_dicom() else set())
+
+
 def is_slide(path: str | Path) -> bool:
     """Whether ``path`` should be processed as a whole-slide image (streamed, pyramid-aware).
 
@@ -156,7 +205,7 @@ def is_slide(path: str | Path) -> bool:
     """
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix in SLIDE_SUFFIXES:
+    if suffix in SLIDE_SUFFIXES or suffix == DICOM_SUFFIX:
         return True
     if suffix not in TIFF_SUFFIXES:
         return False
@@ -199,6 +248,10 @@ class Slide:
             self.backend = "openslide"
         except Exception:
             self._handle = None
+        if self._handle is None and self.path.suffix.lower() == DICOM_SUFFIX:
+            if not openslide_reads_dicom():
+                raise file_error(self.path, DICOM_UNSUPPORTED)
+            raise file_error(self.path, "cannot open as a DICOM-WSI with OpenSlide")
         if self._handle is None:
             try:
                 self._handle, self.backend = _open_tiff(self.path)
