@@ -315,11 +315,13 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 @contextlib.contextmanager
 def _quiet_reader_logs() -> Iterator[None]:
-    """tifffile/tiffslide log metadata notes through ``logging``: keep them off the console."""
+    """tifffile/tiffslide log metadata notes (as warnings and errors, e.g. "ImageJ series
+    metadata invalid", after which they read the file anyway) through ``logging``: keep them
+    off the console; a file that cannot be read fails with the engine's own one-line error."""
     loggers = [logging.getLogger(m) for m in _QUIET_MODULES]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:
