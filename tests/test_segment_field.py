@@ -295,6 +295,25 @@ def test_folder_goes_on_past_unreadable_files(tmp_path: Path, monkeypatch: pytes
     assert float(table["a.png"]["seconds"]) > 0
 
 
+def test_several_inputs_go_on_past_a_missing_one(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    tile = np.full((96, 96, 3), GLASS, np.uint8)
+    disc(tile, 48, 48, 7)
+    for name in ("one.png", "three.png"):
+        Image.fromarray(tile).save(tmp_path / name)
+    use_dark(monkeypatch)
+    out = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "one.png"), str(tmp_path / "two.png"),
+               str(tmp_path / "three.png"), "-o", str(out), "--mpp", "0.25", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "1 of 3 input(s) failed" in err and "two.png: file not found" in err
+    assert (out / "three_summary.json").exists()
+    doc = json.loads((out / "ircr_summary.json").read_text())
+    assert [r["status"] for r in doc["per_input"]] == ["done", "failed", "done"]
+    assert doc["n_nuclei"] == 2
+
+
 def test_missing_mpp_is_reported_before_the_model_loads(glass_blob_slide: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]

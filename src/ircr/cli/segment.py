@@ -137,11 +137,13 @@ def split_model(model: str | None,
 def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
     """(file, output sub-folder) for every input; folders are expanded.
 
+    Files are not opened here (:func:`ircr.engine.inputs.preflight` checks each one).
+
     Raises:
-        IrcrError: an input is missing, a folder holds no supported file, or two inputs would
-            write the same output names.
+        IrcrError: a folder holds no supported file, or two inputs would write the same
+            output names.
     """
-    from ircr.engine.inputs import check_input_file, output_stem, supported_suffixes
+    from ircr.engine.inputs import output_stem, supported_suffixes
 
     suffixes = supported_suffixes()
     found: list[tuple[Path, Path]] = []
@@ -154,8 +156,7 @@ def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path
                 raise IrcrError(f"{item}: folder has no supported image files"
                                 + ("" if recursive else " (use --recursive for sub-folders)"))
             found += [(f, f.parent.relative_to(item)) for f in files]
-        else:
-            check_input_file(item)
+        else:  # checked with the others before the model loads (a bad one does not stop them)
             found.append((item, Path(".")))
     from ircr.engine.folder_outputs import RESERVED_STEMS
 

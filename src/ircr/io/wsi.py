@@ -77,6 +77,12 @@ def _quiet_zarr_tasks() -> None:
     warnings.filterwarnings("ignore", message="coroutine 'concurrent_map", category=RuntimeWarning)
 
 
+def _detail(exc: BaseException) -> str:
+    """A reader's exception as words for a message: its text, not its Python class name."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
 def check_mpp(value: float, key: str = "--mpp") -> float:
     """``value`` as float if it is a plausible pixel size (:data:`MPP_RANGE` µm), else an error.
 
@@ -221,7 +227,7 @@ def is_slide(path: str | Path) -> bool:
             pixels = int(np.prod([s for s, a in zip(shape, series.axes) if a in "YX"]))
             return bool(page.is_tiled and pixels > SLIDE_MIN_PIXELS)  # type: ignore[union-attr]
     except Exception as exc:
-        raise file_error(p, f"cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+        raise file_error(p, f"cannot read TIFF ({_detail(exc)})") from exc
 
 
 class Slide:
@@ -257,7 +263,7 @@ class Slide:
                 self._handle, self.backend = _open_tiff(self.path)
             except Exception as exc:
                 raise file_error(self.path, f"cannot open as a whole-slide image "
-                                            f"({type(exc).__name__}: {exc})") from exc
+                                            f"({_detail(exc)})") from exc
         h = self._handle
         self.dimensions: tuple[int, int] = tuple(int(v) for v in h.dimensions)  # type: ignore
         self.level_dimensions = [tuple(int(v) for v in d) for d in h.level_dimensions]
@@ -309,7 +315,7 @@ class Slide:
                 arr = np.asarray(self._handle.read_region((x, y), level, (width, height)))
         except Exception as exc:
             raise file_error(self.path, f"cannot read region x={x} y={y} level={level} "
-                                        f"({type(exc).__name__}: {exc})") from exc
+                                        f"({_detail(exc)})") from exc
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.shape[2] == 4:
