@@ -217,6 +217,19 @@ def test_mostly_dark_tile_and_slide_are_refused(tmp_path: Path,
     assert rc == 0 and "ircr: warning:" in err and "mostly dark" in err
 
 
+def test_real_he_tiles_are_brightfield(monuseg_root: Path, cpm15_root: Path) -> None:
+    """The dark check never refuses real H&E: every MoNuSeg and CPM-15 training tile passes
+    (the darkest has a median brightness of 82/255, the limit is 40)."""
+    from ircr.engine.plausibility import dark_reason
+    from ircr.io.image import read_image
+
+    files = sorted((monuseg_root / "images").glob("*.tif")) + sorted(
+        (cpm15_root / "images").glob("*.png"))
+    assert len(files) == 45
+    for f in files:
+        assert dark_reason(read_image(f)) is None, f
+
+
 def test_objects_far_above_nucleus_size_are_dropped_and_counted(tmp_path: Path) -> None:
     img = np.full((400, 400, 3), GLASS, np.uint8)
     img[20:270, 20:270] = 60   # 62,500 px = 3,906 µm² at 0.25 µm/px: no nucleus is that big
