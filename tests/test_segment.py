@@ -106,7 +106,8 @@ def test_segment_array(seg) -> None:
     assert np.array_equal(res.table["id"], ids)
     assert np.array_equal(res.table["area_px"], np.bincount(res.inst.ravel())[ids])
     ys, xs = np.nonzero(res.inst == ids[0])
-    assert res.table["centroid_x_px"][0] == pytest.approx(xs.mean())
+    # corner-origin frame, like the GeoJSON shapes and the µm columns (issue 27.16)
+    assert res.table["centroid_x_px"][0] == pytest.approx(xs.mean() + 0.5)
     assert res.table["area_um2"][0] == pytest.approx(len(xs) * 0.0625)
     assert np.all((res.table["prior_score"] >= 0) & (res.table["prior_score"] <= 1))
     assert np.median(res.table["np_prob_mean"]) > 0.5

@@ -45,6 +45,7 @@ class TileNuclei:
         id_offset: add to local ids for the slide-wide ids (label image, CSV, GeoJSON).
         origin: (x, y) of ``labels``' top-left corner in processing pixels.
         scale: level-0 pixels per processing pixel.
+        bounds: (width, height) of the slide in level-0 pixels (outlines are clipped to it).
     """
 
     labels: np.ndarray
@@ -52,13 +53,15 @@ class TileNuclei:
     id_offset: int
     origin: tuple[float, float]
     scale: float
+    bounds: tuple[float, float] | None = None
     _features: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def features(self) -> list[dict[str, Any]]:
         """QuPath GeoJSON features of these nuclei in level-0 pixels (computed once)."""
         if self._features is None:
             self._features = geojson_features(self.labels, self.table, offset_xy=self.origin,
-                                              scale=self.scale, id_offset=self.id_offset)
+                                              scale=self.scale, id_offset=self.id_offset,
+                                              bounds_xy=self.bounds)
         return self._features
 
 

@@ -5,11 +5,16 @@ Each packaged model is an ordinary model folder (:mod:`ircr.inference.model_fold
 training command, validation metrics). They work offline: nothing is downloaded at run time.
 
 ``resolve_model(spec)`` turns what a user typed (a folder path or a packaged model name,
-``"default"`` included) into a folder; a path that exists always wins over a name.
+``"default"`` included) into a folder. A bare packaged name typed as a string (``default``)
+always means the packaged model, even where a folder of that name exists in the working
+directory (which is then named in a warning: write ``./default`` for the folder); anything
+else is a path.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -71,24 +76,45 @@ def packaged_names() -> list[str]:
     return [m.name for m in packaged_models()]
 
 
+def _bare_name(text: str) -> bool:
+    return bool(text) and text not in (".", "..") and not any(
+        sep in text for sep in ("/", os.sep, os.altsep or "/"))
+
+
 def is_packaged_name(spec: str | Path) -> bool:
-    """True when ``spec`` names a packaged model and no file or folder of that name exists."""
+    """True when ``spec`` is a bare packaged model name (``default``, not ``./default``).
+
+    A :class:`~pathlib.Path` that exists is a path, never a name (``Path("./default")`` and
+    ``Path("default")`` cannot be told apart).
+    """
     text = str(spec)
-    return not Path(text).exists() and (packaged_root() / text / "model.yaml").is_file()
+    if isinstance(spec, Path) and spec.exists():
+        return False
+    return _bare_name(text) and (packaged_root() / text / "model.yaml").is_file()
 
 
 def resolve_model(spec: str | Path | None) -> Path:
     """The model folder for a folder path or a packaged model name (None = ``default``).
 
+    A bare packaged name wins over a folder of that name in the working directory, with a
+    warning naming both (``./NAME`` selects the folder).
+
     Raises:
         IrcrError: ``spec`` is neither an existing path nor a packaged model name.
     """
-    if spec is None:
-        spec = DEFAULT_MODEL
+    if spec is None:  # no model given: the packaged default, whatever folders exist here
+        if not (packaged_root() / DEFAULT_MODEL / "model.yaml").is_file():
+            raise IrcrError(f"{DEFAULT_MODEL}: the packaged default model is missing; "
+                            "reinstall ircr")
+        return packaged_root() / DEFAULT_MODEL
+    if is_packaged_name(spec):
+        if Path(str(spec)).exists():
+            warnings.warn(f"{spec}: using the packaged model '{spec}', not the folder "
+                          f"'{spec}' in the working directory (write ./{spec} for the folder)",
+                          stacklevel=2)
+        return packaged_root() / str(spec)
     if Path(str(spec)).exists():
         return Path(str(spec))
-    if is_packaged_name(spec):
-        return packaged_root() / str(spec)
     names = ", ".join(packaged_names()) or "none installed"
     raise IrcrError(f"{spec}: model folder not found and not a packaged model "
                     f"(packaged: {names}; `ircr models list`)")

@@ -37,6 +37,7 @@ from ircr.engine.outputs import (
     output_names,
 )
 from ircr.engine.packaged import resolve_model
+from ircr.engine.plausibility import drop_oversized, max_object_px
 from ircr.engine.provenance import versions
 from ircr.engine.resolution import check_processing_size
 from ircr.engine.result import SegmentResult
@@ -137,7 +138,8 @@ class NucleusSegmenter:
         return self.family.instances(pred, self.postproc)
 
     # ---- in-memory images ----------------------------------------------------------------------
-    def segment(self, image_or_path: Any, mpp: float | None = None) -> SegmentResult:
+    def segment(self, image_or_path: Any, mpp: float | None = None,
+                force: bool = False) -> SegmentResult:
         """Segment one image.
 
         Args:
@@ -145,13 +147,17 @@ class NucleusSegmenter:
                 whole-slide file small enough to hold in memory).
             mpp: microns per pixel of the input; overrides the file's. Without either, the
                 model's resolution is assumed (with a warning).
+            force: segment an input that does not look like brightfield H&E (channel planes,
+                mostly dark; :mod:`ircr.engine.plausibility`) with a warning instead of an
+                error. Objects far above nucleus size are dropped either way
+                (``stats["dropped_oversized"]``).
 
         Returns:
             :class:`SegmentResult` at the input's resolution.
         """
         timer = Timer()
         with timer("read"):
-            inp = load_input(image_or_path, mpp, self.model_mpp)
+            inp = load_input(image_or_path, mpp, self.model_mpp, force=force)
         image, in_mpp = inp.image, inp.mpp
         h, w = image.shape[:2]
         f = rescale_factor(in_mpp, self.model_mpp)
@@ -162,15 +168,21 @@ class NucleusSegmenter:
         with timer("resize"):
             work = resize_image(image, ph, pw)
         prob_full = np.zeros((ph, pw), np.float32)
+        max_px = max_object_px(proc_mpp)
+        dropped = 0
 
         def run_window(t: Tile) -> np.ndarray:
+            nonlocal dropped
             y0, x0, y1, x1 = t.read
             with timer("network"):
                 pred = self.predict(np.ascontiguousarray(work[y0:y1, x0:x1]))
             cy0, cx0, cy1, cx1 = t.core
             prob_full[cy0:cy1, cx0:cx1] = pred.prob[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
             with timer("postprocess"):
-                return self.postprocess(pred)
+                local, n = drop_oversized(self.postprocess(pred), max_px,
+                                          (cy0 - y0, cx0 - x0, cy1 - y0, cx1 - x0))
+            dropped += n
+            return local
 
         t0 = time.perf_counter()
         inst, stats = stitch_image(ph, pw, run_window, self.tile, self.margin)
@@ -184,14 +196,15 @@ class NucleusSegmenter:
             table = nucleus_table(image, inst, prob, in_mpp, self.prior,
                                   prior_area_scale=f * f) if inst.any() else empty_table()
         return SegmentResult(inst, table, prob, in_mpp, inp.mpp_source, proc_mpp,
-                             timer.rounded(), stats.as_dict(), image)
+                             timer.rounded(), {**stats.as_dict(), "dropped_oversized": dropped},
+                             image)
 
     # ---- files -------------------------------------------------------------------------------
     def process(self, path: str | Path, out_dir: str | Path,
                 outputs: Sequence[str] | None = None, mpp: float | None = None,
                 stem: str | None = None, tissue: bool = True, progress: bool = False,
                 log: Callable[[str], None] | None = None, overwrite: bool = False,
-                skip_done: bool = False) -> dict[str, Any]:
+                skip_done: bool = False, force: bool = False) -> dict[str, Any]:
         """Segment one file and write the selected ``outputs`` (default: all) into ``out_dir``.
 
         Whole-slide images (see :func:`ircr.io.wsi.is_slide`) are streamed; other images are
@@ -200,7 +213,8 @@ class NucleusSegmenter:
         Every output is written under a temporary name and renamed when complete; the summary
         comes last and marks the input done. Existing outputs are refused unless
         ``overwrite``; with ``skip_done`` a done input is skipped (the returned dict has
-        ``skipped: True``) and an unfinished one is redone.
+        ``skipped: True``) and an unfinished one is redone. ``force``: segment an input that
+        does not look like brightfield H&E, with a warning (see :meth:`segment`).
         """
         path = Path(path)
         check_input_file(path)
@@ -224,23 +238,24 @@ class NucleusSegmenter:
             if fmt.write_summary is not None:
                 files[fmt.name].unlink(missing_ok=True)
         if is_slide(path):
-            run = run_slide(self, path, formats, files, mpp, tissue, progress, log)
+            run = run_slide(self, path, formats, files, mpp, tissue, progress, log, force)
             summary = self.summary_base(path, "slide", run.in_mpp, run.mpp_source,
                                         run.processing_mpp)
             summary.update(run.summary_fields())
             summary.update(outputs={k: str(v) for k, v in files.items()}, warnings=[])
         else:
-            summary = self._write_tile_outputs(path, formats, files, mpp)
+            summary = self._write_tile_outputs(path, formats, files, mpp, force)
         for fmt in formats:
             if fmt.write_summary is not None:
                 fmt.write_summary(files[fmt.name], summary)
         return summary
 
     def _write_tile_outputs(self, path: Path, formats: Sequence[OutputFormat],
-                            files: dict[str, Path], mpp: float | None) -> dict[str, Any]:
+                            files: dict[str, Path], mpp: float | None,
+                            force: bool = False) -> dict[str, Any]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            res = self.segment(path, mpp=mpp)
+            res = self.segment(path, mpp=mpp, force=force)
         notes = [str(c.message) for c in caught]
         for note in notes:
             warnings.warn(note, stacklevel=2)
@@ -253,9 +268,13 @@ class NucleusSegmenter:
         area_mm2 = h * w * res.mpp**2 / 1e6 if res.mpp else None
         summary = self.summary_base(path, "tile", res.mpp, res.mpp_source, res.processing_mpp)
         summary.update(
-            image_size_px=[w, h], n_nuclei=len(res), area_mm2=area_mm2,
+            image_size_px=[w, h], n_nuclei=len(res), n_nuclei_in_tissue=len(res),
+            dropped_oversized=res.stats["dropped_oversized"], area_mm2=area_mm2,
+            tissue_area_mm2=area_mm2,  # a tile is processed whole: no tissue mask
             nuclei_per_mm2=(len(res) / area_mm2) if area_mm2 else None,
-            timings_s=timings, stitching=res.stats,
+            density_basis="all nuclei / image area (tiles are processed whole)",
+            timings_s=timings,
+            stitching={k: v for k, v in res.stats.items() if k != "dropped_oversized"},
             outputs={k: str(v) for k, v in files.items()}, warnings=notes,
         )
         return summary

@@ -17,8 +17,15 @@ segmenter module: it imports this one). The summary fields come back as a typed
 
 Memory: one band of ``tile + margin`` label rows (full width), a few tiles in flight, the
 thumbnail, and the label sub-resolution levels as compressed tiles; nothing grows with the
-slide's height. Coordinates in GeoJSON/CSV are level-0 slide pixels; the label TIFF is at the
-processing resolution (its pixel size is in the resolution tags and the summary).
+slide's height. Coordinates in GeoJSON/CSV are level-0 slide pixels (clipped to the slide);
+the label TIFF is at the processing resolution (its pixel size is in the resolution tags and
+the summary).
+
+Density: every nucleus of a processed tile is written, but ``nuclei_per_mm2`` counts only the
+nuclei whose centroid lies in the tissue mask (``n_nuclei_in_tissue``) and divides them by the
+tissue area, so numerator and denominator cover the same area (``density_basis``). A slide
+that is not brightfield RGB (:mod:`ircr.engine.plausibility`) is refused unless forced, and
+objects far above nucleus size are dropped and counted (``dropped_oversized``).
 """
 
 from __future__ import annotations
@@ -37,15 +44,17 @@ import numpy as np
 from ircr.engine.inputs import MAX_INMEMORY_PIXELS, output_stem
 from ircr.engine.measure import nucleus_table
 from ircr.engine.outputs import OutputFormat, SlideFrame, SlideSink, TileNuclei
+from ircr.engine.plausibility import check_brightfield, dark_reason, drop_oversized, max_object_px
 from ircr.engine.resolution import check_processing_size, resolve_mpp
 from ircr.engine.tiling import Stitcher, Tile, TileResult, tile_grid
 from ircr.engine.timer import Timer
 from ircr.engine.tissue import region_has_tissue, tissue_mask
 from ircr.inference.family import Prediction
 from ircr.inference.scale import rescale_factor, resize_image
-from ircr.io.wsi import Slide, open_slide
+from ircr.io.wsi import Slide, non_rgb_reason, open_slide
 
 THUMB_SIZE = 2048
+DENSITY_BASIS = "nuclei whose centroid is in the tissue mask / tissue area"
 
 
 class TileSegmenter(Protocol):
@@ -81,10 +90,13 @@ class SlideRun:
     processing_size: tuple[int, int]
     processing_mpp: float | None
     tissue_mm2: float | None
+    reader: str
     n_tiles: int
     n_processed: int
     processed_megapixels: float
     n_nuclei: int
+    n_in_tissue: int
+    dropped_oversized: int
     stitching: dict[str, int]
     timings: dict[str, float]
     total_s: float
@@ -101,13 +113,15 @@ class SlideRun:
         timings = {**self.timings, "labels_and_wait": max(0.0, self.total_s - main)}
         timings = {k: round(v, 3) for k, v in timings.items()}
         timings["total"] = round(self.total_s, 3)
-        n = self.n_nuclei
+        n = self.n_in_tissue
         return dict(
-            image_size_px=[w0, h0], level_used=self.level,
+            image_size_px=[w0, h0], level_used=self.level, slide_reader=self.reader,
             processing_size_px=list(self.processing_size),
-            label_image_mpp=self.processing_mpp, n_nuclei=n,
+            label_image_mpp=self.processing_mpp, n_nuclei=self.n_nuclei,
+            n_nuclei_in_tissue=n, dropped_oversized=self.dropped_oversized,
             area_mm2=(w0 * h0 * mm2_per_px0) if mm2_per_px0 else None,
             tissue_area_mm2=tissue, nuclei_per_mm2=(n / tissue) if tissue else None,
+            density_basis=DENSITY_BASIS,
             seconds_per_mm2_tissue=(self.total_s / tissue) if tissue else None,
             tiles={"total": self.n_tiles, "processed": self.n_processed,
                    "skipped_background": self.n_tiles - self.n_processed,
@@ -128,6 +142,8 @@ class _Geometry:
         self.d = slide.level_downsamples[self.level]
         self.f = self.s / self.d  # level px per processing px
         self.level_size = slide.level_dimensions[self.level]
+        self.bounds = (float(w0), float(h0))
+        self.max_px = max_object_px(self.proc_mpp)
 
     def read(self, slide: Slide, t: Tile) -> np.ndarray:
         """(h, w, 3) uint8 read window of tile ``t`` at the processing resolution."""
@@ -151,16 +167,21 @@ def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: lis
         t0 = time.perf_counter()
         return geo.read(slide, t), time.perf_counter() - t0
 
-    def post(later: Callable[[], Prediction]) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def post(t: Tile, later: Callable[[], Prediction]) -> tuple[np.ndarray, np.ndarray,
+                                                                 float, float, int]:
         t0 = time.perf_counter()
         pred = later()  # waits for the device (the main thread queues the next window)
         t1 = time.perf_counter()
-        return pred.prob, seg.postprocess(pred), t1 - t0, time.perf_counter() - t1
+        y0, x0 = t.read[:2]
+        core = (t.core[0] - y0, t.core[1] - x0, t.core[2] - y0, t.core[3] - x0)
+        local, dropped = drop_oversized(seg.postprocess(pred), geo.max_px, core)
+        return pred.prob, local, t1 - t0, time.perf_counter() - t1, dropped
 
     def collect(fut: Future[Any]) -> tuple[np.ndarray, np.ndarray]:
-        prob, local, wait, dt = fut.result()
+        prob, local, wait, dt, dropped = fut.result()
         times["network_wait"] += wait
         times["postprocess"] += dt
+        times["dropped_oversized"] += dropped
         return prob, local
 
     pending: deque[tuple[Tile, np.ndarray, Future[Any]]] = deque()
@@ -174,7 +195,7 @@ def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: lis
             t0 = time.perf_counter()
             later = seg.predict_later(window)
             times["network"] += time.perf_counter() - t0
-            pending.append((t, window, pool.submit(post, later)))
+            pending.append((t, window, pool.submit(post, t, later)))
             while pending and (len(pending) > workers or pending[0][2].done()):
                 pt, pw, fut = pending.popleft()
                 yield (pt, pw, *collect(fut))
@@ -190,8 +211,17 @@ def _measure(seg: TileSegmenter, res: TileResult, t: Tile, window: np.ndarray,
     labels = np.where(res.labels > 0, res.labels - base, 0).astype(np.int32)
     oy = t.core[0] - t.read[0]
     table = nucleus_table(window[oy:], labels, prob[oy:], geo.proc_mpp, seg.prior,
-                          coord_scale=geo.s, offset_xy=(res.origin_x, res.origin_y))
-    return TileNuclei(labels, table, base, (res.origin_x, res.origin_y), geo.s)
+                          coord_scale=geo.s, offset_xy=(res.origin_x, res.origin_y),
+                          bounds_xy=geo.bounds)
+    return TileNuclei(labels, table, base, (res.origin_x, res.origin_y), geo.s, geo.bounds)
+
+
+def _in_mask(table: dict[str, np.ndarray], mask: np.ndarray, scale: float) -> int:
+    """How many nuclei have their centroid (level-0 px) in ``mask`` (thumbnail, ``scale``)."""
+    h, w = mask.shape
+    cols = np.clip((table["centroid_x_px"] * scale).astype(np.int64), 0, w - 1)
+    rows = np.clip((table["centroid_y_px"] * scale).astype(np.int64), 0, h - 1)
+    return int(mask[rows, cols].sum())
 
 
 class _Sinks:
@@ -225,15 +255,23 @@ class _Sinks:
             s.abort()
 
 
+def _um(value: float | None) -> str:
+    """A pixel size for messages: 4 significant digits (0.24999999999999997 -> 0.25)."""
+    return "unknown" if value is None else f"{value:.4g}"
+
+
 def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
               files: dict[str, Path], mpp: float | None, use_tissue: bool = True,
-              progress: bool = False, log: Callable[[str], None] | None = None) -> SlideRun:
+              progress: bool = False, log: Callable[[str], None] | None = None,
+              force: bool = False) -> SlideRun:
     """Segment one whole-slide image, streaming every selected output except the summary.
 
     Args:
         formats: the selected outputs (:func:`ircr.engine.outputs.check_outputs`); those with
             a slide sink are written here. files: output name -> final path.
+        force: segment a slide that does not look like brightfield H&E (with a warning).
     """
+    check_brightfield(str(path), non_rgb_reason(path, slide=True), force)
     timer = Timer()
     t_start = time.perf_counter()
     with open_slide(path, mpp=mpp) as slide:
@@ -244,21 +282,24 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
                               max(MAX_INMEMORY_PIXELS, 16 * w0 * h0), in_mpp, seg.model_mpp)
         with timer("tissue"):
             thumb, tscale = slide.thumbnail(THUMB_SIZE)
+            check_brightfield(str(path), dark_reason(thumb), force)
             mask = tissue_mask(thumb) if use_tissue else np.ones(thumb.shape[:2], bool)
         tiles = tile_grid(geo.height, geo.width, seg.tile, seg.margin)
         todo = [t for t in tiles if region_has_tissue(mask, tscale * geo.s, *t.core)]
         if log:
-            log(f"{path}: {w0}x{h0} px, {in_mpp} µm/px ({src}); level {geo.level}, processing "
-                f"{geo.width}x{geo.height} px at {geo.proc_mpp} µm/px; tissue "
-                f"{mask.mean():.0%} of the thumbnail; {len(todo)}/{len(tiles)} tiles")
+            log(f"{path}: {w0}x{h0} px, {_um(in_mpp)} µm/px ({src}); read with "
+                f"{slide.backend}; level {geo.level}, processing {geo.width}x{geo.height} px "
+                f"at {_um(geo.proc_mpp)} µm/px; tissue {mask.mean():.0%} of the thumbnail; "
+                f"{len(todo)}/{len(tiles)} tiles")
         stitcher = Stitcher(geo.height, geo.width, seg.tile, seg.margin, streaming=True)
         sinks = _Sinks(formats, files, SlideFrame(geo.height, geo.width, geo.proc_mpp, thumb,
                                                   tscale))
-        times = {"read": 0.0, "network": 0.0, "network_wait": 0.0, "postprocess": 0.0}
-        count = 0
+        times = {"read": 0.0, "network": 0.0, "network_wait": 0.0, "postprocess": 0.0,
+                 "dropped_oversized": 0.0}
+        count = in_tissue = 0
 
         def bands() -> Iterator[np.ndarray]:
-            nonlocal count
+            nonlocal count, in_tissue
             from tqdm import tqdm
 
             bar = tqdm(total=len(todo), unit="tile", disable=not progress,
@@ -271,11 +312,12 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
                     with timer("measure"):
                         nuclei = _measure(seg, res, t, window, prob, geo)
                     count += len(nuclei.table["id"])
+                    in_tissue += _in_mask(nuclei.table, mask, tscale)
                     with timer("write"):
                         sinks.add(nuclei)
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.0f}s" for k, v in {**times, **timer.totals}.items()},
-                                refresh=False)
+                bar.set_postfix({k: f"{v:.0f}s" for k, v in {**times, **timer.totals}.items()
+                                 if k != "dropped_oversized"}, refresh=False)
             bar.close()
             yield from stitcher.pop_final(geo.height)
 
@@ -291,13 +333,15 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
             sinks.abort()  # an interrupted slide leaves no complete-looking CSV/GeoJSON
             raise
     total = time.perf_counter() - t_start
+    dropped = int(times.pop("dropped_oversized"))
     mm2_per_px0 = (in_mpp**2 / 1e6) if in_mpp else None
     return SlideRun(
         size=(w0, h0), in_mpp=in_mpp, mpp_source=src, level=geo.level,
         processing_size=(geo.width, geo.height), processing_mpp=geo.proc_mpp,
         tissue_mm2=(float(mask.sum()) / tscale**2 * mm2_per_px0) if mm2_per_px0 else None,
-        n_tiles=len(tiles), n_processed=len(todo),
+        reader=slide.backend, n_tiles=len(tiles), n_processed=len(todo),
         processed_megapixels=sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1])
                                  for t in todo) * 1e-6,
-        n_nuclei=count, stitching=stitcher.stats.as_dict(),
+        n_nuclei=count, n_in_tissue=in_tissue, dropped_oversized=dropped,
+        stitching=stitcher.stats.as_dict(),
         timings={**times, **timer.totals}, total_s=total)

@@ -11,6 +11,9 @@ Conversion rules of :func:`read_image` (applied in this order):
   decode the file, Pillow is tried. All other formats (PNG, JPEG, BMP, ...) use Pillow.
 * Planar TIFF data (samples stored separately, tifffile axes ``SYX``) is moved to
   channels-last.
+* TIFF colour spaces: MINISWHITE is inverted, PALETTE indices are expanded through the colour
+  map, CMYK (SEPARATED) becomes RGB as ``R = 255 (1 - C)(1 - K)`` (G from M, B from Y);
+  CIELAB and other colour spaces are refused (a label map keeps its raw samples).
 * Sample type:
   - uint8: used as is; bool: False -> 0, True -> 255.
   - uint16 (and other integers up to 65535): a *true* 16-bit image, i.e. one with a value
@@ -89,7 +92,54 @@ def check_pixels(path: str | Path, width: int, height: int) -> None:
                                f"(decompression-bomb guard; set {ENV_MAX_PIXELS} to raise it)")
 
 
-def _read_with_tifffile(path: Path) -> np.ndarray:
+_TIFF_PLAIN = {1, 2, 6}  # MINISBLACK, RGB, YCBCR (tifffile decodes YCbCr to RGB)
+_TIFF_NAMES = {4: "transparency mask", 8: "CIELAB", 9: "ICCLAB", 10: "ITULAB",
+               32803: "CFA (raw sensor)", 32844: "LogL", 32845: "LogLuv", 34892: "LinearRaw"}
+
+
+def _full_scale(arr: np.ndarray) -> float:
+    """Largest value of the sample type (1 for bool/float data in [0, 1])."""
+    if np.issubdtype(arr.dtype, np.integer):
+        return float(np.iinfo(arr.dtype).max)
+    return 1.0
+
+
+def _tiff_colour(arr: np.ndarray, page: object, path: Path) -> np.ndarray:
+    """Apply a TIFF page's colour space to its raw samples (images, not label maps).
+
+    MINISWHITE is inverted; PALETTE indices go through the colour map (16-bit entries keep
+    their top byte); SEPARATED with the CMYK ink set becomes RGB as
+    ``R = 255 (1 - C)(1 - K)`` (likewise G from M, B from Y; samples as fractions of full
+    scale) and a fifth sample is kept as alpha. Other colour spaces are refused.
+    """
+    photometric = int(getattr(page, "photometric", 1))
+    if photometric in _TIFF_PLAIN:
+        return arr
+    if photometric == 0:  # MINISWHITE: 0 is white
+        if arr.dtype == np.bool_:
+            return ~arr
+        return (_full_scale(arr) - arr).astype(arr.dtype) if arr.ndim == 2 else arr
+    if photometric == 3 and arr.ndim == 2 and getattr(page, "colormap", None) is not None:
+        cmap = np.asarray(page.colormap)  # type: ignore[attr-defined]  # (3, 2**bits)
+        lut = (cmap >> 8) if cmap.max() > 255 else cmap
+        idx = np.clip(arr.astype(np.int64), 0, lut.shape[1] - 1)
+        return np.ascontiguousarray(lut.T[idx].astype(np.uint8))
+    inkset = getattr(page, "tags", {}).get("InkSet")
+    if (photometric == 5 and arr.ndim == 3 and arr.shape[2] in (4, 5)
+            and (inkset is None or int(inkset.value) == 1)):
+        frac = arr.astype(np.float64) / _full_scale(arr)
+        k = 1.0 - frac[..., 3:4]
+        rgb = np.rint(255.0 * (1.0 - frac[..., :3]) * k).astype(np.uint8)
+        if arr.shape[2] == 5:  # CMYK + alpha
+            return np.concatenate([rgb, np.rint(255.0 * frac[..., 4:5]).astype(np.uint8)], 2)
+        return rgb
+    name = _TIFF_NAMES.get(photometric, "separated (not CMYK)" if photometric == 5 else
+                           f"photometric {photometric}")
+    raise file_error(path, f"TIFF colour space {name} with {arr.shape[2] if arr.ndim == 3 else 1}"
+                           " sample(s) per pixel is not supported; save the image as RGB")
+
+
+def _read_with_tifffile(path: Path, for_labels: bool = False) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(str(path)) as tif:
@@ -101,7 +151,13 @@ def _read_with_tifffile(path: Path) -> np.ndarray:
         axes = str(getattr(page, "axes", ""))
         if arr.ndim == 3 and axes.startswith("S"):
             arr = np.moveaxis(arr, 0, -1)  # planar (separate) samples -> channels last
-        return arr
+        photometric = int(getattr(page, "photometric", 1))
+        if for_labels:
+            if photometric in (5, *_TIFF_NAMES):
+                raise file_error(path, "label image is a colour image "
+                                       f"(TIFF photometric {photometric}); expected one channel")
+            return arr
+        return _tiff_colour(arr, page, path)
 
 
 def _pil_to_array(path: Path, for_labels: bool) -> np.ndarray:
@@ -139,7 +195,7 @@ def _load_raw(path: Path, for_labels: bool = False) -> np.ndarray:
     errors: list[str] = []
     if path.suffix.lower() in TIFF_SUFFIXES:
         try:
-            return _read_with_tifffile(path)
+            return _read_with_tifffile(path, for_labels)
         except IrcrError:  # too large: do not let Pillow try
             raise
         except Exception as exc:  # tifffile raises many types; fall back to Pillow
@@ -149,9 +205,53 @@ def _load_raw(path: Path, for_labels: bool = False) -> np.ndarray:
     except IrcrError:
         raise
     except Exception as exc:  # Pillow: UnidentifiedImageError, OSError (truncated), ...
-        errors.append(f"{type(exc).__name__}: {exc}")
+        if type(exc).__name__ == "UnidentifiedImageError":
+            raise file_error(path, "cannot read image: not an image file (its content is not "
+                                   "PNG, JPEG, TIFF or BMP data)") from None
+        errors.append(str(exc) or type(exc).__name__)
     detail = "; ".join(e.splitlines()[0] if e else e for e in errors)
     raise file_error(path, f"cannot read image ({detail})")
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels.
+
+    A quick check before any heavy work (``ircr segment`` probes every input before loading
+    the model); errors are :func:`read_image`'s one-line messages.
+
+    Raises:
+        IrcrError: a missing, empty, unidentifiable or over-limit file.
+    """
+    p = Path(path)
+    _check_file(p)
+    if p.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(str(p)) as tif:
+                page = tif.pages[0]
+                w, h = int(page.imagewidth), int(page.imagelength)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - Pillow may still read it (as read_image does)
+            pass
+        else:
+            check_pixels(p, w, h)
+            return w, h
+    from PIL import Image, UnidentifiedImageError
+
+    old = Image.MAX_IMAGE_PIXELS  # only the header is read; check_pixels is the limit
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(str(p)) as im:
+            w, h = im.size
+    except UnidentifiedImageError:
+        raise file_error(p, "cannot read image: not an image file (its content is not PNG, "
+                            "JPEG, TIFF or BMP data)") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder error is one line
+        raise file_error(p, f"cannot read image ({str(exc) or type(exc).__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    check_pixels(p, w, h)
+    return w, h
 
 
 def to_uint8(arr: np.ndarray, path: str | Path) -> np.ndarray:

@@ -32,6 +32,10 @@ from ircr.errors import file_error
 
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide", ".qptiff"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8"}
+DICOM_SUFFIX = ".dcm"  # DICOM-WSI: read by OpenSlide 4 or newer only
+DICOM_UNSUPPORTED = ("DICOM-WSI is not supported here: it needs OpenSlide 4 or newer "
+                     "(pip install openslide-python openslide-bin); or convert the slide to "
+                     "OME-TIFF or SVS")
 MPP_RANGE = (0.05, 50.0)
 # A plain (single-level, untiled) TIFF above this many pixels is still read as a slide.
 SLIDE_MIN_PIXELS = 8192 * 8192
@@ -71,6 +75,12 @@ def _quiet_zarr_tasks() -> None:
         quiet._ircr_zarr = True  # type: ignore[attr-defined]
         sys.unraisablehook = quiet
     warnings.filterwarnings("ignore", message="coroutine 'concurrent_map", category=RuntimeWarning)
+
+
+def _detail(exc: BaseException) -> str:
+    """A reader's exception as words for a message: its text, not its Python class name."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text or type(exc).__name__
 
 
 def check_mpp(value: float | str, key: str = "--mpp") -> float:
@@ -148,6 +158,51 @@ def image_mpp(path: str | Path) -> float | None:
     return None
 
 
+def non_rgb_reason(path: str | Path, slide: bool = False) -> str | None:
+    """Why a TIFF-family file is not a brightfield RGB image, from its metadata, or None.
+
+    Channel planes (tifffile axes with ``C`` > 1, e.g. a Vectra QPTIFF's ``CYX``) are
+    fluorescence or multiplex data; a slide (``slide``) with one sample per pixel is not RGB
+    either. Other files (PNG, JPEG, vendor formats tifffile cannot parse) give None.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in TIFF_SUFFIXES | {".svs", ".ndpi", ".qptiff"}:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(p)) as tif:
+            series = tif.series[0]
+            axes, shape = str(series.axes), tuple(series.shape)
+            samples = int(getattr(tif.pages[0], "samplesperpixel", 3))
+    except Exception:  # unreadable metadata: the reader reports the file itself
+        return None
+    if "C" in axes and shape[axes.index("C")] > 1:
+        return (f"{shape[axes.index('C')]} channel planes (axes {axes}), not an RGB image: a "
+                "fluorescence or multiplex image")
+    if slide and "S" not in axes and samples == 1:
+        return f"one sample per pixel (axes {axes}), not an RGB brightfield slide"
+    return None
+
+
+def openslide_reads_dicom() -> bool:
+    """Whether OpenSlide is importable and new enough (4.0+) to read DICOM-WSI."""
+    try:
+        import openslide
+    except Exception:  # noqa: BLE001 - not installed, or its library is missing
+        return False
+    version = str(getattr(openslide, "__library_version__", "0"))
+    try:
+        return int(version.split(".")[0]) >= 4
+    except ValueError:
+        return False
+
+
+def slide_suffixes() -> set[str]:
+    """Whole-slide file suffixes readable here (``.dcm`` only with OpenSlide 4+)."""
+    return SLIDE_SUFFIXES | ({DICOM_SUFFIX} if openslide_reads_dicom() else set())
+
+
 def is_slide(path: str | Path) -> bool:
     """Whether ``path`` should be processed as a whole-slide image (streamed, pyramid-aware).
 
@@ -156,7 +211,7 @@ def is_slide(path: str | Path) -> bool:
     """
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix in SLIDE_SUFFIXES:
+    if suffix in SLIDE_SUFFIXES or suffix == DICOM_SUFFIX:
         return True
     if suffix not in TIFF_SUFFIXES:
         return False
@@ -172,7 +227,7 @@ def is_slide(path: str | Path) -> bool:
             pixels = int(np.prod([s for s, a in zip(shape, series.axes) if a in "YX"]))
             return bool(page.is_tiled and pixels > SLIDE_MIN_PIXELS)  # type: ignore[union-attr]
     except Exception as exc:
-        raise file_error(p, f"cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+        raise file_error(p, f"cannot read TIFF ({_detail(exc)})") from exc
 
 
 class Slide:
@@ -199,12 +254,16 @@ class Slide:
             self.backend = "openslide"
         except Exception:
             self._handle = None
+        if self._handle is None and self.path.suffix.lower() == DICOM_SUFFIX:
+            if not openslide_reads_dicom():
+                raise file_error(self.path, DICOM_UNSUPPORTED)
+            raise file_error(self.path, "cannot open as a DICOM-WSI with OpenSlide")
         if self._handle is None:
             try:
                 self._handle, self.backend = _open_tiff(self.path)
             except Exception as exc:
                 raise file_error(self.path, f"cannot open as a whole-slide image "
-                                            f"({type(exc).__name__}: {exc})") from exc
+                                            f"({_detail(exc)})") from exc
         h = self._handle
         self.dimensions: tuple[int, int] = tuple(int(v) for v in h.dimensions)  # type: ignore
         self.level_dimensions = [tuple(int(v) for v in d) for d in h.level_dimensions]
@@ -256,7 +315,7 @@ class Slide:
                 arr = np.asarray(self._handle.read_region((x, y), level, (width, height)))
         except Exception as exc:
             raise file_error(self.path, f"cannot read region x={x} y={y} level={level} "
-                                        f"({type(exc).__name__}: {exc})") from exc
+                                        f"({_detail(exc)})") from exc
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.shape[2] == 4:
