@@ -183,6 +183,9 @@ def _train_stage(name: str, cfg: MaskRCNNConfig, pool: Sequence[int], read: _Rea
             log(f"BASS {name}: trained ({stage_dir})")
             return model.to(device).eval()
     log(f"BASS {name}: training ({its} iterations) in {stage_dir}")
+    report = getattr(model.backbone, "pretrained_report", None)
+    if report is not None:
+        log(f"BASS {name}: backbone weights {report.summary()}")
     train_detector(model, pool, read, schedule, stage_dir, device=device, seed=seed,
                    min_area=min_area, stop_after=stop_after, log=log,
                    extra_state={"stage": name, "pool": len(pool), "config": key})

@@ -255,7 +255,7 @@ class Pretrainer:
                 bar.close()
         self.seconds += time.time() - t0
         self.cpu_seconds += time.process_time() - c0
-        self._write_metrics()
+        self.save()  # the finished state: --resume of a finished run does nothing
         out = self._finish()
         _say(f"done: {self.iteration} iterations in {self.seconds:.0f} s; encoder weights "
              f"{out / PRETRAIN_WEIGHTS}; use it as model.pretrained (HoVer-Net) or "

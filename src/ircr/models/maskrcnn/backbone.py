@@ -150,7 +150,10 @@ def build_backbone(cfg: MaskRCNNConfig) -> BackboneWithFPN:
         load_backbone_weights(body, cfg.backbone_weights,
                               backbone_arch(cfg.backbone, cfg.tiny_channels))
     _freeze(body, cfg.n_trainable_layers)
-    return BackboneWithFPN(
+    fpn = BackboneWithFPN(
         body, return_layers=dict(_RETURN), in_channels_list=in_channels,
         out_channels=cfg.fpn_channels, extra_blocks=LastLevelMaxPool(),
     )
+    # what load_backbone_weights loaded (None without weights); the body is re-wrapped above
+    setattr(fpn, "pretrained_report", getattr(body, "pretrained_report", None))  # noqa: B010
+    return fpn
