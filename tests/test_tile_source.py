@@ -119,5 +119,5 @@ def test_prepared_dataset_leaves_out_the_validation_images(tmp_path: Path) -> No
     assert {s.name.rsplit("/", 1)[1] for s in every} - {s.name.rsplit("/", 1)[1] for s in kept} \
         == set(val)
     assert all(s.mpp_source == "dataset" for s in kept)
-    with pytest.raises(IrcrError, match="split not found"):
+    with pytest.raises(IrcrError, match="exclude split 'nope': no prepared dataset"):
         open_tile_sources([out], target_mpp=0.25, exclude_splits=["nope"])

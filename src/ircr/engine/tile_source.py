@@ -3,8 +3,9 @@
 A *source* is one image: a plain image file, a whole-slide image (read region by region, never
 whole), or one image of a prepared dataset (``ircr data prepare``; labels are ignored). Folders
 are expanded (recursively, sorted, hidden files skipped); a prepared dataset folder (one with
-``dataset.json``) gives its images, less the validation/test images of the splits named in
-``exclude_splits`` (so pretraining never sees what a later run validates on).
+``dataset.json``) gives its images, less the validation/test images of those of the splits
+named in ``exclude_splits`` that it has (so pretraining never sees what a later run validates
+on); a split that no prepared dataset has is an error.
 
 Tissue is found exactly as ``ircr segment`` finds it: :func:`ircr.engine.tissue.tissue_mask` on
 a thumbnail of at most :data:`ircr.engine.slide.THUMB_SIZE` px. Every tile is centred on a
@@ -145,23 +146,29 @@ def _open_file(path: Path, target: float, override: float | None) -> TileSource:
                       (image.shape[1], image.shape[0]), thumb, scale)
 
 
-def _excluded(ds: object, splits: Sequence[str]) -> set[str]:
+def _excluded(ds: object, splits: Sequence[str], found: set[str]) -> set[str]:
+    """Val/test image names of the splits ``ds`` has; the names of those splits go to ``found``."""
     from ircr.data.store import PreparedDataset
 
     assert isinstance(ds, PreparedDataset)
     out: set[str] = set()
+    have = set(ds.split_names())
     for name in splits:
+        if name not in have:
+            continue
         sp = ds.load_split(name)
+        found.add(name)
         out.update(ds.names[i] for i in [*sp.val_images, *sp.test_images])
     return out
 
 
 def _open_dataset(folder: Path, target: float, override: float | None,
-                  exclude_splits: Sequence[str]) -> Iterator[tuple[str, Callable[[], TileSource]]]:
+                  exclude_splits: Sequence[str], found: set[str]
+                  ) -> Iterator[tuple[str, Callable[[], TileSource]]]:
     from ircr.data.store import PreparedDataset
 
     ds = PreparedDataset(folder, cache_bytes=0)
-    drop = _excluded(ds, exclude_splits)
+    drop = _excluded(ds, exclude_splits, found)
     for i, entry in enumerate(ds.images):
         if ds.names[i] in drop:
             continue
@@ -181,9 +188,10 @@ def _open_dataset(folder: Path, target: float, override: float | None,
 
 
 def _candidates(path: Path, target: float, override: float | None,
-                exclude_splits: Sequence[str]) -> Iterator[tuple[str, Callable[[], TileSource]]]:
+                exclude_splits: Sequence[str], found: set[str]
+                ) -> Iterator[tuple[str, Callable[[], TileSource]]]:
     if path.is_dir() and (path / "dataset.json").is_file():
-        yield from _open_dataset(path, target, override, exclude_splits)
+        yield from _open_dataset(path, target, override, exclude_splits, found)
         return
     if path.is_dir():
         files = list(iter_source_files(path))
@@ -208,7 +216,7 @@ def open_tile_sources(
         target_mpp: µm/px of the tiles to sample.
         mpp_override: µm/px for every source (wins over the files' own, like ``--mpp``).
         exclude_splits: split names (``ratio_1-8_seed0``) whose val/test images are left out
-            of prepared datasets; a missing split is an error.
+            of the prepared datasets that have them; a split no dataset has is an error.
         log: called with one line per skipped source, as it is skipped.
 
     Returns:
@@ -221,6 +229,7 @@ def open_tile_sources(
     override = None if mpp_override is None else check_mpp(mpp_override, "--mpp")
     sources: list[TileSource] = []
     skipped: list[SkippedSource] = []
+    found: set[str] = set()
 
     def skip(name: str, exc: IrcrError) -> None:
         msg = str(exc)
@@ -232,7 +241,7 @@ def open_tile_sources(
     for raw in paths:
         path = Path(raw)
         try:
-            cands = list(_candidates(path, target, override, exclude_splits))
+            cands = list(_candidates(path, target, override, exclude_splits, found))
         except IrcrError as exc:
             if path.is_dir() and (path / "dataset.json").is_file():
                 raise
@@ -243,6 +252,10 @@ def open_tile_sources(
                 sources.append(make())
             except IrcrError as exc:
                 skip(name, exc)
+    missing = [name for name in exclude_splits if name not in found]
+    if missing:
+        raise IrcrError(f"exclude split '{missing[0]}': no prepared dataset among the sources "
+                        "has it (ircr data split makes it)")
     return sources, skipped
 
 

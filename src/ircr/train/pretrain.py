@@ -52,7 +52,8 @@ __all__ = ["Pretrainer", "build_encoder", "lr_at"]
 
 TileFn = Callable[[int], np.ndarray]
 #: settings a resumed run may change (they do not change the result)
-RUN_ONLY = ("progress", "device", "checkpoint_every", "checkpoint_minutes", "log_every")
+RUN_ONLY = ("progress", "device", "checkpoint_every", "checkpoint_minutes", "log_every",
+            "max_minutes")
 
 
 def build_encoder(cfg: PretrainConfig) -> HoVerNetEncoder | BackboneBody:
@@ -248,6 +249,10 @@ class Pretrainer:
             with self._stop:
                 while self.iteration < t.iterations:
                     self._check_stop(t0, c0)
+                    if t.max_minutes and time.time() - t0 >= t.max_minutes * 60:
+                        _say(f"train.max_minutes {t.max_minutes:g} reached at iteration "
+                             f"{self.iteration}/{t.iterations}; writing what it has")
+                        break
                     loss = self.step()
                     self._after_step(bar, loss, t0, it0)
         finally:
@@ -345,7 +350,8 @@ class Pretrainer:
         return {
             "format": PRETRAIN_FORMAT, "weights": PRETRAIN_WEIGHTS, "tensors": n_tensors,
             "arch": self.online.encoder.arch(), "mpp": cfg.data.mpp,
-            "steps": self.iteration, "batch_size": cfg.data.batch_size,
+            "steps": self.iteration, "complete": self.iteration >= cfg.train.iterations,
+            "batch_size": cfg.data.batch_size,
             "tiles_seen": self.iteration * cfg.data.batch_size,
             "view_pixels_seen": views * cfg.views.size ** 2,
             "objective": {"image": "BYOL (2 - 2 cos, symmetrised, EMA target)",

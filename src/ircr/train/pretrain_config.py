@@ -80,7 +80,12 @@ class PretrainObjective:
 
 @dataclass
 class PretrainTrain:
-    """Schedule and run settings (AdamW, linear warm-up then cosine lr decay)."""
+    """Schedule and run settings (AdamW, linear warm-up then cosine lr decay).
+
+    ``max_minutes`` (0 = off) ends a session early after that much wall time: checkpoint,
+    weights and card are written (the card says ``complete: false``); ``--resume`` goes on.
+    It exists for fixed GPU windows; a run cut by it is not reproducible to the iteration.
+    """
 
     iterations: int = 1000
     lr: float = 1e-3
@@ -95,12 +100,14 @@ class PretrainTrain:
     log_every: int = 10
     progress: bool = True
     grad_clip: float | None = None
+    max_minutes: float = 0.0
 
     def validate(self, where: str = "train") -> None:
         """Positive iterations and lr; non-negative counts."""
         if self.iterations < 1 or self.lr <= 0:
             raise IrcrError(f"{where}: train.iterations must be >= 1 and train.lr > 0")
-        if min(self.warmup_iterations, self.checkpoint_every, self.checkpoint_minutes) < 0:
+        if min(self.warmup_iterations, self.checkpoint_every, self.checkpoint_minutes,
+               self.max_minutes) < 0:
             raise IrcrError(f"{where}: train.warmup_iterations/checkpoint_* must be >= 0")
         if self.log_every < 1:
             raise IrcrError(f"{where}: train.log_every must be >= 1")
