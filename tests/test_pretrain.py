@@ -235,3 +235,22 @@ def test_cli_pretrain_writes_weights_and_card(monuseg_root: Path, tmp_path: Path
     assert main(["pretrain", "-o", str(tmp_path / "x"), str(tmp_path / "missing.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ircr: error:") and "no usable image" in err[-1]
+
+
+def test_shipped_pretrain_configs_load() -> None:
+    from ircr.train.pretrain_config import load_pretrain_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+    cfgs = {p.stem: load_pretrain_config(p) for p in sorted(root.glob("*.yaml"))}
+    assert {"cpu_lite", "cpu_paper_narrow", "gpu_hovernet", "gpu_bass_r50"} <= set(cfgs)
+    assert cfgs["gpu_hovernet"].model.width == 1.0 and cfgs["gpu_bass_r50"].backbone == "resnet50"
+    assert all(c.train.max_minutes <= 10 for n, c in cfgs.items() if n.startswith("gpu"))
+
+
+def test_max_minutes_writes_an_incomplete_card_and_resume_finishes(tmp_path: Path) -> None:
+    out = pretrain(tmp_path / "pt", "train.iterations=3", "train.max_minutes=1e-9")
+    card = json.loads((out / "card.json").read_text())
+    assert card["complete"] is False and card["steps"] < 3
+    out = pretrain(tmp_path / "pt", "train.iterations=3", resume=True)
+    card = json.loads((out / "card.json").read_text())
+    assert card["complete"] is True and card["steps"] == 3

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from ircr.models.config import ModelConfig
 from ircr.models.hovernet import init_weights
-from ircr.models.preact_resnet import PreactResNet, ResNetEncoder
+from ircr.models.checkpointing import set_checkpointing
+from ircr.models.preact_resnet import Bottleneck, PreactResNet, PreactUnit, ResNetEncoder
 from ircr.models.pretrained import backbone_arch, hovernet_arch
 
 __all__ = ["HeadConfig", "HoVerNetEncoder", "BackboneBody", "PretrainNet", "BACKBONE_CHANNELS"]
@@ -46,6 +47,7 @@ class HoVerNetEncoder(nn.Module):
         self.encoder = PreactResNet(cfg) if cfg.encoder == "preact" else ResNetEncoder(cfg)
         self.out_channels = int(self.encoder.out_channels[3])
         init_weights(self)
+        set_checkpointing(self, cfg.activation_checkpointing, (PreactUnit, Bottleneck))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: float 0..255 -> last feature map (stride 8)."""
