@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ircr.models.checkpointing import set_checkpointing
 from ircr.models.config import ModelConfig
 from ircr.models.hovernet import init_weights
-from ircr.models.checkpointing import set_checkpointing
 from ircr.models.preact_resnet import Bottleneck, PreactResNet, PreactUnit, ResNetEncoder
 from ircr.models.pretrained import backbone_arch, hovernet_arch
 
