@@ -41,7 +41,7 @@ log() { echo "measure_pretrain: $*" >&2; }
 # ---- 1. data -------------------------------------------------------------------------------
 prepare() {  # NAME ROOT OUT PATCH [OPTIONS...]
   if [ ! -f "$3/dataset.json" ]; then
-    "${IRCR[@]}" data prepare "$1" "$2" -o "$3" --patch "$4" --ratio 1/8 --seed 0 "${@:5}"
+    "${IRCR[@]}" data prepare "$1" "$2" -o "$3" --patch "$4" "${@:5}"
   fi
 }
 split_names=()
@@ -50,11 +50,13 @@ exclude=()
 for n in "${split_names[@]}"; do exclude+=(--exclude-split "$n"); done
 
 net_patch() { [ "$1" = lite ] && echo 128 || echo 64; }
-# (the shared CPM-15 copy has the image04/image05 masks swapped; labels are not used here)
-prepare cpm15 "$DATA/CPM15/train" "$WORK/data/cpm15" 256 --option fix_known_swaps=true
+# (the shared CPM-15 copy has the image04/image05 masks swapped; labels are not used here).
+# Its split is ratio_1_seed0, so --exclude-split ratio_1-8_seed* leaves all of CPM-15 in.
+prepare cpm15 "$DATA/CPM15/train" "$WORK/data/cpm15" 256 --ratio 1 --seed 0 \
+    --option fix_known_swaps=true
 for net in $NETS; do
   p=$(net_patch "$net")
-  prepare monuseg "$DATA/MoNuSeg2018/train" "$WORK/data/monuseg$p" "$p"
+  prepare monuseg "$DATA/MoNuSeg2018/train" "$WORK/data/monuseg$p" "$p" --ratio 1/8 --seed 0
   # shellcheck disable=SC2086
   "${IRCR[@]}" data split "$WORK/data/monuseg$p" --ratio 1/8 --seed $SEEDS
 done

@@ -20,7 +20,7 @@ if [ ! -f prepared/monuseg_test/dataset.json ]; then
 fi
 [ -f prepared/cpm15/dataset.json ] ||
   "${IRCR[@]}" data prepare cpm15 "$DATA/CPM15/train" -o prepared/cpm15 --patch 256 \
-      --option fix_known_swaps=true
+      --ratio 1 --option fix_known_swaps=true  # split ratio_1_seed0: all of CPM-15 is used
 "${IRCR[@]}" data split prepared/monuseg --ratio 1/8 --seed 0 1 2
 resume=()
 [ -f pretrained/monuseg_hovernet/checkpoints/last.pt ] && resume=(--resume)
