@@ -222,8 +222,11 @@ def test_cli_pretrain_writes_weights_and_card(monuseg_root: Path, tmp_path: Path
         (imgs / f.name).symlink_to(f)
     (imgs / "broken.png").write_bytes(b"nope")
     out = tmp_path / "out"
+    like = tmp_path / "experiment.yaml"  # an `ircr train` config: its architecture is taken
+    like.write_text("model: {encoder: resnet, width: 0.125, blocks: [1, 2, 1, 1]}\n")
+    tiny = [kv for kv in TINY if not kv.startswith("model.")]
     args = ["pretrain", "-o", str(out), str(imgs), "--mpp", "0.25", "--device", "cpu",
-            "--no-progress", *[x for kv in TINY for x in ("--set", kv)],
+            "--no-progress", "--like", str(like), *[x for kv in tiny for x in ("--set", kv)],
             "--set", "train.iterations=3", "--set", "data.mpp=0.5"]
     assert main(args) == 0
     captured = capsys.readouterr()
@@ -231,6 +234,8 @@ def test_cli_pretrain_writes_weights_and_card(monuseg_root: Path, tmp_path: Path
     card = json.loads((out / "card.json").read_text())
     assert card["steps"] == 3 and len(card["sources"]) == 2 and len(card["skipped"]) == 1
     assert card["mpp"] == 0.5 and "torch" in card["versions"] and card["cpu_seconds"] >= 0
+    assert card["arch"] == {"family": "hovernet", "encoder": "resnet", "width": 0.125,
+                            "blocks": [1, 2, 1, 1]}
     assert main(args + ["--resume"]) == 0  # a finished run: nothing to do
     assert main(["pretrain", "-o", str(tmp_path / "x"), str(tmp_path / "missing.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -254,3 +259,13 @@ def test_max_minutes_writes_an_incomplete_card_and_resume_finishes(tmp_path: Pat
     out = pretrain(tmp_path / "pt", "train.iterations=3", resume=True)
     card = json.loads((out / "card.json").read_text())
     assert card["complete"] is True and card["steps"] == 3
+
+
+def test_like_takes_the_architecture_of_experiment_configs() -> None:
+    from ircr.cli.pretrain import like_overrides
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    assert like_overrides(configs / "monuseg" / "bass" / "bass_r1-8.yaml")[:2] == [
+        "target=maskrcnn", "backbone=resnet50"]
+    lite = like_overrides(configs / "default_model" / "lite_monuseg.yaml")
+    assert lite == ["target=hovernet", "model.width=0.25", "model.blocks=[2, 2, 2, 2]"]

@@ -25,6 +25,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="pretrain YAML (configs/pretrain/...; default: built-in defaults, or "
                         "OUT/config.yaml with --resume)")
+    p.add_argument("--like", type=Path, default=None, metavar="EXPERIMENT",
+                   help="take the architecture from an experiment config (ircr train CONFIG): "
+                        "model.encoder/width/blocks, or for method bass the backbone, so the "
+                        "weights fit it (--set still wins)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.width=0.25 (repeatable)")
     p.add_argument("--mpp", type=float, default=None,
@@ -47,12 +51,30 @@ def _resume_hint(args: argparse.Namespace) -> str:
     return shlex.join(parts + ["--resume"])
 
 
+def like_overrides(path: Path) -> list[str]:
+    """``key=value`` overrides giving the architecture of the experiment config ``path``."""
+    from ircr.train.config import resolve_includes
+
+    data = resolve_includes(path)
+    method = data.get("method") or {}
+    if isinstance(method, dict) and method.get("name") == "bass":
+        model = method.get("model") or {}
+        out = ["target=maskrcnn", f"backbone={model.get('backbone', 'resnet50')}"]
+        if "tiny_channels" in model:
+            out.append(f"tiny_channels={list(model['tiny_channels'])!r}")
+        return out
+    model = data.get("model") or {}
+    return ["target=hovernet"] + [f"model.{k}={model[k]!r}" for k in ("encoder", "width", "blocks")
+                                  if k in model]
+
+
 def handler(args: argparse.Namespace) -> int:
     """Build the config, pretrain, print the output folder."""
     from ircr.engine.pretrain import run_pretrain
     from ircr.train.pretrain_config import load_pretrain_config
 
-    overrides = list(args.overrides)
+    overrides = like_overrides(args.like) if args.like is not None else []
+    overrides += list(args.overrides)
     if args.exclude_splits:
         overrides.append(f"data.exclude_splits={list(args.exclude_splits)!r}")
     if args.no_progress:
