@@ -81,6 +81,7 @@ def test_weights_load_into_the_hovernet_of_that_model(tmp_path: Path, arch: list
     n_encoder = sum(1 for k in model.state_dict() if k.startswith("encoder."))
     report = model.pretrained_report
     assert report is not None and len(report.loaded) == n_encoder  # type: ignore[attr-defined]
+    assert "pretrained 2 iterations at 0.25 µm/px" in report.summary()  # type: ignore[attr-defined]
     sd = model.state_dict()
     for k, v in weights(out).items():
         assert torch.equal(sd[k], v), k

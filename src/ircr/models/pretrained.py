@@ -50,6 +50,7 @@ class PretrainedReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    detail: str = ""  # e.g. what an `ircr pretrain` file was trained on
 
     def summary(self) -> str:
         """One line: counts and the first few missing / unexpected keys."""
@@ -62,6 +63,7 @@ class PretrainedReport:
             f"{self.path}: {self.layout} layout, loaded {len(self.loaded)} tensors, "
             f"missing {len(self.missing)}{head(self.missing)}, "
             f"unexpected {len(self.unexpected)}{head(self.unexpected)}"
+            + (f"; {self.detail}" if self.detail else "")
         )
 
 
@@ -138,6 +140,13 @@ def read_pretrain_file(path: str | Path) -> tuple[Path, dict[str, Any], dict[str
     if not tensors:
         raise IrcrError(f"{f}: the file holds no tensors")
     return f, meta, tensors
+
+
+def pretrain_detail(meta: dict[str, Any]) -> str:
+    """``pretrained 1500 iterations at 0.25 µm/px`` from an ``ircr pretrain`` file's meta."""
+    its, mpp = meta.get("iterations"), meta.get("mpp")
+    return (f"pretrained {its} iterations at {mpp:g} µm/px"
+            if isinstance(its, int) and isinstance(mpp, (int, float)) else "")
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -302,6 +311,7 @@ def _load_pretrain_output(model: nn.Module, path: Path) -> PretrainedReport:
                         f"{len(unexpected)} unexpected tensors, e.g. '{bad}')")
     to_load = {k: file_sd[k] for k in wanted if k in file_sd}
     model.load_state_dict(to_load, strict=False)
-    report = PretrainedReport(f, PRETRAIN_FORMAT, sorted(to_load), [], [])
+    report = PretrainedReport(f, PRETRAIN_FORMAT, sorted(to_load), [], [],
+                              detail=pretrain_detail(meta))
     log.info("pretrained weights: %s", report.summary())
     return report

@@ -34,6 +34,7 @@ from ircr.models.pretrained import (
     backbone_arch,
     check_arch,
     is_pretrain_output,
+    pretrain_detail,
     read_pretrain_file,
 )
 
@@ -87,6 +88,9 @@ def load_backbone_weights(body: nn.Module, path: str | Path,
         if arch is not None:
             check_arch(f, meta["arch"], arch)
         _load_body(body, f, tensors)
+        report = getattr(body, "pretrained_report", None)
+        if report is not None:
+            report.detail = pretrain_detail(meta)
         return []
     if not p.is_file():
         raise IrcrError(f"{p}: backbone weights file not found")
