@@ -23,5 +23,5 @@ def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> HoVerNet:
     if load_pretrained and cfg.pretrained:
         from ircr.models.pretrained import load_pretrained as _load
 
-        _load(model, cfg.pretrained)
+        model.pretrained_report = _load(model, cfg.pretrained)  # shown by the trainer
     return model

@@ -46,6 +46,7 @@ class HoVerNet(nn.Module):
             {name: DecoderBranch(cfg, c[:3], c[2], out) for name, out in heads.items()}
         )
         self._freeze_encoder = False
+        self.pretrained_report: object | None = None  # set by build_model (models/pretrained)
         self.activation_checkpointing = cfg.activation_checkpointing
         init_weights(self)
 

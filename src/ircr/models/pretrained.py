@@ -10,6 +10,12 @@ Supported layouts (detected from the keys; a ``module.`` prefix is stripped):
 * ``torchvision``: a torchvision ResNet-50 state dict (``conv1.weight``, ``layer1.0.conv1.weight``,
   ``fc.*``, ...). Loads into ``encoder: resnet``; ``fc.*`` is reported as unexpected.
 * ``ircr``: a state dict of our own :class:`~ircr.models.HoVerNet` (``encoder.*``, ...).
+* ``ircr-pretrain``: the output folder of ``ircr pretrain`` (or its ``encoder.pt``): a dict
+  ``{"ircr_pretrain": {format, arch, ...}, "state_dict": {...}}``. ``arch`` names what the
+  weights fit (:func:`hovernet_arch`: encoder type, width, blocks; :func:`backbone_arch`:
+  the BASS backbone body); a model of another architecture is refused with one line naming
+  the first difference, before any tensor is compared. HoVer-Net encoders use ``encoder.*``
+  keys, BASS backbone bodies torchvision keys (:func:`read_pretrain_file`).
 
 Every tensor that maps onto the model must have the model's shape, otherwise the file is
 refused with an :class:`IrcrError` naming the file, the key and both shapes.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +35,9 @@ from ircr.errors import IrcrError
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("hovernet-preact", "torchvision", "ircr")
+LAYOUTS = ("hovernet-preact", "torchvision", "ircr", "ircr-pretrain")
+PRETRAIN_FORMAT = "ircr-pretrain"
+PRETRAIN_WEIGHTS = "encoder.pt"
 
 
 @dataclass
@@ -41,6 +50,7 @@ class PretrainedReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    detail: str = ""  # e.g. what an `ircr pretrain` file was trained on
 
     def summary(self) -> str:
         """One line: counts and the first few missing / unexpected keys."""
@@ -53,7 +63,90 @@ class PretrainedReport:
             f"{self.path}: {self.layout} layout, loaded {len(self.loaded)} tensors, "
             f"missing {len(self.missing)}{head(self.missing)}, "
             f"unexpected {len(self.unexpected)}{head(self.unexpected)}"
+            + (f"; {self.detail}" if self.detail else "")
         )
+
+
+def hovernet_arch(cfg: Any) -> dict[str, Any]:
+    """What a HoVer-Net encoder's weights depend on (a ModelConfig): encoder, width, blocks."""
+    return {"family": "hovernet", "encoder": str(cfg.encoder), "width": float(cfg.width),
+            "blocks": [int(b) for b in cfg.blocks]}
+
+
+def backbone_arch(backbone: str, tiny_channels: list[int] | None = None) -> dict[str, Any]:
+    """What a BASS backbone body's weights depend on: the body, the tiny widths."""
+    arch: dict[str, Any] = {"family": "maskrcnn", "backbone": str(backbone)}
+    if backbone == "tiny":
+        arch["tiny_channels"] = [int(c) for c in (tiny_channels or [16, 32, 64, 128])]
+    return arch
+
+
+def describe_arch(arch: dict[str, Any]) -> str:
+    """``hovernet encoder preact width 0.25 blocks [3, 4, 6, 3]`` / ``maskrcnn backbone tiny``."""
+    parts = [str(arch.get("family", "?"))]
+    parts += [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+              for k, v in arch.items() if k != "family"]
+    return " ".join(parts)
+
+
+_ARCH_KEYS = {"encoder": "model.encoder", "width": "model.width", "blocks": "model.blocks",
+              "backbone": "backbone", "tiny_channels": "tiny_channels"}
+
+
+def check_arch(path: Path, have: dict[str, Any], want: dict[str, Any]) -> None:
+    """Refuse weights pretrained for ``have`` in a model of architecture ``want``.
+
+    Raises:
+        IrcrError: ``"<path>: pretrained for hovernet ..., but the model is ...: model.width
+        0.25 != 0.5"`` naming the first differing setting.
+    """
+    if have.get("family") != want.get("family"):
+        raise IrcrError(f"{path}: pretrained for a {have.get('family')} encoder "
+                        f"({describe_arch(have)}), but the model is {describe_arch(want)}")
+    for key, value in want.items():
+        if have.get(key) != value:
+            raise IrcrError(f"{path}: pretrained for {describe_arch(have)}, but the model is "
+                            f"{describe_arch(want)}: {_ARCH_KEYS.get(key, key)} "
+                            f"{have.get(key)} != {value}")
+
+
+def is_pretrain_output(path: str | Path) -> bool:
+    """Whether ``path`` is an ``ircr pretrain`` folder (or names one's weights file)."""
+    p = Path(path)
+    return (p / PRETRAIN_WEIGHTS).is_file() if p.is_dir() else p.name == PRETRAIN_WEIGHTS
+
+
+def read_pretrain_file(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Tensor]]:
+    """(weights file, its ``ircr_pretrain`` meta, state dict) of an ``ircr pretrain`` output.
+
+    Raises:
+        IrcrError: no weights file, unreadable (``weights_only``), not this format.
+    """
+    p = Path(path)
+    f = p / PRETRAIN_WEIGHTS if p.is_dir() else p
+    if not f.is_file():
+        raise IrcrError(f"{f}: weights file not found (not an `ircr pretrain` output folder)")
+    try:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+        raise IrcrError(f"{f}: cannot read as a torch weights file (weights_only): "
+                        f"{type(exc).__name__}") from None
+    meta = obj.get("ircr_pretrain") if isinstance(obj, dict) else None
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    if (not isinstance(meta, dict) or meta.get("format") != PRETRAIN_FORMAT
+            or not isinstance(meta.get("arch"), dict) or not isinstance(state, dict)):
+        raise IrcrError(f"{f}: not an `ircr pretrain` weights file")
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise IrcrError(f"{f}: the file holds no tensors")
+    return f, meta, tensors
+
+
+def pretrain_detail(meta: dict[str, Any]) -> str:
+    """``pretrained 1500 iterations at 0.25 µm/px`` from an ``ircr pretrain`` file's meta."""
+    its, mpp = meta.get("iterations"), meta.get("mpp")
+    return (f"pretrained {its} iterations at {mpp:g} µm/px"
+            if isinstance(its, int) and isinstance(mpp, (int, float)) else "")
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -163,6 +256,8 @@ def load_pretrained(
             whose shape does not fit (names the first bad key and both shapes), or no key fits.
     """
     p = Path(path)
+    if is_pretrain_output(p):
+        return _load_pretrain_output(model, p)
     file_sd = read_state_dict(p)
     encoder = getattr(getattr(model, "cfg", None), "encoder", "preact")
     layout = _check_layout(p, detect_layout(list(file_sd)), encoder)
@@ -189,5 +284,34 @@ def load_pretrained(
         k for k in kmap.values() if k not in to_load and not k.endswith("num_batches_tracked")
     ]
     report = PretrainedReport(p, layout, sorted(to_load), sorted(missing), sorted(unexpected))
+    log.info("pretrained weights: %s", report.summary())
+    return report
+
+
+def _load_pretrain_output(model: nn.Module, path: Path) -> PretrainedReport:
+    """Load an ``ircr pretrain`` HoVer-Net encoder: architecture checked first, then every
+    encoder tensor by name and shape (none may be missing)."""
+    f, meta, file_sd = read_pretrain_file(path)
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise IrcrError(f"{f}: the model has no HoVer-Net config to check the weights against")
+    check_arch(f, meta["arch"], hovernet_arch(cfg))
+    model_sd = model.state_dict()
+    wanted = [k for k in model_sd if k.startswith("encoder.")]
+    unexpected = sorted(k for k in file_sd if k not in wanted)
+    for k in wanted:
+        if k in file_sd and tuple(file_sd[k].shape) != tuple(model_sd[k].shape):
+            raise IrcrError(f"{f}: tensor '{k}' has shape {tuple(file_sd[k].shape)} but the "
+                            f"model expects {tuple(model_sd[k].shape)}")
+    missing = sorted(k for k in wanted if k not in file_sd
+                     and not k.endswith("num_batches_tracked"))
+    if missing or unexpected:
+        bad = missing[0] if missing else unexpected[0]
+        raise IrcrError(f"{f}: weights do not match the encoder ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected tensors, e.g. '{bad}')")
+    to_load = {k: file_sd[k] for k in wanted if k in file_sd}
+    model.load_state_dict(to_load, strict=False)
+    report = PretrainedReport(f, PRETRAIN_FORMAT, sorted(to_load), [], [],
+                              detail=pretrain_detail(meta))
     log.info("pretrained weights: %s", report.summary())
     return report

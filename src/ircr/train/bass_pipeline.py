@@ -202,6 +202,9 @@ def _train_stage(name: str, cfg: MaskRCNNConfig, pool: Sequence[int], read: _Rea
                 ctx.log(f"BASS {name}: trained ({stage_dir})")
                 return model.to(ctx.device).eval()
         ctx.log(f"BASS {name}: training ({its} iteration{'s' * (its != 1)}) in {stage_dir}")
+        report = getattr(model.backbone, "pretrained_report", None)
+        if report is not None:
+            ctx.log(f"BASS {name}: backbone weights {report.summary()}")
         t0 = time.time()
         train_detector(model, pool, read, schedule, stage_dir, device=ctx.device,
                        seed=ctx.seed, min_area=min_area, stop_after=stop_after, log=ctx.log,

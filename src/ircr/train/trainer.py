@@ -327,8 +327,10 @@ class Trainer:
         if cfg.train.checkpoint_minutes:
             ckpt.append(f"every {cfg.train.checkpoint_minutes:g} min")
         start = f"resuming at iteration {self.iteration}; " if self.iteration else ""
+        report = getattr(self.model, "pretrained_report", None)
+        weights = [f"encoder weights: {report.summary()}"] if report is not None else []
         return "\n".join([
-            f"method {cfg.method.name}; device {_device_name(self.device)}; AMP {amp}",
+            f"method {cfg.method.name}; device {_device_name(self.device)}; AMP {amp}", *weights,
             f"data {cfg.data.dataset}: {len(sp.labelled)} labelled + {len(sp.unlabelled)} "
             "unlabelled patches" + ("" if self.method.uses_unlabelled else
                                     " (unlabelled not used by this method)")

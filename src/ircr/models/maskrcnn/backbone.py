@@ -14,8 +14,10 @@ Stages outside the ``cfg.n_trainable_layers`` last ones get ``requires_grad=Fals
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +28,17 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ircr.errors import IrcrError
 from ircr.models.maskrcnn.config import MaskRCNNConfig
+from ircr.models.pretrained import (
+    PRETRAIN_WEIGHTS,
+    PretrainedReport,
+    backbone_arch,
+    check_arch,
+    is_pretrain_output,
+    pretrain_detail,
+    read_pretrain_file,
+)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["build_backbone", "load_backbone_weights", "TinyBody"]
 
@@ -58,13 +71,27 @@ class TinyBody(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def load_backbone_weights(body: nn.Module, path: str | Path) -> list[str]:
+def load_backbone_weights(body: nn.Module, path: str | Path,
+                          arch: dict[str, Any] | None = None) -> list[str]:
     """Load a torchvision-layout ResNet state dict from the local file ``path`` into ``body``.
+
+    ``path`` may also be an ``ircr pretrain`` output (folder or its ``encoder.pt``); its
+    architecture must equal ``arch`` (:func:`ircr.models.pretrained.backbone_arch`).
+    The number of tensors loaded is kept in ``body.pretrained_report``.
 
     Returns the names of ignored keys (the classifier ``fc.*``). Missing keys, shape
     mismatches, unreadable files and non-state-dict contents raise :class:`IrcrError`.
     """
     p = Path(path)
+    if is_pretrain_output(p):
+        f, meta, tensors = read_pretrain_file(p)
+        if arch is not None:
+            check_arch(f, meta["arch"], arch)
+        _load_body(body, f, tensors)
+        report = getattr(body, "pretrained_report", None)
+        if report is not None:
+            report.detail = pretrain_detail(meta)
+        return []
     if not p.is_file():
         raise IrcrError(f"{p}: backbone weights file not found")
     try:
@@ -78,7 +105,12 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> list[str]:
         raise IrcrError(f"{p}: not a state dict of tensors")
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     ignored = sorted(k for k in state if k.startswith("fc."))
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    _load_body(body, p, {k: v for k, v in state.items() if not k.startswith("fc.")})
+    return ignored
+
+
+def _load_body(body: nn.Module, p: Path, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``body``: every tensor must fit, none may be missing or unknown."""
     try:
         result = body.load_state_dict(state, strict=False)
     except RuntimeError:
@@ -90,7 +122,10 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> list[str]:
     if result.unexpected_keys:
         raise IrcrError(f"{p}: backbone weights have unknown tensors "
                         f"(e.g. {result.unexpected_keys[0]}); expected a torchvision ResNet")
-    return ignored
+    report = PretrainedReport(
+        p, "ircr-pretrain" if p.name == PRETRAIN_WEIGHTS else "torchvision", sorted(state))
+    setattr(body, "pretrained_report", report)  # noqa: B010 - an nn.Module attribute
+    log.info("backbone weights: %s", report.summary())
 
 
 def _freeze(body: nn.Module, n_trainable: int) -> None:
@@ -116,9 +151,13 @@ def build_backbone(cfg: MaskRCNNConfig) -> BackboneWithFPN:
         body = resnet50(weights=None, norm_layer=norm)
         in_channels = [256, 512, 1024, 2048]
     if cfg.backbone_weights:
-        load_backbone_weights(body, cfg.backbone_weights)
+        load_backbone_weights(body, cfg.backbone_weights,
+                              backbone_arch(cfg.backbone, cfg.tiny_channels))
     _freeze(body, cfg.n_trainable_layers)
-    return BackboneWithFPN(
+    fpn = BackboneWithFPN(
         body, return_layers=dict(_RETURN), in_channels_list=in_channels,
         out_channels=cfg.fpn_channels, extra_blocks=LastLevelMaxPool(),
     )
+    # what load_backbone_weights loaded (None without weights); the body is re-wrapped above
+    setattr(fpn, "pretrained_report", getattr(body, "pretrained_report", None))  # noqa: B010
+    return fpn
