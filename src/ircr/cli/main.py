@@ -13,7 +13,7 @@ from ircr.errors import IrcrError
 # Subcommand modules under ircr.cli; each defines ``register(subparsers)`` which adds its
 # parser and sets ``func=handler`` where ``handler(args) -> int``.
 SUBCOMMANDS = ("data", "train", "evaluate", "tune", "segment", "models", "prior", "demo",
-               "experiment")
+               "experiment", "adapt")
 
 
 def build_parser() -> argparse.ArgumentParser:
