@@ -49,8 +49,9 @@ def lab(cpm15_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     from ircr.data.datasets.cpm15 import read_cpm15_mask
     from ircr.io.image import read_image
 
-    root = tmp_path_factory.mktemp("lab")
-    (root / "images").mkdir()
+    base = tmp_path_factory.mktemp("lab")
+    root = base / "dataset_root"
+    (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     wanted = {"image08", "image11"}  # 40x (0.25 µm/px)
     for name in wanted:
@@ -58,7 +59,7 @@ def lab(cpm15_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         Image.fromarray(image).save(root / "images" / f"{name}.png", dpi=(DPI_025,) * 2)
         inst = read_cpm15_mask(cpm15_root / "labels_txt" / f"{name}_mask.txt.gz")
         Image.fromarray(inst.astype(np.uint16)).save(root / "labels" / f"{name}.png")
-    bad = root / "bad"
+    bad = base / "bad"
     bad.mkdir()
     (bad / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     Image.fromarray(np.full((300, 300, 3), 245, np.uint8)).save(bad / "glass.png",
@@ -93,7 +94,7 @@ def test_adapt_end_to_end_from_the_packaged_model_never_opens_target_labels(
     monkeypatch.setattr("ircr.data.store.PreparedDataset.load_inst", no_labels)
     sys.addaudithook(audit)
     out = tmp_path / "adapted"
-    targets = [str(lab["root"] / "images"), *map(str, lab["bad"])]
+    targets = [str(lab["root"]), *map(str, lab["bad"])]  # the root holds labels/ too
     try:
         rc = main(["adapt", "default", *targets, "-o", str(out), "--iterations", "4", *FAST])
     finally:
@@ -108,6 +109,7 @@ def test_adapt_end_to_end_from_the_packaged_model_never_opens_target_labels(
         lines = [ln for ln in err.splitlines() if str(bad) in ln]
         assert len(lines) == 2, (bad, lines)  # when skipped + in the closing list
     assert "3 target(s) skipped" in err
+    assert "2 file(s) under label/mask folders left out" in err
     assert "labelled data: none" in err
     # an ordinary model folder: the default's WBIS thresholds and pixel size, a card
     folder = out / "model"
@@ -129,7 +131,8 @@ def test_adapt_end_to_end_from_the_packaged_model_never_opens_target_labels(
     res = load_model(str(folder), device="cpu").segment(image, mpp=0.25)
     assert res.inst.shape == (256, 256) and res.inst.max() > 0
     request = json.loads((out / "adapt.json").read_text())
-    assert request["request"]["targets"][0].endswith("images")
+    assert request["request"]["targets"][0] == str(lab["root"].resolve())
+    assert sorted(meta["adapt"]["targets"]) == sorted(map(str, lab["good"]))
 
 
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(
@@ -229,3 +232,14 @@ def test_init_weights_loads_every_tensor_and_refuses_another_architecture(
         load_init_weights(wider, folder)
     with pytest.raises(IrcrError, match="weights file not found"):
         load_init_weights(model, tmp_path)
+
+
+def test_no_usable_target_is_one_error_line(lab: dict[str, Any], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["adapt", "default", *map(str, lab["bad"]), "-o", str(tmp_path / "o"), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("ircr: error:")]
+    assert errors == ["ircr: error: TARGET: no usable target among 3 given (3 skipped: see "
+                      "above)"]
+    assert not (tmp_path / "o" / "model").exists()

@@ -125,22 +125,46 @@ def _source_model(spec: str) -> LoadedModel:
     return loaded
 
 
+LABEL_DIRS = ("label", "mask")  # folders of label maps under a dataset root: never read
+
+
+def target_paths(targets: list[str], say: Callable[[str], None]) -> list[Path]:
+    """TARGETs with folders expanded, leaving out files under label/mask sub-folders.
+
+    A dataset root (e.g. MoNuSeg's images/ + labels_inst/) may be given as a target: its label
+    maps must not be opened, not even to find that they hold no tissue. Prepared datasets are
+    kept whole (tile_source reads only their images).
+    """
+    from ircr.engine.tile_source import iter_source_files
+
+    out: list[Path] = []
+    for t in map(Path, targets):
+        if not t.is_dir() or (t / "dataset.json").is_file():
+            out.append(t)
+            continue
+        files = list(iter_source_files(t))
+        keep = [f for f in files if not any(part.lower().startswith(LABEL_DIRS)
+                                            for part in f.relative_to(t).parts[:-1])]
+        if len(keep) < len(files):
+            say(f"{t}: {len(files) - len(keep)} file(s) under label/mask folders left out "
+                "(target labels are never read)")
+        out.extend(keep if files else [t])  # an empty folder: tile_source names it
+    return out
+
+
 def sample_targets(req: AdaptRequest, mpp: float,
                    say: Callable[[str], None]) -> tuple[np.ndarray, list[str], list[str]]:
-    """Target tiles (n, S, S, 3) uint8 at ``mpp``, the targets used, one line per skipped."""
-    from ircr.engine import tile_source
+    """Target tiles (n, S, S, 3) uint8 at ``mpp``, the sources used, one line per skipped."""
+    from ircr.engine.tile_source import open_tile_sources, sample_tiles
 
-    sources, skipped = tile_source.open_tile_sources(
-        [Path(t) for t in req.targets], target_mpp=mpp, mpp_override=req.mpp)
-    lines = [str(s) for s in skipped]
-    for line in lines:
-        say(f"skipped {line}")
+    sources, skipped = open_tile_sources(target_paths(req.targets, say), target_mpp=mpp,
+                                         mpp_override=req.mpp, log=lambda line: say(line))
+    lines = [s.line() for s in skipped]
     if not sources:
         raise IrcrError(f"TARGET: no usable target among {len(req.targets)} given "
                         f"({len(lines)} skipped: see above)")
-    tiles = tile_source.sample_tiles(sources, req.tiles, req.tile_size, req.seed)
-    used = [str(getattr(s, "path", s)) for s in sources]
-    return np.asarray(tiles, dtype=np.uint8), used, lines
+    tiles = sample_tiles(sources, req.tiles, req.tile_size, req.seed)
+    return np.asarray(tiles, dtype=np.uint8), [s.name for s in sources], lines
 
 
 def _prior(req: AdaptRequest, loaded: LoadedModel) -> tuple[str | None, str]:
@@ -226,7 +250,7 @@ def _summary(req: AdaptRequest, loaded: LoadedModel, data: AdaptData,
     return "\n".join([
         f"model {loaded.folder} ({loaded.mpp:g} µm/px); student and EMA teacher start from "
         "its weights; its WBIS thresholds are kept",
-        f"targets: {len(used)} used of {len(req.targets)} given; {data.n_tiles} tiles of "
+        f"targets: {len(used)} image(s)/slide(s) used; {data.n_tiles} tiles of "
         f"{req.tile_size} px at {loaded.mpp:g} µm/px -> {data.n_target_patches} unlabelled "
         f"patches of {data.patch_size} px (labels of the targets are never read)",
         f"labelled data: {lab}",
@@ -248,10 +272,17 @@ def _annotate(folder: Path, req: AdaptRequest, loaded: LoadedModel, used: list[s
               "seed": req.seed, "prior": prior_text,
               "labelled": None if labelled is None else {
                   "dataset": str(labelled.dataset), "split": labelled.split}}
-    card = dict(meta.get("card") or loaded.meta.get("card") or {})
-    card["description"] = (f"{source} adapted with ircr adapt ({req.method}, {iterations} "
-                           f"iterations) to {len(used)} target source(s) without their labels")
-    card["adapted_from"] = loaded.meta.get("card", {}).get("description", source)
+    src_card = loaded.meta.get("card") if isinstance(loaded.meta.get("card"), dict) else {}
+    card = {"description": f"{source} adapted with ircr adapt ({req.method}, {iterations} "
+                           f"iterations) to {len(used)} target image(s)/slide(s) without "
+                           "their labels",
+            "adapted_from": src_card.get("description", source),
+            "training_data": f"source model's: {src_card.get('training_data', 'see its card')}"
+                             f"; unlabelled: {req.tiles} tiles of {req.tile_size} px from the "
+                             "targets listed under adapt:",
+            "method": f"{req.method} consistency, student and EMA teacher from the source "
+                      "model; WBIS thresholds of the source model",
+            "licence": src_card.get("licence", "that of the source model and the targets")}
     meta.update(mpp=loaded.mpp, adapt=record, card=card)
     atomic_write_text(path, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
 
