@@ -243,3 +243,18 @@ def test_no_usable_target_is_one_error_line(lab: dict[str, Any], tmp_path: Path,
     assert errors == ["ircr: error: TARGET: no usable target among 3 given (3 skipped: see "
                       "above)"]
     assert not (tmp_path / "o" / "model").exists()
+
+
+def test_no_labelled_batch_needs_a_method_with_unlabelled_data(tmp_path: Path) -> None:
+    from ircr.config import read_yaml
+    from ircr.train.config import experiment_from_dict
+
+    ds = tmp_path / "synth"
+    prepare_dataset("synthetic", None, ds, options={"n_images": 2, "size": 64}, patch=64,
+                    ratio="1/2", val_fraction=0.0)
+    data = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "tiny_synthetic.yaml")
+    data["data"].update(dataset=str(ds), split="ratio_1-2_seed0_val0", batch_size=0)
+    data["train"].update(progress=False, max_iterations=1)
+    trainer = Trainer(experiment_from_dict(data, "t.yaml"), tmp_path / "run")
+    with pytest.raises(IrcrError, match="data.batch_size 0 .* not 'supervised'"):
+        trainer.run()

@@ -167,6 +167,19 @@ def sample_targets(req: AdaptRequest, mpp: float,
     return np.asarray(tiles, dtype=np.uint8), [s.name for s in sources], lines
 
 
+def check_labelled_mpp(labelled: LabelledSource | None, mpp: float) -> None:
+    """The labelled data must be at the model's pixel size (mixed/unknown sizes pass)."""
+    from ircr.data.store import PreparedDataset
+    from ircr.inference.scale import common_mpp, rescale_factor
+
+    if labelled is None:
+        return
+    have = common_mpp(m.get("mpp") for m in PreparedDataset(labelled.dataset).images)
+    if have is not None and rescale_factor(have, mpp) != 1.0:
+        raise IrcrError(f"--labelled: {labelled.dataset} is at {have:g} µm/px, the model at "
+                        f"{mpp:g}; prepare the labelled data at the model's pixel size")
+
+
 def _prior(req: AdaptRequest, loaded: LoadedModel) -> tuple[str | None, str]:
     if req.method != "ircr":
         return None, "none (mean_teacher)"
@@ -193,7 +206,8 @@ def training_config(req: AdaptRequest, loaded: LoadedModel, data: AdaptData,
     model_cfg["pretrained"] = None
     cfg: dict[str, Any] = {
         "data": {"dataset": str(data.path), "split": str(data.split),
-                 "patch_size": data.patch_size, "batch_size": 4 if labelled else 0},
+                 "patch_size": data.patch_size, "batch_size": 4 if labelled else 0,
+                 "context_margin": min(100, data.patch_size * 3 // 8)},
         "model": model_cfg,
         "train": {"epochs": math.ceil(req.iterations / ipe), "iterations_per_epoch": ipe,
                   "max_iterations": req.iterations, "lr_steps": [], "seed": req.seed,
@@ -272,7 +286,8 @@ def _annotate(folder: Path, req: AdaptRequest, loaded: LoadedModel, used: list[s
               "seed": req.seed, "prior": prior_text,
               "labelled": None if labelled is None else {
                   "dataset": str(labelled.dataset), "split": labelled.split}}
-    src_card = loaded.meta.get("card") if isinstance(loaded.meta.get("card"), dict) else {}
+    got = loaded.meta.get("card")
+    src_card: dict[str, Any] = got if isinstance(got, dict) else {}
     card = {"description": f"{source} adapted with ircr adapt ({req.method}, {iterations} "
                            f"iterations) to {len(used)} target image(s)/slide(s) without "
                            "their labels",
@@ -303,6 +318,8 @@ def run_adapt(req: AdaptRequest, resume: bool = False, stop_after: int | None = 
         torch.set_num_threads(req.threads)
     loaded = _source_model(req.model)
     labelled = labelled_choice(loaded.meta, req.labelled, req.labelled_split)
+    assert loaded.mpp is not None
+    check_labelled_mpp(labelled, loaded.mpp)
     prior, prior_text = _prior(req, loaded)
     data, used, skipped = _prepare_data(req, loaded, labelled, resume)
     _say(_summary(req, loaded, data, labelled, prior_text, used))
