@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prior", default=None, metavar="NPZ",
                    help="PIAC prior (default: the model folder's prior.npz, else the packaged one)")
     p.add_argument("--mpp", type=float, default=None,
-                   help="µm/px of targets whose files do not say (others are skipped)")
+                   help="µm/px of every target (wins over the files', as for ircr segment); "
+                        "without it, targets whose files state none are skipped")
     p.add_argument("--tiles", type=int, default=64, help="target tiles to sample (64)")
     p.add_argument("--tile-size", type=int, default=256, help="tile side in px at the model's "
                                                               "µm/px (256)")

@@ -58,7 +58,8 @@ class AdaptRequest:
             exists, ``"none"`` = no supervised term, else a prepared dataset folder.
         labelled_split: split of ``labelled`` (None: see ``adapt_data.labelled_choice``).
         prior: PIAC prior .npz (None: the model folder's prior.npz, else the packaged one).
-        mpp: µm/px of targets whose files do not say (None: such targets are skipped).
+        mpp: µm/px of every target, winning over the files' (None: the files' own; a target
+            without one is skipped).
         tiles, tile_size: target tiles sampled (tile_size px at the model's µm/px).
         iterations, seed, device, threads, progress: as for ``ircr train``.
         overrides: ``--set KEY=VALUE`` on the training config (applied last).
