@@ -12,8 +12,8 @@ from ircr.errors import IrcrError
 
 # Subcommand modules under ircr.cli; each defines ``register(subparsers)`` which adds its
 # parser and sets ``func=handler`` where ``handler(args) -> int``.
-SUBCOMMANDS = ("data", "train", "pretrain", "evaluate", "tune", "segment", "models", "prior",
-               "demo", "experiment")
+SUBCOMMANDS = ("data", "train", "pretrain", "adapt", "evaluate", "tune", "segment", "models",
+               "prior", "demo", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:

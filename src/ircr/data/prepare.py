@@ -170,6 +170,7 @@ def prepare_samples(
     test_fraction: float = 0.0,
     extra: dict[str, Any] | None = None,
     progress: Callable[[int, str], None] | None = None,
+    split: bool = True,
 ) -> PrepareResult:
     """Write ``samples`` as a prepared dataset under ``out`` plus one split.
 
@@ -182,6 +183,8 @@ def prepare_samples(
             make_split; BASS's 6:2:2 protocol: val_fraction=0.2, test_fraction=0.2).
         extra: more JSON-safe keys for the index (e.g. reader root/options).
         progress: called as ``progress(i, name)`` after each image.
+        split: write the split file (False: the caller writes its own, e.g. ``ircr adapt``
+            for a dataset that may have no labelled image).
     """
     stride = _check_grid(patch, stride)
     r = parse_ratio(ratio)
@@ -202,10 +205,11 @@ def prepare_samples(
             raise IrcrError(f"{out}: the dataset '{source}' yielded no images")
         names = [e["name"] for e in entries]
         _write_patches(work / "patches.csv", patches, names)
-        plan = make_split([e["labelled"] for e in entries], patches, r, seed, val_fraction,
-                          test_fraction)
         rel = Path("splits") / f"{split_name(r, seed, val_fraction, test_fraction)}.yaml"
-        write_split(work / rel, plan, names, int(patch), stride, source)
+        if split:
+            plan = make_split([e["labelled"] for e in entries], patches, r, seed,
+                              val_fraction, test_fraction)
+            write_split(work / rel, plan, names, int(patch), stride, source)
         index = {
             "format": FORMAT, "version": 1, "ircr_version": __version__, "source": source,
             "patch": int(patch), "stride": stride, "n_images": len(entries),
@@ -218,7 +222,7 @@ def prepare_samples(
         raise
     return PrepareResult(
         out, len(entries), sum(e["labelled"] for e in entries), len(patches),
-        sum(e["nuclei"] for e in entries), [out / rel],
+        sum(e["nuclei"] for e in entries), [out / rel] if split else [],
     )
 
 

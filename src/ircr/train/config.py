@@ -50,7 +50,9 @@ class DataConfig:
         context_margin: pixels read around each patch before the geometric augmentation, so
             rotation/scaling bring in real tissue and HV targets of nuclei cut by the patch
             border are right; targets are cropped back to P x P afterwards.
-        batch_size: labelled patches per iteration (paper: 4).
+        batch_size: labelled patches per iteration (paper: 4); 0 = no labelled batch and no
+            supervised term (methods with unlabelled data only, e.g. ``ircr adapt`` without
+            labelled data).
         batch_size_unlabelled: unlabelled patches per iteration (paper: 4).
         workers: DataLoader worker processes (0 = load in the main process).
         augment: geometric + photometric augmentation (HoVer-Net ranges).
@@ -92,6 +94,9 @@ class TrainConfig:
         progress: show a tqdm progress bar.
         tensorboard: write TensorBoard events when tensorboard is installed.
         grad_clip: clip the gradient norm to this value (None = no clipping).
+        init_weights: start the network from these full weights (a model folder or its
+            weights.pt; the architecture of ``model:`` must match exactly) instead of a
+            random / ``model.pretrained`` start; ignored when resuming (fine-tuning, adapt).
     """
 
     epochs: int = bounded(150, 1, MAX_EPOCHS)
@@ -113,6 +118,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     grad_clip: float | None = None
+    init_weights: Path | None = None
 
 
 # The one flat option bag of every method before methods owned their options: a config
@@ -222,7 +228,7 @@ class ExperimentConfig:
         checks: list[tuple[bool, str, str]] = [
             (d.patch_size >= 16, "data.patch_size", "must be >= 16"),
             (d.context_margin >= 0, "data.context_margin", "must be >= 0"),
-            (d.batch_size >= 1, "data.batch_size", "must be >= 1"),
+            (d.batch_size >= 0, "data.batch_size", "must be >= 0 (0 = no labelled batch)"),
             (d.batch_size_unlabelled >= 1, "data.batch_size_unlabelled", "must be >= 1"),
             (d.workers >= 0, "data.workers", "must be >= 0"),
             (t.epochs >= 1, "train.epochs", "must be >= 1"),

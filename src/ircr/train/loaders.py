@@ -212,11 +212,24 @@ class IterationSet(Dataset[dict[str, Any]]):
 
     def __getitem__(self, it: int) -> dict[str, Any]:
         b, bu = self.cfg.data.batch_size, self.cfg.data.batch_size_unlabelled
-        out = {"labelled": _collate([self.labelled_sample(it * b + j) for j in range(b)])}
+        out = {"labelled": _collate([self.labelled_sample(it * b + j) for j in range(b)])
+               if b else empty_labelled(self.size, self.instances)}
         if self.uses_unlabelled:
             out["unlabelled"] = _collate([self.unlabelled_sample(it * bu + j)
                                           for j in range(bu)])
         return out
+
+
+def empty_labelled(size: int, instances: bool = False) -> dict[str, torch.Tensor]:
+    """The labelled batch of ``data.batch_size: 0``: every key of base.py with N = 0."""
+    out = {"image": torch.zeros(0, 3, size, size), "np": torch.zeros(0, size, size,
+                                                                     dtype=torch.int64),
+           "hv": torch.zeros(0, 2, size, size), "valid": torch.zeros(0, size, size,
+                                                                     dtype=torch.bool),
+           "index": torch.zeros(0, dtype=torch.int64)}
+    if instances:
+        out["inst"] = torch.zeros(0, size, size, dtype=torch.int64)
+    return out
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -259,7 +272,10 @@ class IterationData:
                  instances: bool = False) -> None:
         self.cfg = cfg
         self.set = IterationSet(ds, split, cfg, extra, uses_unlabelled, instances)
-        if not self.set.lab_pool:
+        if cfg.data.batch_size == 0 and not uses_unlabelled:
+            raise IrcrError(f"{where}: data.batch_size 0 (no labelled batch) needs a method "
+                            f"with unlabelled data, not '{cfg.method.name}'")
+        if cfg.data.batch_size and not self.set.lab_pool:
             raise IrcrError(f"{where}: data.split '{split.name}' has no labelled patches")
         if uses_unlabelled and not self.set.unl_pool:
             raise IrcrError(f"{where}: method '{cfg.method.name}' needs unlabelled patches but "

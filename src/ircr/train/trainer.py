@@ -54,6 +54,7 @@ from ircr.train.checkpoint import (
     save_checkpoint,
 )
 from ircr.train.config import ExperimentConfig, experiment_from_dict
+from ircr.train.init_weights import load_init_weights
 from ircr.train.logging import MetricsLogger
 from ircr.train.methods import Method, get_method
 from ircr.train.stop import CheckpointClock, StopRequest, TrainingStopped
@@ -139,6 +140,8 @@ class Trainer:
         self.wbis_params = cfg.postproc
         self.method: Method = method_cls(cfg.method.options, self)
         self.model: nn.Module = self.method.build_model().to(self.device)
+        if cfg.train.init_weights is not None and not (self.resume and last.is_file()):
+            load_init_weights(self.model, cfg.train.init_weights)  # before the EMA teacher
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           betas=(0.9, 0.999), weight_decay=cfg.train.weight_decay)
         self.method.setup()
@@ -170,7 +173,12 @@ class Trainer:
 
     def supervised_loss(self, outputs: dict[str, Tensor],
                         labelled: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """HoVer-Net L_sup (NP CE + Dice, HV MSE + MSGE) on valid pixels, in float32."""
+        """HoVer-Net L_sup (NP CE + Dice, HV MSE + MSGE) on valid pixels, in float32.
+
+        An empty labelled batch (``data.batch_size: 0``) gives 0 (still part of the graph).
+        """
+        if labelled["image"].shape[0] == 0:
+            return outputs["np"].float().sum() * 0.0, {}
         out = {k: v.float() for k, v in outputs.items()}
         with torch.autocast(device_type=self.device.type, enabled=False):
             loss, parts = hovernet_loss(out, labelled["np"], labelled["hv"], self.cfg.loss,

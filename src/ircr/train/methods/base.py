@@ -77,7 +77,8 @@ What a method can do
 Batch dicts (tensors already on ``trainer.device``)
 ----------------------------------------------------
 
-``labelled`` (always given; batch size ``cfg.data.batch_size``)::
+``labelled`` (always given; batch size ``cfg.data.batch_size``, which may be 0 for methods with
+unlabelled data: then every key below has N = 0 and ``trainer.supervised_loss`` returns 0)::
 
     "image": (N, 3, H, W) float32, values 0..255, RGB; geometric + photometric augmentation
              (HoVer-Net ranges) already applied. Feed it to the model as is.
