@@ -16,6 +16,8 @@ SIGTERM is handled like Ctrl-C: the unfinished temporary files are removed.
 With more than one input (or a folder), OUTDIR also gets ``ircr_nuclei_all.csv`` (every
 nucleus, with its image), ``ircr_summary.csv`` and ``ircr_summary.json``
 (:mod:`ircr.engine.folder_outputs`; inputs skipped by ``--skip-done`` are included).
+``--cluster`` (Dask) and ``--shard I/N`` run one task per input, ``ircr segment merge OUTDIR``
+rebuilds the summary of shards (:mod:`ircr.cli.cohort`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ircr.cli.options import add_device, add_inference, add_progress
+from ircr.cli.cohort import add_cohort_options, is_merge, run_cohort, run_merge, wants_cohort
+from ircr.cli.options import add_cluster, add_device, add_inference, add_progress
 from ircr.errors import IrcrError
 
 
@@ -47,8 +50,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", dest="model", default=None, metavar="MODEL",
                    help="model folder or packaged model name (`ircr models list`); then "
                         "every positional argument is an input")
-    p.add_argument("-o", "--out", type=Path, required=True, metavar="OUTDIR",
-                   help="output folder (created)")
+    p.add_argument("-o", "--out", type=Path, default=None, metavar="OUTDIR",
+                   help="output folder (created; required)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--outputs", default=None,
                    help="comma-separated outputs (default: all; built in: labels, geojson, "
@@ -74,6 +77,8 @@ def register(subparsers: Any) -> None:
                    help="prior .npz for the prior_score column (default: the model's, else "
                         "the packaged one)")
     add_progress(p)
+    add_cluster(p, "one task per input")
+    add_cohort_options(p)
     again = p.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true",
                        help="replace existing outputs (default: refuse)")
@@ -170,6 +175,10 @@ def handler(args: argparse.Namespace) -> int:
     from ircr.engine.outputs import check_outputs, output_names
     from ircr.engine.segmenter import load_model
 
+    if is_merge(args):
+        return run_merge(args)
+    if args.out is None:
+        raise IrcrError("ircr segment: -o/--out OUTDIR is required")
     if args.outputs is None:
         args.outputs = ",".join(output_names())
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
@@ -183,6 +192,8 @@ def handler(args: argparse.Namespace) -> int:
     from ircr.io.paths import ensure_dir
 
     ensure_dir(args.out)
+    if wants_cohort(args):  # --cluster / --shard: one task per input (ircr.engine.cohort)
+        return run_cohort(args, model, files, outputs)
     seg = load_model(model, device=args.device, batch_size=args.batch_size, amp=args.amp,
                      tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers,
                      window=args.window, overlap=args.overlap, compile=args.compile)
