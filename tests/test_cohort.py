@@ -53,7 +53,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, monuseg_root: Path) -> Path
     tiles = sorted((monuseg_root / "images").glob("*.tif"))[:4]
     for stem, src, (y, x) in zip(STEMS[:3], tiles, [(0, 0), (300, 500), (700, 200)]):
         tifffile.imwrite(folder / f"{stem}.tif", tifffile.imread(src)[y:y + CROP, x:x + CROP])
-    img = np.ascontiguousarray(tifffile.imread(tiles[3])[100:100 + 240, 400:400 + 208])
+    img = np.ascontiguousarray(tifffile.imread(tiles[3])[100:100 + 192, 400:400 + 160])
     write_pyramid(folder / "slide.tif", img, 0.25, levels=2)
     return folder
 
@@ -172,12 +172,20 @@ def test_skip_done_rerun_on_the_scheduler_does_no_work(
 
 
 def test_shards_then_merge_give_the_serial_summary(
-        inputs: Path, serial: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        inputs: Path, serial: Path, client: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Shard 2/2 on the cluster, shard 1/2 serially (this process), then merge."""
     out = tmp_path / "out"
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
-    for shard in ("2/2", "1/2"):
-        assert main(["segment", str(inputs), "-o", str(out), *COMMON, "--shard", shard]) == 0
-        assert not (out / "ircr_summary.csv").exists()  # a shard writes no cohort summary
+    try:
+        for shard, where in (("2/2", ["--cluster", client.scheduler.address]), ("1/2", [])):
+            assert main(["segment", str(inputs), "-o", str(out), *COMMON, "--shard", shard,
+                         *where]) == 0
+            assert not (out / "ircr_summary.csv").exists()  # a shard writes no summary
+    finally:
+        torch.set_num_threads(n)
+    assert len(list(out.glob("*_summary.json"))) == 4
     assert main(["segment", "merge", str(out)]) == 0, capsys.readouterr().err
     assert summary_rows(out) == summary_rows(serial)
     assert nuclei_lines(out) == nuclei_lines(serial)
@@ -224,7 +232,8 @@ def test_experiment_runs_as_cluster_tasks(client: Any, tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     prepare_dataset("synthetic", None, ds, options={"n_images": 4, "size": 128}, patch=64,
                     ratio="1/4", val_fraction=0.25)
-    proto = protocol(tmp_path, ds, split_seeds=[0], train_seeds=[10])
+    proto = protocol(tmp_path, ds, split_seeds=[0], train_seeds=[10, 11],
+                     methods=[{"name": "supervised"}])
     lines: list[str] = []
     t0 = time.time()
     s = run_experiment(proto, tmp_path / "exp", client=client, progress_every=0,

@@ -85,6 +85,7 @@ def run_cohort(args: argparse.Namespace, model: Any, files: list[tuple[Path, Pat
     if shard:
         _log(f"shard {shard[0]}/{shard[1]} finished; when every shard is: "
              f"ircr segment merge {args.out}")
-    for image, reason in res.failed:
-        print(f"ircr: error: {image}: {reason}", file=sys.stderr)
+    for image, reason in res.failed:  # the reason names the file when it is about the file
+        named = Path(image).name in reason
+        print(f"ircr: error: {'' if named else image + ': '}{reason}", file=sys.stderr)
     return 1 if res.failed else 0

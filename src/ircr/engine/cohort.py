@@ -19,6 +19,7 @@ rebuilds once every shard is done.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -119,6 +120,18 @@ def build_segmenter(**kwargs: Any) -> Any:
     from ircr.engine.segmenter import load_model
 
     return load_model(**kwargs)
+
+
+def model_setup(model: str | Path | None, options: dict[str, Any]) -> WorkerSetup:
+    """The workers' model recipe; its key changes with the folder's files (a retrained model
+    in the same folder is loaded again on a long-lived cluster)."""
+    folder = resolve_model(model)
+    files = sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size)
+                   for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
+    key = f"segmenter:{folder.resolve()}:{files}:{sorted(options.items())}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return WorkerSetup(f"segmenter-{digest}", build_segmenter,
+                       {"path": str(folder), **options})
 
 
 def segment_task(seg: Any, task: tuple[CohortInput, SegmentJob]) -> dict[str, Any]:
@@ -223,9 +236,7 @@ def segment_cohort(inputs: Sequence[Any], out: str | Path, model: str | Path | N
     check_outputs(names)
     job = SegmentJob(Path(out), tuple(names), mpp, tissue, overwrite, skip_done)
     items = select_shard(_as_inputs(inputs), shard)
-    setup = WorkerSetup(f"segmenter:{resolve_model(model)}:{sorted((load_options or {}).items())}",
-                        build_segmenter, {"path": str(resolve_model(model)),
-                                          **(load_options or {})})
+    setup = model_setup(model, load_options or {})
     rows: list[dict[str, Any] | None] = [None] * len(items)
     todo = []
     for k, item in enumerate(items):

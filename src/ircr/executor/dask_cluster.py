@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import CancelledError
 from typing import Any
 
 from ircr.errors import IrcrError
@@ -32,9 +33,13 @@ from ircr.executor.base import (
 try:
     from distributed import Client, LocalCluster, Nanny, as_completed
     from distributed.diagnostics.plugin import WorkerPlugin
+    from distributed.scheduler import KilledWorker
 except ImportError:  # pragma: no cover - the extra is not installed
     Client = LocalCluster = Nanny = as_completed = None  # type: ignore[assignment,misc]
     WorkerPlugin = object  # type: ignore[assignment,misc]
+    KilledWorker = RuntimeError  # type: ignore[assignment,misc]
+
+RESUBMITS = 3  # a result lost with its worker is computed again at most this often
 
 INSTALL_HINT = ('needs Dask distributed: pip install "dask[distributed]" '
                 '(or the ircr[cluster] extra)')
@@ -44,8 +49,11 @@ class WorkerInit(WorkerPlugin):  # type: ignore[misc,valid-type]
     """Runs on every worker when it joins: torch threads, then the state of ``setup``.
 
     A failing setup is not raised here (it would only reach the worker's log): each task
-    then builds the state again and reports the reason as its error.
+    then builds the state again and reports the reason as its error. Idempotent: the name
+    holds the recipe's key, so registering the same recipe again keeps the built state.
     """
+
+    idempotent = True
 
     def __init__(self, setup: WorkerSetup | None, threads: int | None) -> None:
         self.recipe, self.threads = setup, threads
@@ -141,28 +149,45 @@ class DaskExecutor(Executor):
 
     def map(self, fn: TaskFn, items: Sequence[Any],
             setup: WorkerSetup | None = None) -> Iterator[Outcome]:
-        """Submit every item, yield outcomes as they complete; cancel the rest on exit."""
+        """Submit every item, yield outcomes as they complete; cancel the rest on exit.
+
+        A result lost with its worker before it was fetched (the worker died right after
+        the task) is submitted again, up to :data:`RESUBMITS` times; ``KilledWorker`` (the
+        scheduler gave up after workers kept dying while running it) is the item's error.
+        """
         if setup is not None or self.threads:
             name = f"ircr-init-{setup.key if setup else 'threads'}-{self.threads or 0}"
             self.client.register_plugin(WorkerInit(setup, self.threads), name=name)
         token = uuid.uuid4().hex[:8]
-        futures = {self.client.submit(run_task, fn, setup, i, item, pure=False,
-                                      key=f"ircr-{token}-{i}"): i
-                   for i, item in enumerate(items)}
-        pending = set(futures)
+        done = as_completed()
+        live: dict[str, tuple[Any, int, int]] = {}  # key -> (future, index, attempt)
+
+        def submit(i: int, attempt: int) -> None:
+            fut = self.client.submit(run_task, fn, setup, i, items[i], pure=False,
+                                     key=f"ircr-{token}-{i}-{attempt}")
+            live[fut.key] = (fut, i, attempt)
+            done.add(fut)
+
+        for i in range(len(items)):
+            submit(i, 0)
         try:
-            for fut in as_completed(list(futures)):
-                pending.discard(fut)
-                i = futures[fut]
+            for fut in done:
+                _, i, attempt = live.pop(fut.key)
                 try:
                     out = fut.result()
-                except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: workers kept dying
+                except KilledWorker as exc:
+                    out = Outcome(i, error=one_line(exc))
+                except (Exception, CancelledError) as exc:  # noqa: BLE001 - result lost
+                    if attempt < RESUBMITS:
+                        submit(i, attempt + 1)
+                        fut.release()
+                        continue
                     out = Outcome(i, error=one_line(exc))
                 fut.release()
                 yield out
         finally:
-            if pending:
-                self.client.cancel(list(pending))
+            if live:
+                self.client.cancel([f for f, _, _ in live.values()])
 
     def close(self) -> None:
         """Close the client and the local cluster this executor started."""
