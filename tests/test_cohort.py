@@ -16,8 +16,6 @@ import csv
 import json
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ import torch
 from ircr.cli.main import main
 from ircr.engine.cohort import CohortInput, parse_shard, segment_cohort, select_shard
 from ircr.errors import IrcrError
-from ircr.executor.dask_cluster import local_cluster
+from ircr.executor.dask_cluster import local_cluster, worker_specs
 from test_wsi import write_pyramid
 
 try:
@@ -114,7 +112,6 @@ class Killer:
 
     def __init__(self, client: Any) -> None:
         self.client, self.killed, self.lines = client, None, []
-        self.lock = threading.Lock()
 
     def __call__(self, line: str) -> None:
         self.lines.append(line)
@@ -179,16 +176,28 @@ def test_shards_then_merge_give_the_serial_summary(
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for shard, where in (("2/2", ["--cluster", client.scheduler.address]), ("1/2", [])):
+        for shard, where in (("2/2", ["--cluster", client.scheduler.address,
+                                      "--threads-per-worker", "2"]), ("1/2", [])):
             assert main(["segment", str(inputs), "-o", str(out), *COMMON, "--shard", shard,
                          *where]) == 0
             assert not (out / "ircr_summary.csv").exists()  # a shard writes no summary
+        assert set(client.run(torch.get_num_threads).values()) == {2}
     finally:
         torch.set_num_threads(n)
+        client.run(torch.set_num_threads, 1)
     assert len(list(out.glob("*_summary.json"))) == 4
     assert main(["segment", "merge", str(out)]) == 0, capsys.readouterr().err
     assert summary_rows(out) == summary_rows(serial)
     assert nuclei_lines(out) == nuclei_lines(serial)
+
+
+def test_local_workers_get_one_gpu_each() -> None:
+    specs = worker_specs(3, 2, {"nthreads": 1, "env": {"A": "1"}})
+    assert [s["options"]["env"] for s in specs.values()] == [
+        {"A": "1", "CUDA_VISIBLE_DEVICES": "0"}, {"A": "1", "CUDA_VISIBLE_DEVICES": "1"},
+        {"A": "1", "CUDA_VISIBLE_DEVICES": "0"}]
+    assert all(s["options"]["nthreads"] == 1 for s in specs.values())
+    assert [s["options"]["env"] for s in worker_specs(2, 0, {}).values()] == [{}, {}]
 
 
 def test_shard_selection_is_deterministic_and_covers_every_input() -> None:
@@ -224,7 +233,9 @@ def test_merge_of_a_folder_without_results_is_a_one_line_error(
     assert capsys.readouterr().err.strip().startswith(f"ircr: error: {tmp_path}: no finished")
 
 
-def test_experiment_runs_as_cluster_tasks(client: Any, tmp_path: Path) -> None:
+def test_experiment_runs_as_cluster_tasks(client: Any, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``ircr experiment --cluster tcp://...``: 2 runs as tasks, the report; a rerun skips."""
     from ircr.data.prepare import prepare_dataset
     from ircr.experiment.runner import run_experiment
     from test_experiment import protocol
@@ -234,15 +245,16 @@ def test_experiment_runs_as_cluster_tasks(client: Any, tmp_path: Path) -> None:
                     ratio="1/4", val_fraction=0.25)
     proto = protocol(tmp_path, ds, split_seeds=[0], train_seeds=[10, 11],
                      methods=[{"name": "supervised"}])
-    lines: list[str] = []
-    t0 = time.time()
-    s = run_experiment(proto, tmp_path / "exp", client=client, progress_every=0,
-                       log=lines.append)
-    assert (s["runs"], s["done"], s["failed"]) == (2, 2, 0), lines
-    assert any("2 run(s) on dask, 2 worker(s)" in line for line in lines)
-    for run in (tmp_path / "exp" / "runs").iterdir():
+    rc = main(["experiment", str(proto), "--out", str(tmp_path / "exp"), "--progress-every",
+               "0", "--cluster", client.scheduler.address])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "2 run(s) on dask, 2 worker(s)" in printed and "[2/2]" in printed
+    runs = sorted((tmp_path / "exp" / "runs").iterdir())
+    assert len(runs) == 2 and (tmp_path / "exp" / "report.md").is_file()
+    for run in runs:
         doc = json.loads((run / "metrics.json").read_text())
         assert doc["status"] == "done" and (run / "model" / "weights.pt").is_file()
-    assert (tmp_path / "exp" / "report.md").is_file() and time.time() - t0 < 120
+    lines: list[str] = []
     again = run_experiment(proto, tmp_path / "exp", client=client, log=lines.append)
-    assert (again["skipped"], again["done"]) == (2, 0)
+    assert (again["runs"], again["skipped"], again["done"]) == (2, 2, 0)

@@ -80,19 +80,28 @@ def gpu_count() -> int:
         return 0
 
 
+def worker_specs(n_workers: int, gpus: int, options: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """``SpecCluster`` worker specs: Nanny ``i`` with ``options``, seeing only GPU ``i % gpus``
+    (``CUDA_VISIBLE_DEVICES``, set before the worker process starts) when ``gpus``."""
+    specs = {}
+    for i in range(n_workers):
+        env = {**options.get("env", {}), "CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus \
+            else dict(options.get("env", {}))
+        specs[i] = {"cls": Nanny, "options": {**options, "env": env}}
+    return specs
+
+
 def local_cluster(n_workers: int, gpus: int | None = None) -> Any:
     """A ``LocalCluster`` of ``n_workers`` single-task worker processes (Nanny-restarted).
 
     With ``gpus`` (default: the visible CUDA devices) worker ``i`` sees only GPU
-    ``i % gpus`` through ``CUDA_VISIBLE_DEVICES``.
+    ``i % gpus`` (:func:`worker_specs`).
     """
     gpus = gpu_count() if gpus is None else gpus
     cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
                            dashboard_address=":0", silence_logs=logging.ERROR)
-    opts = dict(cluster.new_spec["options"])
-    for i in range(n_workers):
-        env = {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {}
-        cluster.worker_spec[i] = {"cls": Nanny, "options": {**opts, "env": env}}
+    cluster.worker_spec.update(worker_specs(n_workers, gpus,
+                                            dict(cluster.new_spec["options"])))
     cluster.scale(n_workers)
     return cluster
 
