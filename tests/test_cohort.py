@@ -227,6 +227,12 @@ def test_bad_cluster_and_shard_values_are_one_line_errors(
     assert "Traceback" not in "\n".join(err)
 
 
+def test_experiment_refuses_jobs_with_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["experiment", "p.yaml", "--jobs", "2", "--cluster", "local:2"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "ircr: error: --jobs and --cluster: choose one (--cluster local:N runs N at once)"
+
+
 def test_merge_of_a_folder_without_results_is_a_one_line_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["segment", "merge", str(tmp_path)]) == 2

@@ -52,6 +52,8 @@ def handler(args: argparse.Namespace) -> int:
         from ircr.executor import parse_cluster
 
         parse_cluster(args.cluster)
+        if args.jobs != 1:
+            raise IrcrError("--jobs and --cluster: choose one (--cluster local:N runs N at once)")
     proto = Path(args.protocol)
     out = args.out or Path("experiments") / proto.stem
     summary = run_experiment(proto, out, jobs=args.jobs, budget_minutes=args.budget_minutes,

@@ -193,7 +193,8 @@ def handler(args: argparse.Namespace) -> int:
 
     ensure_dir(args.out)
     if wants_cohort(args):  # --cluster / --shard: one task per input (ircr.engine.cohort)
-        return run_cohort(args, model, files, outputs)
+        with _sigterm_as_interrupt():
+            return run_cohort(args, model, files, outputs)
     seg = load_model(model, device=args.device, batch_size=args.batch_size, amp=args.amp,
                      tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers,
                      window=args.window, overlap=args.overlap, compile=args.compile)

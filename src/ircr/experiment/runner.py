@@ -286,6 +286,11 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
         raise IrcrError(f"--jobs must be >= 1, got {jobs}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise IrcrError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    if cluster is not None and jobs == 1:  # a time budget is planned for N runs at once
+        from ircr.executor import parse_cluster
+
+        kind, target = parse_cluster(cluster)
+        jobs = int(target) if kind == "local" else jobs
     t0 = time.time()
     proto = load_protocol(protocol_path)
     runs = expand(proto, str(protocol_path))
