@@ -227,6 +227,14 @@ def test_bad_cluster_and_shard_values_are_one_line_errors(
     assert "Traceback" not in "\n".join(err)
 
 
+def test_unreachable_scheduler_is_a_one_line_error() -> None:
+    from ircr.executor.dask_cluster import DaskExecutor
+
+    with pytest.raises(IrcrError, match="^--cluster: cannot start or reach scheduler "
+                                        "tcp://127.0.0.1:1: OSError: Timed out"):
+        DaskExecutor("address", "tcp://127.0.0.1:1", timeout=1)
+
+
 def test_experiment_refuses_jobs_with_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["experiment", "p.yaml", "--jobs", "2", "--cluster", "local:2"]) == 2
     assert capsys.readouterr().err.strip() == \

@@ -125,26 +125,29 @@ class DaskExecutor(Executor):
             raise IrcrError(f"--cluster: {INSTALL_HINT}")
         self.threads, self._own_client = threads, client is None
         self.cluster: Any = None
+        self.client: Any = None
         self.where = "a given client"
         if client is None:
             client = self._connect(kind, target, timeout)
         self.client = client
 
     def _connect(self, kind: str, target: Any, timeout: float) -> Any:
+        self.where = f"a local cluster of {target} workers" if kind == "local" \
+            else f"scheduler {target}"
         try:
             if kind == "local":
                 self.cluster = local_cluster(int(target))
-                client = Client(self.cluster)
-                client.wait_for_workers(int(target), timeout=timeout)
+                self.client = Client(self.cluster)
+                self.client.wait_for_workers(int(target), timeout=timeout)
                 self.where = f"local cluster ({self.cluster.dashboard_link})"
-                return client
-            self.where = f"scheduler {target}"
+                return self.client
+            wait = min(timeout, 30.0)  # a scheduler that is up answers at once
             if kind == "file":
-                return Client(scheduler_file=str(target), timeout=timeout)
-            return Client(str(target), timeout=timeout)
+                return Client(scheduler_file=str(target), timeout=wait)
+            return Client(str(target), timeout=wait)
         except (OSError, TimeoutError) as exc:
             self.close()
-            raise IrcrError(f"--cluster: cannot reach {self.where or target}: "
+            raise IrcrError(f"--cluster: cannot start or reach {self.where}: "
                             f"{one_line(exc)}") from None
 
     @property
@@ -200,9 +203,8 @@ class DaskExecutor(Executor):
 
     def close(self) -> None:
         """Close the client and the local cluster this executor started."""
-        client = getattr(self, "client", None)
-        if client is not None and self._own_client:
-            client.close()
+        if self.client is not None and self._own_client:
+            self.client.close()
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
