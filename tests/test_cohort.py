@@ -191,6 +191,21 @@ def test_shards_then_merge_give_the_serial_summary(
     assert nuclei_lines(out) == nuclei_lines(serial)
 
 
+def test_the_model_travels_as_a_recipe_not_as_weights() -> None:
+    """What the worker plugin pickles to the scheduler is the folder path and options."""
+    import pickle
+
+    from ircr.engine.cohort import model_setup
+    from ircr.engine.packaged import resolve_model
+    from ircr.executor.dask_cluster import WorkerInit
+
+    setup = model_setup(None, {"device": "cpu"})
+    weights = resolve_model(None) / "weights.pt"
+    assert weights.stat().st_size > 100_000
+    assert len(pickle.dumps(WorkerInit(setup, 1))) < 2_000
+    assert setup.kwargs == {"path": str(resolve_model(None)), "device": "cpu"}
+
+
 def test_local_workers_get_one_gpu_each() -> None:
     specs = worker_specs(3, 2, {"nthreads": 1, "env": {"A": "1"}})
     assert [s["options"]["env"] for s in specs.values()] == [
