@@ -176,15 +176,12 @@ def test_shards_then_merge_give_the_serial_summary(
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for shard, where in (("2/2", ["--cluster", client.scheduler.address,
-                                      "--threads-per-worker", "2"]), ("1/2", [])):
+        for shard, where in (("2/2", ["--cluster", client.scheduler.address]), ("1/2", [])):
             assert main(["segment", str(inputs), "-o", str(out), *COMMON, "--shard", shard,
                          *where]) == 0
             assert not (out / "ircr_summary.csv").exists()  # a shard writes no summary
-        assert set(client.run(torch.get_num_threads).values()) == {2}
     finally:
         torch.set_num_threads(n)
-        client.run(torch.set_num_threads, 1)
     assert len(list(out.glob("*_summary.json"))) == 4
     assert main(["segment", "merge", str(out)]) == 0, capsys.readouterr().err
     assert summary_rows(out) == summary_rows(serial)
@@ -264,7 +261,8 @@ def test_merge_of_a_folder_without_results_is_a_one_line_error(
 
 def test_experiment_runs_as_cluster_tasks(client: Any, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """``ircr experiment --cluster tcp://...``: 2 runs as tasks, the report; a rerun skips."""
+    """``ircr experiment --cluster tcp://... --threads-per-worker 2``: 2 runs as tasks with 2
+    torch threads each, the report; a rerun skips them."""
     from ircr.data.prepare import prepare_dataset
     from ircr.experiment.runner import run_experiment
     from test_experiment import protocol
@@ -274,8 +272,12 @@ def test_experiment_runs_as_cluster_tasks(client: Any, tmp_path: Path,
                     ratio="1/4", val_fraction=0.25)
     proto = protocol(tmp_path, ds, split_seeds=[0], train_seeds=[10, 11],
                      methods=[{"name": "supervised"}])
-    rc = main(["experiment", str(proto), "--out", str(tmp_path / "exp"), "--progress-every",
-               "0", "--cluster", client.scheduler.address])
+    try:
+        rc = main(["experiment", str(proto), "--out", str(tmp_path / "exp"), "--progress-every",
+                   "0", "--cluster", client.scheduler.address, "--threads-per-worker", "2"])
+        assert set(client.run(torch.get_num_threads).values()) == {2}  # the workers' torch
+    finally:
+        client.run(torch.set_num_threads, 1)
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "2 run(s) on dask, 2 worker(s)" in printed and "[2/2]" in printed
