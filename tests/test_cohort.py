@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, monuseg_root: Path) -> Path
 
 
 @pytest.fixture(scope="module")
-def serial(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference: the serial ``ircr segment`` run of the folder."""
+def serial(inputs: Path, client: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the serial ``ircr segment`` run of the folder (while the workers
+    import torch and the engine)."""
     out = tmp_path_factory.mktemp("serial") / "out"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -77,7 +79,11 @@ def client() -> Any:
     cluster = local_cluster(2, gpus=0)
     c = Client(cluster)
     c.wait_for_workers(2, timeout=120)
+    warm = threading.Thread(target=c.run, args=(exec, "import ircr.engine.segmenter"),
+                            daemon=True)  # the workers import torch while `serial` runs
+    warm.start()
     yield c
+    warm.join()
     c.close()
     cluster.close()
 
