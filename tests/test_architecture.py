@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # (src/ircr/__init__.py: ircr.load_model over engine).
 LAYERS: list[set[str]] = [
     {"_version", "errors", "compat", "plugins"},
-    {"io"},
+    {"io", "executor"},
     {"config"},
     {"data"},
     {"models", "postproc", "metrics", "features", "losses"},

@@ -1,4 +1,4 @@
-"""``ircr experiment PROTOCOL.yaml [--out DIR] [--jobs N] [--budget-minutes M]``
+"""``ircr experiment PROTOCOL.yaml [--out DIR] [--jobs N | --cluster SPEC] [--budget-minutes M]``
 and ``ircr experiment report DIR``."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ircr.cli.options import add_device, add_progress
+from ircr.cli.options import add_cluster, add_device, add_progress
 from ircr.errors import IrcrError
 
 
@@ -25,6 +25,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="experiment folder (default: experiments/<protocol file stem>)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    add_cluster(p, "each run")
     p.add_argument("--budget-minutes", type=float, default=None, metavar="M",
                    help="wall-clock budget for the whole experiment: measure each method's "
                         "rate, give all runs of a ratio the iterations that fit, compress "
@@ -49,9 +50,16 @@ def handler(args: argparse.Namespace) -> int:
         return 0
     if args.folder is not None:
         raise IrcrError(f"ircr experiment: unexpected argument {args.folder} (use --out DIR)")
+    if args.cluster is not None:
+        from ircr.executor import parse_cluster
+
+        parse_cluster(args.cluster)
+        if args.jobs != 1:
+            raise IrcrError("--jobs and --cluster: choose one (--cluster local:N runs N at once)")
     proto = Path(args.protocol)
     out = args.out or Path("experiments") / proto.stem
     summary = run_experiment(proto, out, jobs=args.jobs, budget_minutes=args.budget_minutes,
                              dry_run=args.dry_run, progress_every=args.progress_every,
-                             device=args.device or None, progress=not args.no_progress)
+                             device=args.device or None, progress=not args.no_progress,
+                             cluster=args.cluster, threads_per_worker=args.threads_per_worker)
     return 1 if summary.get("failed") else 0

@@ -68,3 +68,13 @@ def add_inference(p: argparse.ArgumentParser) -> None:
                    help="overlap of adjacent windows in px (default: the model folder's)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="windows per forward pass (default: the model folder's)")
+
+
+def add_cluster(p: argparse.ArgumentParser, what: str) -> None:
+    """``--cluster`` and ``--threads-per-worker`` (:mod:`ircr.executor.factory`)."""
+    p.add_argument("--cluster", default=None, metavar="SPEC",
+                   help=f"run {what} as Dask tasks: local:N (a local cluster of N worker "
+                        "processes, one GPU each when there are GPUs), tcp://HOST:PORT (an "
+                        "existing scheduler) or a scheduler file .json")
+    p.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
+                   help="torch threads per Dask worker (default: cores / N on local:N)")

@@ -20,6 +20,8 @@ summary), and only then is the exit status non-zero (2).
 With more than one input (or a folder), OUTDIR also gets ``ircr_nuclei_all.csv`` (every
 nucleus, with its image), ``ircr_summary.csv`` and ``ircr_summary.json``
 (:mod:`ircr.engine.folder_outputs`; inputs skipped by ``--skip-done`` are included).
+``--cluster`` (Dask) and ``--shard I/N`` run one task per input, ``ircr segment merge OUTDIR``
+rebuilds the summary of shards (:mod:`ircr.cli.cohort`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ircr.cli.options import add_device, add_inference, add_progress
+from ircr.cli.cohort import add_cohort_options, is_merge, run_cohort, run_merge, wants_cohort
+from ircr.cli.options import add_cluster, add_device, add_inference, add_progress
 from ircr.errors import IrcrError
 
 
@@ -53,8 +56,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", dest="model", default=None, metavar="MODEL",
                    help="model folder or packaged model name (`ircr models list`); then "
                         "every positional argument is an input")
-    p.add_argument("-o", "--out", type=Path, required=True, metavar="OUTDIR",
-                   help="output folder (created)")
+    p.add_argument("-o", "--out", type=Path, default=None, metavar="OUTDIR",
+                   help="output folder (created; required)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--outputs", default=None,
                    help="comma-separated outputs (default: all; built in: labels, geojson, "
@@ -83,6 +86,8 @@ def register(subparsers: Any) -> None:
                    help="prior .npz for the prior_score column (default: the model's, else "
                         "the packaged one)")
     add_progress(p)
+    add_cluster(p, "one task per input")
+    add_cohort_options(p)
     again = p.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true",
                        help="replace existing outputs (default: refuse)")
@@ -228,6 +233,10 @@ def _segment(args: argparse.Namespace) -> int:
     from ircr.engine.folder_outputs import failed_row, write_folder_outputs
     from ircr.engine.outputs import check_outputs, output_names
 
+    if is_merge(args):
+        return run_merge(args)
+    if args.out is None:
+        raise IrcrError("ircr segment: -o/--out OUTDIR is required")
     if args.outputs is None:
         args.outputs = ",".join(output_names())
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
@@ -241,6 +250,9 @@ def _segment(args: argparse.Namespace) -> int:
     from ircr.io.paths import ensure_dir
 
     ensure_dir(args.out)
+    if wants_cohort(args):  # --cluster / --shard: one task per input (ircr.engine.cohort)
+        with _sigterm_as_interrupt():
+            return run_cohort(args, model, files, outputs)
     failures: list[tuple[Path, Path, str]] = []
     todo = _checked_inputs(files, args, failures)
     if len(files) == 1 and failures:

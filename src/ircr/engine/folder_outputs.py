@@ -76,9 +76,10 @@ def summary_row(image: str, summary: dict[str, Any], seconds: float,
             "csv": summary.get("outputs", {}).get("csv")}
 
 
-def failed_row(image: str, error: str) -> dict[str, Any]:
-    """The row of an input that failed (no outputs): its one-line error."""
-    return {"image": image, "status": "failed", "error": error}
+def failed_row(image: str, error: str, output_dir: Path | None = None) -> dict[str, Any]:
+    """The row of an input that failed (no outputs; ``error``: one line)."""
+    return {**{k: None for k in ROW_KEYS}, "image": image, "status": "failed", "error": error,
+            "output_dir": None if output_dir is None else str(output_dir), "csv": None}
 
 
 def _merge_csv(rows: Sequence[dict[str, Any]], tmp: Path) -> None:
@@ -86,6 +87,8 @@ def _merge_csv(rows: Sequence[dict[str, Any]], tmp: Path) -> None:
         w = csv.writer(fh)
         w.writerow(("image", *TABLE_COLUMNS))
         for r in rows:
+            if not r.get("csv"):  # a failed input
+                continue
             with open(r["csv"], newline="", encoding="utf-8") as src:
                 reader = csv.reader(src)
                 next(reader, None)
@@ -119,7 +122,7 @@ def _totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_folder_outputs(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
-    """Write the merged CSV (when every row has a per-image CSV) and both summaries.
+    """Write the merged CSV (when every finished row has a per-image CSV) and both summaries.
 
     Each file is written atomically (:mod:`ircr.io.atomic`); errors name the file.
     """

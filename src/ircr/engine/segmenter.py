@@ -204,7 +204,8 @@ class NucleusSegmenter:
                 outputs: Sequence[str] | None = None, mpp: float | None = None,
                 stem: str | None = None, tissue: bool = True, progress: bool = False,
                 log: Callable[[str], None] | None = None, overwrite: bool = False,
-                skip_done: bool = False, force: bool = False) -> dict[str, Any]:
+                skip_done: bool = False, force: bool = False,
+                clean_temps: bool = True) -> dict[str, Any]:
         """Segment one file and write the selected ``outputs`` (default: all) into ``out_dir``.
 
         Whole-slide images (see :func:`ircr.io.wsi.is_slide`) are streamed; other images are
@@ -215,7 +216,11 @@ class NucleusSegmenter:
         ``overwrite``; with ``skip_done`` a done input is skipped (the returned dict has
         ``skipped: True``) and an unfinished one is redone. ``force``: segment an input that
         does not look like brightfield H&E, with a warning (see :meth:`segment`).
+        ``clean_temps=False`` leaves the temporary files of dead processes in ``out_dir`` (other
+        machines may write there: their processes look dead from here). The summary's
+        ``seconds``: this call's wall time.
         """
+        t_start = time.perf_counter()
         path = Path(path)
         check_input_file(path)
         formats = check_outputs(list(output_names() if outputs is None else outputs))
@@ -224,7 +229,8 @@ class NucleusSegmenter:
         out = ensure_dir(out_dir)
         stem = stem or output_stem(path)
         files = output_files(out, stem, [f.name for f in formats])
-        clean_stale_temps(out)
+        if clean_temps:
+            clean_stale_temps(out)
         if skip_done:
             done = finished_summary(files)
             if done is not None:
@@ -245,6 +251,7 @@ class NucleusSegmenter:
             summary.update(outputs={k: str(v) for k, v in files.items()}, warnings=[])
         else:
             summary = self._write_tile_outputs(path, formats, files, mpp, force)
+        summary["seconds"] = round(time.perf_counter() - t_start, 2)
         for fmt in formats:
             if fmt.write_summary is not None:
                 fmt.write_summary(files[fmt.name], summary)

@@ -196,6 +196,11 @@ def _worker(entry: dict[str, Any], run_dir: str, ctx: RunContext) -> dict[str, A
     return run_one(entry, Path(run_dir), ctx)
 
 
+def _task(state: Any, task: tuple[dict[str, Any], str, RunContext]) -> dict[str, Any]:
+    """One run as an executor task (``--cluster``; :mod:`ircr.experiment.cluster`)."""
+    return _worker(*task)
+
+
 def ensure_splits(runs: list[RunSpec], val_fraction: float) -> None:
     """Create missing split files (``ircr data split``) before any run starts."""
     from ircr.data.prepare import add_split
@@ -278,8 +283,10 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
                    budget_minutes: float | None = None, dry_run: bool = False,
                    progress_every: float = 30.0,
                    log: Callable[[str], None] = _print, device: str | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    """Plan, run every pending run (``jobs`` processes), write the report; returns a summary.
+                   progress: bool = True, cluster: str | None = None, client: Any = None,
+                   threads_per_worker: int | None = None) -> dict[str, Any]:
+    """Plan, run every pending run (``jobs`` processes, or one task each on ``cluster`` /
+    ``client``: :mod:`ircr.experiment.cluster`), write the report; returns a summary.
 
     ``device`` (``--device``) replaces every run's ``train.device``; ``progress=False``
     turns the runs' progress bars off. Neither is part of the plan.
@@ -293,6 +300,11 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
         from ircr.inference.device import select_device
 
         select_device(device)  # a bad --device fails before planning, not in every run
+    if cluster is not None and jobs == 1:  # a time budget is planned for N runs at once
+        from ircr.executor import parse_cluster
+
+        kind, target = parse_cluster(cluster)
+        jobs = int(target) if kind == "local" else jobs
     t0 = time.time()
     proto = load_protocol(protocol_path)
     runs = expand(proto, str(protocol_path))
@@ -317,7 +329,7 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
         log(f"skipping {skipped} finished run(s)")
     try:
         results = _run_all(pending, out, proto, jobs, threads, progress_every, log,
-                           device, progress)
+                           device, progress, (cluster, client, threads_per_worker))
     except KeyboardInterrupt:
         log(f"interrupted; rerun the same command to resume. report so far: "
             f"{write_report(out)}")
@@ -335,12 +347,19 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
 
 def _run_all(pending: list[dict[str, Any]], out: Path, proto: Protocol, jobs: int, threads: int,
              progress_every: float, log: Callable[[str], None], device: str | None = None,
-             progress: bool = True) -> list[dict[str, Any]]:
+             progress: bool = True,
+             where: tuple[str | None, Any, int | None] = (None, None, None)
+             ) -> list[dict[str, Any]]:
     def ctx(i: int) -> RunContext:
         return RunContext(list(proto.evaluate), _str(proto.test_dataset), proto.test_split,
                           list(proto.plugins), threads, progress_every,
                           f"[{i + 1}/{len(pending)}]", device, progress)
 
+    if where[0] is not None or where[1] is not None:  # --cluster: one executor task per run
+        from ircr.experiment.cluster import run_on_cluster
+
+        return run_on_cluster(_task, [(e, str(out / "runs" / e["run_id"]), ctx(i))
+                                      for i, e in enumerate(pending)], *where, log)
     if jobs == 1:
         return [run_one(e, out / "runs" / e["run_id"], ctx(i), log)
                 for i, e in enumerate(pending)]
