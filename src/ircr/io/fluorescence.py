@@ -45,11 +45,13 @@ def fluorescence_reason(tif: Any) -> str | None:
     """
     try:
         page = tif.pages[0]
-        if str(getattr(page, "software", "") or "").startswith(QPI_SOFTWARE) or str(
-                getattr(page, "description", "") or "").lstrip().find(QPI_ROOT) >= 0:
+        software = str(getattr(page, "software", "") or "")
+        if software.startswith(QPI_SOFTWARE) or QPI_ROOT in str(page.description or ""):
             evidence, vendor = _qpi_evidence(tif), "PerkinElmer QPTIFF"
         elif getattr(page, "is_ndpi", False):
-            evidence, vendor = _ndpi_evidence(page.ndpi_tags or {}), "Hamamatsu NDPI"
+            tags = page.tags
+            evidence = _ndpi_evidence(tags.valueof(65434), tags.valueof(65451))
+            vendor = "Hamamatsu NDPI"
         else:
             return None
     except Exception:  # noqa: BLE001 - unreadable metadata is no evidence
@@ -117,10 +119,9 @@ def _qpi_channel_evidence(root: ET.Element) -> list[str]:
     return out
 
 
-def _ndpi_evidence(tags: dict[str, Any]) -> list[str]:
-    """Evidence in a Hamamatsu NDPI page's private tags (tifffile's ``ndpi_tags``)."""
-    channel = str(tags.get("Fluorescence") or "").strip().strip("\x00")
-    wavelength = tags.get("Wavelength")
+def _ndpi_evidence(channel_tag: Any, wavelength: Any) -> list[str]:
+    """Evidence in a Hamamatsu NDPI page's tags 65434 (channel name) and 65451 (emission nm)."""
+    channel = str(channel_tag or "").strip().strip("\x00")
     if isinstance(wavelength, (tuple, list)):
         wavelength = wavelength[0] if wavelength else None
     try:
