@@ -76,19 +76,22 @@ def preflight(path: Path, mpp: float | None = None, force: bool = False,
               need_mpp: bool = True) -> None:
     """Cheap checks of one input file before any model is loaded (``ircr segment``).
 
-    A slide is opened (its pixel size is required unless ``mpp`` or not ``need_mpp``; its
-    metadata must describe RGB, unless ``force``); an image's header is read. Pixels are not
-    decoded, so a file broken further in is still found later, by the run itself.
+    A slide is opened (its pixel size is required unless ``mpp`` or not ``need_mpp``); an
+    image's header is read; the metadata of either must describe RGB brightfield (unless
+    ``force``; :func:`ircr.io.wsi.non_rgb_reason`). Pixels are not decoded, so a file broken
+    further in is still found later, by the run itself.
 
     Raises:
         IrcrError: one line naming the file.
     """
     check_input_file(path)
-    if not is_slide(path):
+    whole_slide = is_slide(path)
+    if not whole_slide:
         probe_image(path)
+    if not force:  # forced: the run warns once
+        check_brightfield(str(path), non_rgb_reason(path, slide=whole_slide), False)
+    if not whole_slide:
         return
-    if not force:  # forced: run_slide warns once
-        check_brightfield(str(path), non_rgb_reason(path, slide=True), False)
     with open_slide(path, mpp=mpp) as slide:
         if slide.mpp is None and need_mpp:
             raise file_error(path, "no microns-per-pixel in the slide metadata; pass --mpp "

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from ircr.errors import file_error
+from ircr.io.fluorescence import fluorescence_reason
 
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide", ".qptiff"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8"}
@@ -161,9 +162,10 @@ def image_mpp(path: str | Path) -> float | None:
 def non_rgb_reason(path: str | Path, slide: bool = False) -> str | None:
     """Why a TIFF-family file is not a brightfield RGB image, from its metadata, or None.
 
-    Channel planes (tifffile axes with ``C`` > 1, e.g. a Vectra QPTIFF's ``CYX``) are
-    fluorescence or multiplex data; a slide (``slide``) with one sample per pixel is not RGB
-    either. Other files (PNG, JPEG, vendor formats tifffile cannot parse) give None.
+    PerkinElmer/Hamamatsu metadata naming fluorescence (:mod:`ircr.io.fluorescence`, even
+    for RGB pixels); channel planes (tifffile axes with ``C`` > 1, e.g. a Vectra QPTIFF's
+    ``CYX``) are fluorescence or multiplex data; a slide (``slide``) with one sample per pixel
+    is not RGB either. Other files (PNG, JPEG, formats tifffile cannot parse) give None.
     """
     p = Path(path)
     if p.suffix.lower() not in TIFF_SUFFIXES | {".svs", ".ndpi", ".qptiff"}:
@@ -172,6 +174,9 @@ def non_rgb_reason(path: str | Path, slide: bool = False) -> str | None:
 
     try:
         with tifffile.TiffFile(str(p)) as tif:
+            vendor = fluorescence_reason(tif)
+            if vendor is not None:
+                return vendor
             series = tif.series[0]
             axes, shape = str(series.axes), tuple(series.shape)
             samples = int(getattr(tif.pages[0], "samplesperpixel", 3))
