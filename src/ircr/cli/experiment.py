@@ -1,9 +1,10 @@
-"""``ircr experiment PROTOCOL.yaml [--out DIR] [--jobs N] [--budget-minutes M]``
+"""``ircr experiment PROTOCOL.yaml [--out DIR] [--jobs N] [--budget-minutes M] [--replan]``
 and ``ircr experiment report DIR``."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,13 @@ def register(subparsers: Any) -> None:
                    help="wall-clock budget for the whole experiment: measure each method's "
                         "rate, give all runs of a ratio the iterations that fit, compress "
                         "the lr schedule proportionally")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and stop; writes nothing (with --budget-minutes it "
+                        "still runs the warm-up that measures the rates)")
+    p.add_argument("--replan", action="store_true",
+                   help="plan again when the protocol, a config or the budget changed since "
+                        "DIR was planned (changed runs start over; their old folders are "
+                        "moved to DIR/replaced/)")
     p.add_argument("--progress-every", type=float, default=30.0, metavar="S",
                    help="seconds between progress lines of a run (default 30)")
     p.set_defaults(func=handler)
@@ -36,6 +43,7 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run an experiment or rebuild its report."""
+    started = time.time()  # a --budget-minutes budget counts from here
     from ircr.experiment.report import write_report
     from ircr.experiment.runner import run_experiment
 
@@ -49,5 +57,6 @@ def handler(args: argparse.Namespace) -> int:
     proto = Path(args.protocol)
     out = args.out or Path("experiments") / proto.stem
     summary = run_experiment(proto, out, jobs=args.jobs, budget_minutes=args.budget_minutes,
-                             dry_run=args.dry_run, progress_every=args.progress_every)
+                             dry_run=args.dry_run, progress_every=args.progress_every,
+                             replan=args.replan, started=started)
     return 1 if summary.get("failed") else 0

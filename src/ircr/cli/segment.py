@@ -166,9 +166,7 @@ def _fmt_rate(summary: dict[str, Any]) -> str:
 
 def handler(args: argparse.Namespace) -> int:
     """Run ``ircr segment``."""
-    from ircr.engine.folder_outputs import summary_row, write_folder_outputs
     from ircr.engine.outputs import check_outputs, output_names
-    from ircr.engine.segmenter import load_model
 
     if args.outputs is None:
         args.outputs = ",".join(output_names())
@@ -180,9 +178,18 @@ def handler(args: argparse.Namespace) -> int:
         check_mpp(args.mpp)
     model, inputs = split_model(args.model, list(args.inputs))
     files = collect_inputs(inputs, args.recursive)
-    from ircr.io.paths import ensure_dir
+    from ircr.io.lock import FolderLock
 
-    ensure_dir(args.out)
+    with FolderLock(args.out, "output folder"):  # one writer per output folder
+        return _segment_all(args, model, files, outputs)
+
+
+def _segment_all(args: argparse.Namespace, model: str | Path, files: list[tuple[Path, Path]],
+                 outputs: list[str]) -> int:
+    """Load the model and segment every input into the (locked) output folder."""
+    from ircr.engine.folder_outputs import summary_row, write_folder_outputs
+    from ircr.engine.segmenter import load_model
+
     seg = load_model(model, device=args.device, batch_size=args.batch_size, amp=args.amp,
                      tile=args.tile, margin=args.margin, prior=args.prior, workers=args.workers,
                      window=args.window, overlap=args.overlap, compile=args.compile)
