@@ -8,9 +8,13 @@ worker can break nothing but its own run.
   SIGTERM; a worker's trainer then checkpoints at the next iteration and the worker exits
   (status :data:`EXIT_STOPPED`). No new run starts; the experiment waits for the workers and
   raises ``KeyboardInterrupt`` (the runner writes the report of what finished). A second
-  signal kills the workers at once (their last checkpoints stay). Workers start with SIGINT
-  and SIGTERM blocked and unblock them once their own handlers are in place, so a Ctrl-C while
-  they import torch is a clean stop, not a traceback.
+  signal kills the workers at once (their last checkpoints stay). Workers are started with
+  SIGINT and SIGTERM ignored (a disposition that survives ``exec``; a blocked mask does not)
+  and install their own handlers once running, so a Ctrl-C while they import torch is a clean
+  stop, not a traceback; a signal it missed while starting is found in a stop file the
+  parent writes before forwarding. (A signal sent to a process may land on any of its
+  threads, e.g. a BLAS pool's; Python then runs the handler when the main thread next runs
+  Python code: a trainer does so every iteration.)
 * **No orphans.** A worker watches its parent; when the parent dies (even ``kill -9``) the
   worker sends itself SIGTERM: checkpoint and exit.
 * **Lost workers.** A worker that dies without writing ``metrics.json`` (killed, out of
@@ -26,8 +30,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -68,6 +74,17 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """A worker's stop: later signals (the terminal's Ctrl-C and our forward) are ignored."""
+    for s in _SIGNALS:  # a Python no-op, not SIG_IGN: a signal already pending would raise
+        signal.signal(s, _ignore)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    return None
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Raise ``KeyboardInterrupt`` on SIGTERM in the main thread (a trainer still checkpoints)."""
@@ -87,20 +104,27 @@ def _watch_parent() -> None:
     if parent is None:
         return
 
+    main = threading.main_thread().ident
+    assert main is not None
+
     def watch() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # (born blocked already)
         wait([parent.sentinel])
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_kill(main, signal.SIGTERM)  # to the main thread: wakes a blocking call
 
     threading.Thread(target=watch, daemon=True, name="ircr-parent-watch").start()
 
 
-def _child(run: RunFn, entry: dict[str, Any], run_dir: str, ctx: Any) -> None:
+def _child(run: RunFn, entry: dict[str, Any], run_dir: str, ctx: Any, stop_file: str) -> None:
     """Worker body: signal set-up, the run, and an exit status the parent understands."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # the watch thread inherits the mask
+    for s in _SIGNALS:  # ignored since birth; the trainer's StopRequest replaces these later
+        signal.signal(s, _interrupt_once)
     _watch_parent()
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        if Path(stop_file).exists():  # the stop came while signals were still ignored
+            raise KeyboardInterrupt("stopped while starting")
         run(entry, Path(run_dir), ctx)
     except KeyboardInterrupt:
         sys.stdout.flush()
@@ -117,8 +141,9 @@ def _child(run: RunFn, entry: dict[str, Any], run_dir: str, ctx: Any) -> None:
 class _Signals:
     """Parent-side handlers: the first signal stops politely, the second kills the workers."""
 
-    def __init__(self, running: dict[Any, Task], log: Callable[[str], None]) -> None:
-        self.running, self.log = running, log
+    def __init__(self, running: dict[Any, Task], log: Callable[[str], None],
+                 stop_file: Path) -> None:
+        self.running, self.log, self.stop_file = running, log, stop_file
         self.name: str | None = None
         self.count = 0
         self.said = False
@@ -128,6 +153,8 @@ class _Signals:
         self.count += 1
         self.name = self.name or signal.Signals(signum).name
         hard = self.count > 1
+        with contextlib.suppress(OSError):
+            self.stop_file.touch()  # before the forward: a worker still starting reads it
         for proc in list(self.running):
             with contextlib.suppress(OSError):
                 if proc.pid:
@@ -151,11 +178,20 @@ class _Signals:
             signal.signal(s, old)
 
 
-def _start(task: Task, run: RunFn) -> Any:
+def _start(task: Task, run: RunFn, stop_file: Path) -> Any:
+    """Start a worker with SIGINT/SIGTERM ignored until its handlers are set (docstring)."""
     proc = mp.get_context("spawn").Process(
-        target=_child, args=(run, task.entry, str(task.run_dir), task.ctx),
+        target=_child, args=(run, task.entry, str(task.run_dir), task.ctx, str(stop_file)),
         name=f"ircr-run-{task.entry['run_id']}")
-    proc.start()
+    if threading.current_thread() is not threading.main_thread():
+        proc.start()
+        return proc
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
+    try:  # a few ms in which a signal to this process is lost (the fork + exec)
+        proc.start()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
     return proc
 
 
@@ -209,23 +245,29 @@ def run_in_processes(tasks: list[Task], jobs: int, run: RunFn,
     queue: deque[Task] = deque(tasks)
     running: dict[Any, Task] = {}
     results: list[dict[str, Any]] = []
-    with _Signals(running, log) as sig:
-        while (queue and sig.name is None) or running:
-            while queue and sig.name is None and len(running) < jobs:
-                task = queue.popleft()
-                old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-                try:  # the worker inherits the blocked mask until its handlers are set
-                    running[_start(task, run)] = task
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            ready = wait([p.sentinel for p in running], timeout=0.5)
-            sig.report()
-            for proc in [p for p in running if p.sentinel in ready]:
-                proc.join()
-                task = running.pop(proc)
-                doc = _finished(task, proc, sig.name is not None, queue, log)
-                if doc is not None:
-                    results.append(doc)
+    stop_dir = Path(tempfile.mkdtemp(prefix="ircr-experiment-"))
+    try:
+        with _Signals(running, log, stop_dir / "stop") as sig:
+            _loop(queue, running, results, jobs, run, log, sig)
+    finally:
+        shutil.rmtree(stop_dir, ignore_errors=True)
     if sig.name is not None:
         raise KeyboardInterrupt(sig.name)
     return results
+
+
+def _loop(queue: deque[Task], running: dict[Any, Task], results: list[dict[str, Any]],
+          jobs: int, run: RunFn, log: Callable[[str], None], sig: _Signals) -> None:
+    """Start workers while there is room and no stop, collect them as they end."""
+    while (queue and sig.name is None) or running:
+        while queue and sig.name is None and len(running) < jobs:
+            task = queue.popleft()
+            running[_start(task, run, sig.stop_file)] = task
+        ready = wait([p.sentinel for p in running], timeout=0.5)
+        sig.report()
+        for proc in [p for p in running if p.sentinel in ready]:
+            proc.join()
+            task = running.pop(proc)
+            doc = _finished(task, proc, sig.name is not None, queue, log)
+            if doc is not None:
+                results.append(doc)
