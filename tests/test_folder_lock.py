@@ -112,3 +112,17 @@ def test_train_segment_and_experiment_refuse_a_locked_folder(
     assert main(["experiment", str(proto), "--out", str(folder)]) == 2
     _one_line_naming(capsys, proc.pid)
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]
+
+
+def test_stale_temp_cleanup_removes_a_dead_holders_lock_only(
+        holder: tuple[Path, subprocess.Popen[str]]) -> None:
+    from ircr.io.atomic import clean_stale_temps
+
+    folder, proc = holder
+    assert clean_stale_temps(folder) == [] and (folder / LOCK_NAME).is_file()  # held: kept
+    proc.kill()
+    proc.wait()
+    assert clean_stale_temps(folder) == [folder / LOCK_NAME]  # kill -9 leftover: removed
+    assert not (folder / LOCK_NAME).exists()
+    with FolderLock(folder):  # this process' own lock is never cleaned up under it
+        assert clean_stale_temps(folder) == [] and (folder / LOCK_NAME).is_file()

@@ -185,3 +185,20 @@ class FolderLock:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def clear_stale_lock(folder: str | Path) -> bool:
+    """Remove the lock file a dead holder left (``kill -9``); False when absent or held.
+
+    Taking the lock proves nobody holds it; releasing it removes the file. A lock this process
+    holds is left alone (opening its file again would drop the ``lockf``).
+    """
+    d = Path(folder)
+    if not (d / LOCK_NAME).is_file() or str(d.resolve()) in _HELD:
+        return False
+    try:
+        with FolderLock(d, command="stale-lock cleanup"):
+            pass
+    except IrcrError:
+        return False
+    return True
