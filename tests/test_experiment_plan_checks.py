@@ -121,7 +121,8 @@ def test_edited_protocol_is_refused_then_replanned(ds: Path, tmp_path: Path,
                  "--progress-every", "0"]) == 0
     assert keep.stat().st_mtime_ns == mtime  # the unchanged run kept its result
     (moved,) = (out / "replaced").iterdir()
-    assert (moved / "plan.json").is_file()
+    assert (moved / "plan.json").is_file() and (moved / "protocol.yaml").is_file()
+    assert "0.003" in (out / "protocol.yaml").read_text()  # the copy is the new protocol
     assert (moved / "runs" / "lr2_r1-2_s0_t10" / "metrics.json").is_file()
     cfg = yaml.safe_load((out / "runs" / "lr2_r1-2_s0_t10" / "config.yaml").read_text())
     assert cfg["train"]["lr"] == pytest.approx(3.0e-3)

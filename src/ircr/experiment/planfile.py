@@ -135,7 +135,7 @@ def _json(x: Any) -> Any:
 
 
 def set_aside(out: Path, entries: list[dict[str, Any]]) -> Path | None:
-    """``--replan``: move the old plan and the run folders the new plan does not reuse.
+    """``--replan``: move the old plan, protocol copy and the run folders not reused.
 
     A run folder is reused when its ``run.json`` holds exactly the new entry's config.
     Returns the ``replaced/<time>`` folder, or None when nothing was moved.
@@ -155,8 +155,9 @@ def set_aside(out: Path, entries: list[dict[str, Any]]) -> Path | None:
             (dest / "runs").mkdir(parents=True, exist_ok=True)
             shutil.move(str(run_dir), str(dest / "runs" / run_dir.name))
             moved = True
-    if (out / "plan.json").is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(out / "plan.json"), str(dest / "plan.json"))
-        moved = True
+    for name in ("plan.json", "protocol.yaml"):  # the new protocol is copied in afterwards
+        if (out / name).is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(out / name), str(dest / name))
+            moved = True
     return dest if moved else None
