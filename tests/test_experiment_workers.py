@@ -155,12 +155,12 @@ def test_light_lost_worker_is_retried_or_marked_failed(light: Path, tmp_path: Pa
     assert doc["error"] == "worker process lost 2 times (killed by SIGKILL)"
 
 
-@pytest.mark.parametrize("how", ["sigterm_parent", "ctrl_c_group"])
+@pytest.mark.parametrize("how", ["sigterm_parent", "sigint_parent", "ctrl_c_group"])
 def test_light_signal_stops_every_worker(light: Path, tmp_path: Path, how: str) -> None:
     proc = start_light(light, tmp_path, "slow,slow,ok", start_new_session=True)
     pids = light_pids(tmp_path, 2, proc)
-    if how == "sigterm_parent":
-        proc.send_signal(signal.SIGTERM)
+    if how != "ctrl_c_group":  # `kill -TERM` / `kill -INT` of the experiment process only
+        proc.send_signal(signal.SIGTERM if how == "sigterm_parent" else signal.SIGINT)
     else:  # a terminal's Ctrl-C: SIGINT to the whole group; workers also get the forward
         os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
