@@ -1,9 +1,11 @@
-"""``ircr experiment PROTOCOL.yaml [--out DIR] [--jobs N | --cluster SPEC] [--budget-minutes M]``
+"""``ircr experiment PROTOCOL.yaml [--out DIR] [--jobs N | --cluster SPEC] [--budget-minutes M]
+[--replan]``
 and ``ircr experiment report DIR``."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,13 @@ def register(subparsers: Any) -> None:
                    help="wall-clock budget for the whole experiment: measure each method's "
                         "rate, give all runs of a ratio the iterations that fit, compress "
                         "the lr schedule proportionally")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and stop; writes nothing (with --budget-minutes it "
+                        "still runs the warm-up that measures the rates)")
+    p.add_argument("--replan", action="store_true",
+                   help="plan again when the protocol, a config or the budget changed since "
+                        "DIR was planned (changed runs start over; their old folders are "
+                        "moved to DIR/replaced/)")
     p.add_argument("--progress-every", type=float, default=30.0, metavar="S",
                    help="seconds between progress lines of a run (default 30)")
     add_device(p, default="")
@@ -40,6 +48,7 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run an experiment or rebuild its report."""
+    started = time.time()  # a --budget-minutes budget counts from here
     from ircr.experiment.report import write_report
     from ircr.experiment.runner import run_experiment
 
@@ -61,5 +70,6 @@ def handler(args: argparse.Namespace) -> int:
     summary = run_experiment(proto, out, jobs=args.jobs, budget_minutes=args.budget_minutes,
                              dry_run=args.dry_run, progress_every=args.progress_every,
                              device=args.device or None, progress=not args.no_progress,
-                             cluster=args.cluster, threads_per_worker=args.threads_per_worker)
+                             cluster=args.cluster, threads_per_worker=args.threads_per_worker,
+                             replan=args.replan, started=started)
     return 1 if summary.get("failed") else 0

@@ -230,7 +230,6 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from ircr.engine.folder_outputs import failed_row, write_folder_outputs
     from ircr.engine.outputs import check_outputs, output_names
 
     if is_merge(args):
@@ -247,12 +246,23 @@ def _segment(args: argparse.Namespace) -> int:
         check_mpp(args.mpp)
     model, inputs = split_model(args.model, list(args.inputs))
     files = collect_inputs(inputs, args.recursive)
+    from ircr.io.lock import FolderLock
     from ircr.io.paths import ensure_dir
 
     ensure_dir(args.out)
-    if wants_cohort(args):  # --cluster / --shard: one task per input (ircr.engine.cohort)
-        with _sigterm_as_interrupt():
+    if wants_cohort(args):  # --cluster / --shard: one task per input (ircr.engine.cohort);
+        with _sigterm_as_interrupt():  # no folder lock: shards and workers share OUT
             return run_cohort(args, model, files, outputs)
+    with FolderLock(args.out, "output folder"):  # one writer per output folder
+        return _segment_all(args, model, inputs, files, outputs)
+
+
+def _segment_all(args: argparse.Namespace, model: str | Path, inputs: list[Path],
+                 files: list[tuple[Path, Path]], outputs: list[str]) -> int:
+    """Check the inputs, load the model and segment every input into the (locked) output
+    folder; failures are listed at the end (exit 2), the others finish."""
+    from ircr.engine.folder_outputs import failed_row, write_folder_outputs
+
     failures: list[tuple[Path, Path, str]] = []
     todo = _checked_inputs(files, args, failures)
     if len(files) == 1 and failures:

@@ -11,7 +11,8 @@
 * ``--budget-minutes M``: each method's rate is measured in a short warm-up (a real
   :class:`~ircr.train.trainer.Trainer` stopped after a few steps; a validation of one image,
   scaled to all, and one checkpoint are timed too). A run of ``N`` iterations is expected to take
-  ``setup + passes * N / rate + E' * checkpoint + #validations * validation + test eval``
+  ``setup + passes * N / rate + (E' + 2) * checkpoint + #validations * validation + test eval``
+  (the 2: the final checkpoint and the model folder)
   (``passes`` = rounds + 1 for self-training: teacher(s) and student). One scale factor
   ``k <= 1`` of the equal-budget schedule is fitted so the sum over runs, divided by
   ``--jobs``, fits in what is left of ``M`` after the warm-up; every run of a ratio then gets
@@ -34,6 +35,7 @@ from ircr.config import set_dotted
 from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.experiment.protocol import Protocol, RunSpec
+from ircr.experiment.short import short_runs, warning_lines
 
 
 @dataclass
@@ -208,7 +210,7 @@ def expected_seconds(cfg: dict[str, Any], rate: Rate, size: SplitSize, n_test: i
     passes = _passes(cfg)
     pseudo = (passes - 1) * per_image / max(n_models, 1) * size.train_images
     return (rate.setup_s * passes + passes * epochs * ipe / rate.it_per_s
-            + passes * epochs * rate.ckpt_s + passes * n_val * rate.val_s
+            + passes * (epochs + 2) * rate.ckpt_s + passes * n_val * rate.val_s
             + per_image * n_test + pseudo)
 
 
@@ -303,33 +305,12 @@ def format_plan(plan: list[PlannedRun], jobs: int, budget_min: float | None) -> 
         exp = f"{p.expected_s / 60:6.1f} min" if p.expected_s is not None else ""
         lines.append(f"  {p.run_id:<32} {p.iterations:>7} it = {p.epochs} ep x "
                      f"{p.iterations_per_epoch} it, lr steps {p.lr_steps}  {exp}")
-    lines += ramp_notes(plan)
+    lines += warning_lines(short_runs(plan_to_dict(plan)), len(plan), "  ")
     known = [p.expected_s for p in plan if p.expected_s is not None]
     if known:
         lines.append(f"  expected: {sum(known) / 60 / max(jobs, 1):.1f} min "
                      f"(sum {sum(known) / 60:.1f} min / {jobs} jobs)")
     return "\n".join(lines)
-
-
-def ramp_notes(plan: list[PlannedRun]) -> list[str]:
-    """Notes for semi-supervised runs shorter than their consistency warm-up + ramp-up."""
-    from ircr.train.methods import get_method
-
-    notes = []
-    for p in plan:
-        m = p.config.get("method", {})
-        cls = get_method(m.get("name", "supervised"))
-        default = cls.options_type()
-        if not (cls.uses_unlabelled and hasattr(default, "warmup_iterations")):
-            continue
-        warm = int(m.get("warmup_iterations", default.warmup_iterations))
-        ramp = int(m.get("rampup_iterations", default.rampup_iterations))
-        if warm + ramp >= p.iterations:
-            its = f"{p.iterations} iteration{'s' * (p.iterations != 1)}"
-            notes.append(f"  note: {p.run_id}: {its}, but the unsupervised "
-                         f"terms are off for {warm} and ramped up over {ramp} iterations "
-                         "(method.warmup_iterations / rampup_iterations)")
-    return notes
 
 
 def plan_to_dict(plan: list[PlannedRun]) -> list[dict[str, Any]]:

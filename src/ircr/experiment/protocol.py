@@ -132,6 +132,7 @@ class Protocol:
         if self.seeds == "paired" and n_s != n_t and 1 not in (n_s, n_t):
             raise IrcrError(f"{where}: protocol keys 'split_seeds' ({n_s}) and 'train_seeds' "
                             f"({n_t}) must have the same length with seeds: paired")
+        self._check_duplicates(where)
         for ok, key, problem in (
             (0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)"),
             (self.iterations is None or self.iterations >= 1, "iterations", "must be >= 1"),
@@ -141,6 +142,24 @@ class Protocol:
         ):
             if not ok:
                 raise IrcrError(f"{where}: protocol key '{key}' {problem}")
+
+    def _check_duplicates(self, where: str) -> None:
+        """Refuse two runs with one run id: a ratio or a (split, train) seed pair twice."""
+        for key, vals in (("ratios", self.ratios), *(
+                (f"methods[{i}].ratios", m.ratios or []) for i, m in enumerate(self.methods))):
+            seen: dict[str, str] = {}
+            for v in vals:
+                text = ratio_text(parse_ratio(v))
+                if text in seen:
+                    raise IrcrError(f"{where}: protocol key '{key}': {seen[text]!r} and {v!r} "
+                                    f"are the same label ratio ({text}); list each ratio once")
+                seen[text] = v
+        pairs = self.seed_pairs()
+        dup = next((p for i, p in enumerate(pairs) if p in pairs[:i]), None)
+        if dup is not None:
+            raise IrcrError(f"{where}: protocol keys 'split_seeds' / 'train_seeds': the seed "
+                            f"pair (split {dup[0]}, train {dup[1]}) appears twice; each "
+                            "repetition needs its own seeds")
 
     def seed_pairs(self) -> list[tuple[int, int]]:
         """(split seed, train seed) of every repetition."""
@@ -230,6 +249,23 @@ def expand(proto: Protocol, where: str = "protocol") -> list[RunSpec]:
                     set_dotted(d, key, val, f"{where}: methods[{i}].overrides")
                 spec = RunSpec(run_id(m.name, ratio, s_seed, t_seed), m.name, ratio, s_seed,
                                t_seed, d, dict(m.overrides))
+                _check_supported(d, f"{where}: methods[{i}] ({m.name})")
                 spec.experiment(f"{where}: methods[{i}] ({m.name}, ratio {ratio})")
+                if any(r.run_id == spec.run_id for r in runs):
+                    raise IrcrError(f"{where}: run {spec.run_id} is planned twice (same method, "
+                                    "ratio and seeds); list each once")
                 runs.append(spec)
     return runs
+
+
+# methods that train with their own loop and ignore the experiment's iteration budget; the
+# experiment runner refuses them until it can plan them (issue 28: BASS reported "done 0/12")
+UNSUPPORTED_METHODS = {"bass": "BASS trains in three stages of its own (docs/bass.md); run it "
+                               "with 'ircr train' for now"}
+
+
+def _check_supported(cfg: dict[str, Any], where: str) -> None:
+    name = str(cfg.get("method", {}).get("name", "supervised"))
+    if name in UNSUPPORTED_METHODS:
+        raise IrcrError(f"{where}: method '{name}' is not supported by ircr experiment yet: "
+                        f"{UNSUPPORTED_METHODS[name]}")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ircr.errors import IrcrError
-from ircr.experiment.status import read_json, run_status
+from ircr.experiment.status import run_status
 
 COLUMNS = (("aji", "AJI"), ("dice", "Dice"), ("f1", "F1_obj"), ("pq", "PQ"),
            ("aji_plus", "AJI+"))
@@ -41,14 +41,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 def load_runs(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``plan.json`` and, per planned run, its plan entry merged with its status."""
+    from ircr.experiment.planfile import read_plan
+    from ircr.experiment.short import short_reason
+
     plan_path = out / "plan.json"
     if not plan_path.is_file():
         raise IrcrError(f"{out}: not an experiment folder (no plan.json)")
-    plan = read_json(plan_path)
+    plan = read_plan(plan_path, fix="rerun the experiment with --replan")
     runs = []
     for entry in plan["runs"]:
         st = run_status(out / "runs" / entry["run_id"])
-        runs.append({**{k: v for k, v in entry.items() if k != "config"}, "result": st})
+        runs.append({**{k: v for k, v in entry.items() if k != "config"}, "result": st,
+                     "short": short_reason(entry["config"], int(entry["iterations"]))})
     return plan, runs
 
 
@@ -85,6 +89,7 @@ def _row(s: str, model: str, method: str, ratio: str,
         "failed": status.count("failed"), "incomplete": status.count("incomplete"),
         "missing": status.count("missing"), "has_model": bool(present) or not done,
         "iterations": "/".join(str(i) for i in sorted({int(g["iterations"]) for g in group})),
+        "too_short": sum(1 for g in group if g.get("short")),
         "n_values": len(present)}
     for key, _ in COLUMNS:
         xs = [float(v[key]) for v in present if key in v and v[key] is not None]
@@ -108,7 +113,7 @@ def _cell(r: dict[str, Any], key: str) -> str:
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """``report.csv``: one row per (set, model, method, ratio); empty = not available."""
     cols = ["set", "model", "method", "ratio", "runs_done", "runs_planned", "failed",
-            "incomplete", "missing", "iterations"]
+            "incomplete", "missing", "iterations", "too_short"]
     cols += [f"{k}_{stat}" for k, _ in COLUMNS for stat in ("mean", "std")]
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
@@ -132,8 +137,25 @@ def _run_lines(runs: list[dict[str, Any]]) -> list[str]:
             f"{'' if it is None else it}/{r['iterations']} | "
             f"{'' if wall is None else f'{wall / 60:.1f} min'} | "
             f"{'' if va is None else f'{va:.4f}'} | {'' if ta is None else f'{ta:.4f}'} | "
-            f"{str(res.get('error', '')).replace('|', '/')} |")
+            f"{_note(r).replace('|', '/')} |")
     return lines
+
+
+def _note(r: dict[str, Any]) -> str:
+    parts = [str(r["result"].get("error", ""))] + ([f"TOO SHORT: {r['short']}"]
+                                                   if r.get("short") else [])
+    return "; ".join(p for p in parts if p)
+
+
+def short_banner(runs: list[dict[str, Any]]) -> list[str]:
+    """The warning at the top of report.md when runs are too short (experiment.short)."""
+    from ircr.experiment.short import warning_lines
+
+    short = {str(r["run_id"]): str(r["short"]) for r in runs if r.get("short")}
+    lines = warning_lines(short, len(runs))
+    if not lines:
+        return []
+    return ["> **" + lines[0] + "**", *[">" + line for line in lines[1:]], ""]
 
 
 def write_markdown(plan: dict[str, Any], runs: list[dict[str, Any]],
@@ -145,7 +167,8 @@ def write_markdown(plan: dict[str, Any], runs: list[dict[str, Any]],
              f"Generated {now} from {len(runs)} planned runs"
              + (f" (--budget-minutes {budget:g})" if budget else "") + ".",
              "Cells: mean ± std over seeds; std is the sample standard deviation (ddof = 1), "
-             "— when fewer than two runs finished. Runs: finished/planned.", ""]
+             "— when fewer than two runs finished. Runs: finished/planned.", "",
+             *short_banner(runs)]
     for s, title in SETS:
         for model in plan.get("evaluate", ["student"]):
             block = [r for r in rows if r["set"] == s and r["model"] == model]
@@ -157,7 +180,7 @@ def write_markdown(plan: dict[str, Any], runs: list[dict[str, Any]],
                       "|---|---|---|---|" + "---|" * len(COLUMNS)]
             for r in block:
                 lines.append(f"| {r['method']} | {r['ratio']} | {_runs_cell(r)} | "
-                             f"{r['iterations']} | "
+                             f"{r['iterations']}{' **TOO SHORT**' if r['too_short'] else ''} | "
                              + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |")
             lines.append("")
     lines += ["## Runs", "", *_run_lines(runs), ""]

@@ -19,10 +19,8 @@ retries failed ones. Ctrl-C stops the experiment; nothing finished is lost.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import csv
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -35,18 +33,18 @@ from typing import Any
 
 from ircr.errors import IrcrError
 from ircr.experiment import plan as planning
+from ircr.experiment import planfile
 from ircr.experiment.protocol import Protocol, RunSpec, expand, import_plugins, load_protocol
-from ircr.experiment.status import read_json, run_status
+from ircr.experiment.status import read_json, run_status, write_json_atomic
+from ircr.experiment.workers import Task, run_in_processes, run_in_this_process
+from ircr.io.lock import FolderLock
 
 METRIC_KEYS = ("aji", "dice", "f1", "pq", "aji_plus", "dq", "sq")
-
-
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write JSON via a temporary file and an atomic rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+# --budget-minutes: the plan gets the budget minus what has run since the command started,
+# minus this share and this reserve (report, plots, process start-up, estimate error); the
+# 8-minute CPU experiment of issue 27 overran by 38 s without them
+BUDGET_MARGIN = 0.05
+BUDGET_RESERVE_S = 15.0
 
 
 @dataclass
@@ -192,13 +190,15 @@ def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
     return doc
 
 
-def _worker(entry: dict[str, Any], run_dir: str, ctx: RunContext) -> dict[str, Any]:
+def _worker(entry: dict[str, Any], run_dir: Path, ctx: RunContext) -> dict[str, Any]:
+    """Body of a ``--jobs`` worker process (module-level: it is pickled by name)."""
     return run_one(entry, Path(run_dir), ctx)
 
 
 def _task(state: Any, task: tuple[dict[str, Any], str, RunContext]) -> dict[str, Any]:
     """One run as an executor task (``--cluster``; :mod:`ircr.experiment.cluster`)."""
-    return _worker(*task)
+    entry, run_dir, ctx = task
+    return run_one(entry, Path(run_dir), ctx)
 
 
 def ensure_splits(runs: list[RunSpec], val_fraction: float) -> None:
@@ -219,28 +219,27 @@ def ensure_splits(runs: list[RunSpec], val_fraction: float) -> None:
             add_split(ds_path, r.ratio, r.split_seed, val_fraction)
 
 
-def _same(a: Any, b: Any) -> bool:
-    return bool(json.dumps(a, sort_keys=True, default=str) ==
-                json.dumps(b, sort_keys=True, default=str))
-
-
 def prepare_plan(proto: Protocol, runs: list[RunSpec], out: Path, budget_minutes: float | None,
-                 jobs: int, log: Callable[[str], None]) -> list[planning.PlannedRun]:
-    """Reuse ``plan.json`` or make a new plan (warm-ups first when there is a time budget)."""
+                 jobs: int, log: Callable[[str], None], started: float | None = None,
+                 replan: bool = False, dry_run: bool = False) -> list[planning.PlannedRun]:
+    """Reuse ``plan.json`` or make a new plan (warm-ups first when there is a time budget).
+
+    A stored plan that differs from the protocol, its configs or the budget is refused with
+    the differences unless ``replan`` (:mod:`ircr.experiment.planfile`). A dry run writes
+    nothing: it shows the plan a real run would make (or reuse).
+    """
     plan_path = out / "plan.json"
     if plan_path.is_file():
-        doc = read_json(plan_path)
-        if doc.get("budget_minutes") != budget_minutes:
-            raise IrcrError(f"{plan_path}: this experiment was planned with --budget-minutes "
-                            f"{doc.get('budget_minutes')}; rerun with the same value or use "
-                            "another --out")
-        old = planning.plan_from_dict(doc["runs"])
-        if [p.run_id for p in old] != [r.run_id for r in runs]:
-            raise IrcrError(f"{plan_path}: the protocol's runs changed since this experiment was "
-                            "planned; use another --out")
-        log(f"using the plan in {plan_path}")
-        return old
-    t0 = time.time()
+        doc = planfile.read_plan(plan_path)
+        changes = planfile.plan_changes(doc, proto, runs, budget_minutes)
+        if not changes:
+            log(f"using the plan in {plan_path}")
+            return planning.plan_from_dict(doc["runs"])
+        if dry_run:
+            log("note: " + planfile.changed_message(plan_path, changes))
+        elif not replan:
+            raise IrcrError(planfile.changed_message(plan_path, changes))
+    t0 = time.time() if started is None else started
     rates: dict[str, planning.Rate] | None = None
     n_test = _n_test(proto)
     if budget_minutes is not None:
@@ -253,14 +252,26 @@ def prepare_plan(proto: Protocol, runs: list[RunSpec], out: Path, budget_minutes
                 log(f"warm-up: {r.method} {rates[r.method].it_per_s:.2f} it/s, setup "
                     f"{rates[r.method].setup_s:.1f} s, validation {rates[r.method].val_s:.1f} s")
         shutil.rmtree(out / "warmup", ignore_errors=True)
-    budget_s = None if budget_minutes is None else budget_minutes * 60 - (time.time() - t0)
+    budget_s = None if budget_minutes is None else usable_seconds(budget_minutes, time.time() - t0)
     plan = planning.make_plan(proto, runs, rates, budget_s, jobs, n_test)
+    if dry_run:
+        return plan
+    entries = planning.plan_to_dict(plan)
+    moved = planfile.set_aside(out, entries) if replan else None
+    if moved is not None:
+        log(f"--replan: the old plan and the run folders it does not reuse are in {moved}")
     write_json_atomic(plan_path, {
         "budget_minutes": budget_minutes, "jobs": jobs, "warmup_s": time.time() - t0,
         "rates": {k: vars(v) for k, v in (rates or {}).items()},
         "evaluate": proto.evaluate, "test_dataset": _str(proto.test_dataset),
-        "test_split": proto.test_split, "runs": planning.plan_to_dict(plan)})
+        "test_split": proto.test_split, "settings": planfile.settings_of(proto),
+        "specs": planfile.specs_of(runs), "runs": entries})
     return plan
+
+
+def usable_seconds(budget_minutes: float, elapsed: float) -> float:
+    """Seconds the runs may take: the budget less what ran so far, the margin and the reserve."""
+    return budget_minutes * 60.0 * (1.0 - BUDGET_MARGIN) - BUDGET_RESERVE_S - elapsed
 
 
 def _str(p: Path | None) -> str | None:
@@ -281,18 +292,22 @@ def _n_test(proto: Protocol) -> int:
 
 def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
                    budget_minutes: float | None = None, dry_run: bool = False,
-                   progress_every: float = 30.0,
-                   log: Callable[[str], None] = _print, device: str | None = None,
-                   progress: bool = True, cluster: str | None = None, client: Any = None,
+                   progress_every: float = 30.0, log: Callable[[str], None] = _print,
+                   replan: bool = False, started: float | None = None,
+                   device: str | None = None, progress: bool = True,
+                   cluster: str | None = None, client: Any = None,
                    threads_per_worker: int | None = None) -> dict[str, Any]:
     """Plan, run every pending run (``jobs`` processes, or one task each on ``cluster`` /
     ``client``: :mod:`ircr.experiment.cluster`), write the report; returns a summary.
 
     ``device`` (``--device``) replaces every run's ``train.device``; ``progress=False``
     turns the runs' progress bars off. Neither is part of the plan.
-    """
-    from ircr.experiment.report import write_report
 
+    ``out`` is locked for the whole command (:class:`ircr.io.lock.FolderLock`): a second
+    experiment into it is refused with the holder's pid. ``started``: when the command
+    started (``time.time()``), the start of a ``--budget-minutes`` budget (default: now).
+    """
+    t0 = time.time() if started is None else started
     if jobs < 1:
         raise IrcrError(f"--jobs must be >= 1, got {jobs}")
     planning.check_budget_minutes(budget_minutes)
@@ -305,23 +320,41 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
 
         kind, target = parse_cluster(cluster)
         jobs = int(target) if kind == "local" else jobs
-    t0 = time.time()
     proto = load_protocol(protocol_path)
     runs = expand(proto, str(protocol_path))
-    ensure_splits(runs, proto.val_fraction)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    if threads:
-        import torch
+    existed = out.exists()
+    with FolderLock(out, "experiment folder"):
+        ensure_splits(runs, proto.val_fraction)
+        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+        if threads:
+            import torch
 
-        torch.set_num_threads(threads)
-    plan = prepare_plan(proto, runs, out, budget_minutes, jobs, log)
-    if not (out / "protocol.yaml").is_file():
-        shutil.copyfile(protocol_path, out / "protocol.yaml")
-    log(planning.format_plan(plan, jobs, budget_minutes))
-    if dry_run:
-        return {"planned": len(plan)}
+            torch.set_num_threads(threads)
+        plan = prepare_plan(proto, runs, out, budget_minutes, jobs, log, t0, replan, dry_run)
+        log(planning.format_plan(plan, jobs, budget_minutes))
+        if dry_run:
+            log("dry run: nothing was written (the plan is made again by the real run)")
+            summary: dict[str, Any] = {"planned": len(plan)}
+        else:
+            if not (out / "protocol.yaml").is_file():
+                shutil.copyfile(protocol_path, out / "protocol.yaml")
+            summary = _run_plan(plan, out, proto, jobs, threads, progress_every, log, t0,
+                                budget_minutes, device, progress,
+                                (cluster, client, threads_per_worker))
+    if dry_run and not existed:
+        shutil.rmtree(out, ignore_errors=True)
+    return summary
+
+
+def _run_plan(plan: list[planning.PlannedRun], out: Path, proto: Protocol, jobs: int,
+              threads: int, progress_every: float, log: Callable[[str], None], t0: float,
+              budget_minutes: float | None, device: str | None = None, progress: bool = True,
+              where: tuple[str | None, Any, int | None] = (None, None, None)
+              ) -> dict[str, Any]:
+    """Run the pending runs of a plan, then write the report (also when interrupted)."""
+    from ircr.experiment.report import write_report
+
     entries = planning.plan_to_dict(plan)
     pending = [e for e in entries if run_status(out / "runs" / e["run_id"]).get("status") != "done"]
     skipped = len(entries) - len(pending)
@@ -329,10 +362,10 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
         log(f"skipping {skipped} finished run(s)")
     try:
         results = _run_all(pending, out, proto, jobs, threads, progress_every, log,
-                           device, progress, (cluster, client, threads_per_worker))
+                           device, progress, where)
     except KeyboardInterrupt:
-        log(f"interrupted; rerun the same command to resume. report so far: "
-            f"{write_report(out)}")
+        log(f"interrupted: {_state_line(out, entries)}; rerun the same command to resume. "
+            f"report so far: {write_report(out)}")
         raise
     report = write_report(out)
     n_done = sum(1 for r in results if r.get("status") == "done")
@@ -342,7 +375,22 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
                                "failed": n_failed, "wall_s": wall, "report": str(report)}
     log(f"experiment: {len(entries)} runs: {skipped} already finished, {n_done} done now, "
         f"{n_failed} failed; {_fmt_s(wall)}; report: {report}")
+    if budget_minutes is not None and wall > budget_minutes * 60:
+        log(f"warning: the experiment took {_fmt_s(wall)}, over its --budget-minutes "
+            f"{budget_minutes:g} by {wall - budget_minutes * 60:.0f} s (the machine was slower "
+            "than in the warm-up)")
     return summary
+
+
+def _state_line(out: Path, entries: list[dict[str, Any]]) -> str:
+    """``3 done, 1 failed, 2 stopped with a checkpoint, 4 not started`` of a plan."""
+    count: dict[str, int] = {}
+    for e in entries:
+        st = run_status(out / "runs" / e["run_id"]).get("status", "missing")
+        count[st] = count.get(st, 0) + 1
+    names = (("done", "done"), ("failed", "failed"),
+             ("incomplete", "stopped with a checkpoint"), ("missing", "not started"))
+    return ", ".join(f"{count[k]} {text}" for k, text in names if count.get(k)) or "no runs"
 
 
 def _run_all(pending: list[dict[str, Any]], out: Path, proto: Protocol, jobs: int, threads: int,
@@ -350,28 +398,20 @@ def _run_all(pending: list[dict[str, Any]], out: Path, proto: Protocol, jobs: in
              progress: bool = True,
              where: tuple[str | None, Any, int | None] = (None, None, None)
              ) -> list[dict[str, Any]]:
-    def ctx(i: int) -> RunContext:
-        return RunContext(list(proto.evaluate), _str(proto.test_dataset), proto.test_split,
-                          list(proto.plugins), threads, progress_every,
-                          f"[{i + 1}/{len(pending)}]", device, progress)
-
+    """Run the pending runs here (``jobs == 1``), in worker processes (experiment.workers) or
+    as executor tasks (``--cluster``: experiment.cluster)."""
+    tasks = [Task(e, out / "runs" / e["run_id"],
+                  RunContext(list(proto.evaluate), _str(proto.test_dataset), proto.test_split,
+                             list(proto.plugins), threads, progress_every,
+                             f"[{i + 1}/{len(pending)}]", device, progress))
+             for i, e in enumerate(pending)]
     if where[0] is not None or where[1] is not None:  # --cluster: one executor task per run
         from ircr.experiment.cluster import run_on_cluster
 
-        return run_on_cluster(_task, [(e, str(out / "runs" / e["run_id"]), ctx(i))
-                                      for i, e in enumerate(pending)], *where, log)
+        return run_on_cluster(_task, [(t.entry, str(t.run_dir), t.ctx) for t in tasks],
+                              *where, log)
     if jobs == 1:
-        return [run_one(e, out / "runs" / e["run_id"], ctx(i), log)
-                for i, e in enumerate(pending)]
-    results = []
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(_worker, e, str(out / "runs" / e["run_id"]), ctx(i))
-                for i, e in enumerate(pending)]
-        try:
-            for fut in cf.as_completed(futs):
-                results.append(fut.result())
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        return run_in_this_process(tasks, 1, lambda e, d, c: run_one(e, d, c, log), log)
+    results = run_in_processes(tasks, jobs, _worker, log)
     sys.stdout.flush()
     return results

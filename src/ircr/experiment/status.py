@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ircr.errors import IrcrError
+from ircr.io.atomic import atomic_write_text
 
 
 def read_json(path: Path) -> Any:
@@ -19,6 +20,12 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise IrcrError(f"{path}: cannot read JSON ({type(exc).__name__})") from None
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write JSON atomically (``ircr.io.atomic``): never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:

@@ -170,13 +170,18 @@ def clean_stale_temps(folder: str | Path) -> list[Path]:
     """Remove temporary files of interrupted atomic writes in ``folder`` (not recursive).
 
     A temp whose name holds a process id is removed when that process is gone; the model
-    folder temps of older versions (``.weights.pt.<x>.tmp``, no owner) are always removed.
+    folder temps of older versions (``.weights.pt.<x>.tmp``, no owner) are always removed, and
+    so is a folder lock (``.ircr.lock``, :mod:`ircr.io.lock`) that no live process holds.
     Returns the removed paths.
     """
+    from ircr.io.lock import LOCK_NAME, clear_stale_lock
+
     d = Path(folder)
     removed: list[Path] = []
     if not d.is_dir():
         return removed
+    if clear_stale_lock(d):
+        removed.append(d / LOCK_NAME)
     for entry in d.iterdir():
         name = entry.name
         if not name.startswith(".") or not entry.is_file():

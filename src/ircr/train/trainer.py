@@ -42,6 +42,7 @@ from ircr.inference.evaluate import evaluate_models, predict_whole
 from ircr.inference.model_folder import save_model_folder
 from ircr.inference.scale import common_mpp
 from ircr.io.atomic import atomic_write, clean_stale_temps
+from ircr.io.lock import FolderLock
 from ircr.io.paths import ensure_dir
 from ircr.io.torchfile import first_nonfinite
 from ircr.losses import hovernet_loss
@@ -120,13 +121,20 @@ class Trainer:
         self.best: dict[str, tuple[float, int]] = {}  # val metric -> (best value, epoch)
         self._stop = StopRequest()
         self._clock = CheckpointClock(cfg.train.checkpoint_minutes)
-        self._setup()
+        self._lock = FolderLock(self.run_dir, "run folder")  # one writer; released by run()
+        try:
+            self._setup()
+        except BaseException:
+            self._lock.release()
+            raise
 
     # -- construction ------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
         last = self.run_dir / "checkpoints" / "last.pt"
         method_cls = get_method(cfg.method.name, self.where)
+        if self.run_dir.is_dir():  # before looking at it: a second writer is refused first
+            self._lock.acquire()
         started = method_cls.saved_progress(self.run_dir)  # the same rule for every method
         if self.resume is True and started is None:
             raise IrcrError(f"{self.run_dir}: no checkpoint to resume from (start it without "
@@ -146,6 +154,7 @@ class Trainer:
                                           betas=(0.9, 0.999), weight_decay=cfg.train.weight_decay)
         self.method.setup()
         ensure_dir(self.run_dir, "run folder")
+        self._lock.acquire()
         for sub in ("checkpoints", "model"):  # leftovers of a killed atomic write
             clean_stale_temps(self.run_dir / sub)
         self._write_run_description()
@@ -280,8 +289,14 @@ class Trainer:
         """Train to the end of the schedule; returns the final model folder.
 
         Resuming a finished run (same schedule, complete model folder) changes nothing and
-        sets :attr:`already_finished`.
+        sets :attr:`already_finished`. The run folder's lock is given back at the end.
         """
+        try:
+            return self._run()
+        finally:
+            self._lock.release()
+
+    def _run(self) -> Path:
         out = self.run_dir / "model"
         if (self._finished_schedule == _schedule(to_dict(self.cfg))
                 and (out / "model.yaml").is_file()):
