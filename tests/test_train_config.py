@@ -13,9 +13,10 @@ from ircr.train.methods import get_method
 from ircr.train.trainer import lr_at_epoch
 
 REPO = Path(__file__).resolve().parents[1]
-# experiment configs; configs/protocols/ holds `ircr experiment` protocols (test_experiment.py)
+# experiment configs; configs/protocols/ holds `ircr experiment` protocols (test_experiment.py),
+# configs/pretrain/ `ircr pretrain` configs (test_pretrain.py validates those)
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
-                 if p.relative_to(REPO / "configs").parts[0] != "protocols")
+                 if p.relative_to(REPO / "configs").parts[0] not in ("protocols", "pretrain"))
 
 
 def test_configs_folder_has_the_presets() -> None:

@@ -62,7 +62,7 @@ class DataConfig:
     split: str = "default"
     patch_size: int = bounded(256, 16, MAX_PATCH)
     context_margin: int = bounded(100, 0, MAX_PATCH)
-    batch_size: int = bounded(4, 1, MAX_BATCH)
+    batch_size: int = bounded(4, 0, MAX_BATCH)
     batch_size_unlabelled: int = bounded(4, 1, MAX_BATCH)
     workers: int = bounded(2, 0, 256)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
