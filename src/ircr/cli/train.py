@@ -1,4 +1,8 @@
-"""``ircr train CONFIG [--set key=value ...] [--resume] [--out RUN_DIR]``."""
+"""``ircr train CONFIG [--set key=value ...] [--resume] [--out RUN_DIR]``.
+
+Several processes: ``torchrun --nproc-per-node N -m ircr train CONFIG --out RUN``
+(:mod:`ircr.train.distributed`).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Load and validate the config, then train; prints the model folder."""
+    from ircr.train import distributed
     from ircr.train.config import load_experiment
     from ircr.train.trainer import Trainer
 
@@ -47,8 +52,13 @@ def handler(args: argparse.Namespace) -> int:
         overrides.append(f"train.device={args.device}")
     cfg = load_experiment(args.config, overrides)
     out = args.out or Path("runs") / Path(args.config).stem
-    trainer = Trainer(cfg, out, resume=bool(args.resume), config_source=str(args.config))
-    model_dir = trainer.run()
+    try:  # under torchrun every process runs this; rank 0 writes and prints
+        trainer = Trainer(cfg, out, resume=bool(args.resume), config_source=str(args.config))
+        model_dir = trainer.run()
+    finally:
+        distributed.shutdown()
+    if not trainer.dist.main:
+        return 0
     if trainer.already_finished:
         print(f"{out}: run already finished at iteration {trainer.iteration}; nothing to do")
     print(f"model folder: {model_dir}")
