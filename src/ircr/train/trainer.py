@@ -275,6 +275,11 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
+        world = int(state.get("world", 1))
+        if world != self.dist.world:
+            raise IrcrError(f"{path}: written by {world} process(es) but this run has "
+                            f"{self.dist.world}; resume with the same torchrun "
+                            "--nproc-per-node (the global batch depends on it)")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -282,11 +287,6 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as exc:
             raise IrcrError(f"{path}: checkpoint does not match this config "
                             f"({type(exc).__name__})") from exc
-        world = int(state.get("world", 1))
-        if world != self.dist.world:
-            raise IrcrError(f"{path}: written by {_count(world, 'process', '')}"
-                            f" but this run has {self.dist.world}; resume with the same "
-                            "torchrun --nproc-per-node (the global batch depends on it)")
         self.iteration = int(state["iteration"])
         self.epoch = int(state["epoch"])
         self._acc = {k: float(v) for k, v in state["acc"].items()}
