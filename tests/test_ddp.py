@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as tmp
-from ddp_helpers import REPO, cfg_dict, free_port, train, worker
 
+from ddp_helpers import REPO, cfg_dict, free_port, train, worker
 from ircr.config import read_yaml
 from ircr.data.prepare import prepare_dataset
 from ircr.errors import IrcrError

@@ -15,6 +15,7 @@ Everything a round produces lives under the run folder (``st_round<r>/`` sub-run
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ class SelfTraining(Method):
                 continue
             teacher = self._train_round_model(r, extra)
             ctx = distributed.current()  # torchrun: rank 0 writes, the others read its files
-            distributed.on_main(ctx, lambda: self._pseudo_label(teacher, pseudo_dir))
+            distributed.on_main(ctx, functools.partial(self._pseudo_label, teacher, pseudo_dir))
             extra = _read_extra(done)
         self.extra = extra
 
