@@ -83,6 +83,9 @@ def worker(rank: int, world: int, port: int, ds: str, out: str) -> None:
     for method in ("mean_teacher", "ircr"):
         tr = train(cfg_dict(d, method, 2, epochs=1), root / method)
         _dump(tr, root / f"{method}_rank{rank}.pt")
+    tr = train(cfg_dict(d, "self_training", 2, epochs=1, iterations_per_epoch=1),
+               root / "self_training")
+    _dump(tr, root / f"self_training_rank{rank}.pt")
     tr = train(cfg_dict(d, "test_frozen_bn", 2, epochs=1), root / "frozen")
     _dump(tr, root / f"frozen_rank{rank}.pt")
     data = cfg_dict(d, "mean_teacher", 2, epochs=3)

@@ -68,6 +68,16 @@ def test_student_and_teacher_parameters_and_buffers_equal_on_both_ranks(
     _same(ckpt["method"]["teacher"], r0["teacher"])  # rank 0's checkpoint = every rank
 
 
+def test_self_training_rounds_under_two_ranks(ranks: Path) -> None:
+    """The supervised round-0 sub-run, rank 0's pseudo-labels, then the student: same on both."""
+    _same(_load(ranks / "self_training_rank0.pt")["model"],
+          _load(ranks / "self_training_rank1.pt")["model"])
+    run = ranks / "self_training"
+    assert (run / "pseudo_round0" / "pseudo.json").is_file()
+    assert load_checkpoint(run / "st_round0" / "checkpoints" / "last.pt")["world"] == 2
+    assert (run / "model" / "weights.pt").is_file()
+
+
 def test_two_ranks_of_batch_2_equal_one_process_of_batch_4(ranks: Path, synth: Path,
                                                              tmp_path: Path) -> None:
     """BN frozen: the global batch of 2 x 2 is the batch of 1 x 4 (same samples, same loss)."""
