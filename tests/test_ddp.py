@@ -147,13 +147,25 @@ def test_torchrun_environment() -> None:
         distributed.sync_batchnorm(torch.nn.BatchNorm2d(2), torch.device("cpu"))
 
 
+def test_nproc_launcher_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cmd = distributed.torchrun_command(3, ["train", "c.yaml", "--out", "r"])
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+                       "-m", "ircr", "train", "c.yaml", "--out", "r"]
+    with pytest.raises(IrcrError, match="--nproc: must be >= 1"):
+        distributed.torchrun_command(0, [])
+    for k, v in TORCHRUN_ENV.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(IrcrError, match="--nproc: already running under torchrun"):
+        distributed.torchrun_command(2, [])
+
+
 @pytest.mark.slow
 def test_torchrun_cli(synth: Path, tmp_path: Path) -> None:
-    """``python -m torch.distributed.run --nproc-per-node 2 -m ircr train`` end to end."""
+    """``ircr train --nproc 2`` (torchrun --standalone underneath) end to end."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "ircr",
-           "train", str(REPO / "configs" / "tiny_synthetic.yaml"), "--out", str(out),
+    cmd = [sys.executable, "-m", "ircr", "train", "--nproc", "2",
+           str(REPO / "configs" / "tiny_synthetic.yaml"), "--out", str(out),
            "--set", f"data.dataset={synth}", "--set", "data.split=ratio_1-4_seed0_val0",
            "--set", "train.epochs=1", "--set", "train.iterations_per_epoch=2",
            "--set", "method.name=mean_teacher", "--no-progress"]

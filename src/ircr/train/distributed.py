@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -233,3 +234,16 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         raise IrcrError("train.sync_bn: SyncBatchNorm needs CUDA devices (torchrun on GPUs); "
                         "set train.sync_bn false on CPU")
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def torchrun_command(nproc: int, ircr_args: list[str]) -> list[str]:
+    """The ``torchrun --standalone --nproc-per-node N -m ircr ARGS`` command of ``--nproc``.
+
+    ``--standalone``: one machine, rendezvous on a free local port.
+    """
+    if nproc < 1:
+        raise IrcrError(f"--nproc: must be >= 1, got {nproc}")
+    if context_from_env().active:
+        raise IrcrError("--nproc: already running under torchrun (leave --nproc out)")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(nproc), "-m", "ircr", *ircr_args]
