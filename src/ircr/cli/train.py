@@ -57,9 +57,7 @@ def handler(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.config, overrides)
     out = args.out or Path("runs") / Path(args.config).stem
     if args.nproc != 1:  # the config is valid: hand over to torchrun
-        import subprocess
-
-        return subprocess.call(distributed.torchrun_command(args.nproc, _argv(args, out)))
+        return _launch(distributed.torchrun_command(args.nproc, _argv(args, out)))
     try:  # under torchrun every process runs this; rank 0 writes and prints
         trainer = Trainer(cfg, out, resume=bool(args.resume), config_source=str(args.config))
         model_dir = trainer.run()
@@ -83,3 +81,16 @@ def _argv(args: argparse.Namespace, out: Path) -> list[str]:
     if args.no_progress:
         argv.append("--no-progress")
     return argv
+
+
+def _launch(cmd: list[str]) -> int:
+    """Run torchrun and return its exit status; Ctrl-C is left to the training processes
+    (they checkpoint and stop), this parent only waits."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the same Ctrl-C reached torchrun and its processes
+            continue

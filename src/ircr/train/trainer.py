@@ -411,7 +411,8 @@ class Trainer:
             f"{requested or 'a stop on another rank'} at iteration {self.iteration}/"
             f"{self.total}; checkpoint "
             f"saved to {last}; resume with: ircr train {resolved} --out {self.run_dir} "
-            "--resume")
+            "--resume" + (f" --nproc {self.dist.world} (or the same torchrun command)"
+                          if self.dist.active else ""))
 
     def _next_batch(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
         try:
