@@ -1,4 +1,8 @@
-"""``ircr train CONFIG [--set key=value ...] [--resume] [--out RUN_DIR]``."""
+"""``ircr train CONFIG [--set key=value ...] [--resume] [--out RUN_DIR]``.
+
+Several processes: ``torchrun --nproc-per-node N -m ircr train CONFIG --out RUN``
+(:mod:`ircr.train.distributed`).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ def register(subparsers: Any) -> None:
                         "train.checkpoint_every iterations / train.checkpoint_minutes, at "
                         "epoch ends, and on Ctrl-C or SIGTERM; bass: from its stages' "
                         "outputs and checkpoints)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train on N processes on this machine (N GPUs, else N CPU processes): "
+                        "a shortcut for torchrun --standalone --nproc-per-node N -m ircr train "
+                        "...; global batch = N x data.batch_size (docs/method.md)")
     add_device(p)
     add_progress(p)
     p.set_defaults(func=handler)
@@ -37,6 +45,7 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Load and validate the config, then train; prints the model folder."""
+    from ircr.train import distributed
     from ircr.train.config import load_experiment
     from ircr.train.trainer import Trainer
 
@@ -47,9 +56,41 @@ def handler(args: argparse.Namespace) -> int:
         overrides.append(f"train.device={args.device}")
     cfg = load_experiment(args.config, overrides)
     out = args.out or Path("runs") / Path(args.config).stem
-    trainer = Trainer(cfg, out, resume=bool(args.resume), config_source=str(args.config))
-    model_dir = trainer.run()
+    if args.nproc != 1:  # the config is valid: hand over to torchrun
+        return _launch(distributed.torchrun_command(args.nproc, _argv(args, out)))
+    try:  # under torchrun every process runs this; rank 0 writes and prints
+        trainer = Trainer(cfg, out, resume=bool(args.resume), config_source=str(args.config))
+        model_dir = trainer.run()
+    finally:
+        distributed.shutdown()
+    if not trainer.dist.main:
+        return 0
     if trainer.already_finished:
         print(f"{out}: run already finished at iteration {trainer.iteration}; nothing to do")
     print(f"model folder: {model_dir}")
     return 0
+
+
+def _argv(args: argparse.Namespace, out: Path) -> list[str]:
+    """The ``ircr train`` arguments of this call without ``--nproc`` (for each process)."""
+    argv = ["train", str(args.config), "--out", str(out), "--device", args.device]
+    for item in args.overrides:
+        argv += ["--set", item]
+    if args.resume:
+        argv.append("--resume")
+    if args.no_progress:
+        argv.append("--no-progress")
+    return argv
+
+
+def _launch(cmd: list[str]) -> int:
+    """Run torchrun and return its exit status; Ctrl-C is left to the training processes
+    (they checkpoint and stop), this parent only waits."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the same Ctrl-C reached torchrun and its processes
+            continue

@@ -128,6 +128,7 @@ class FolderLock:
     """``with FolderLock(folder, what="run folder", command="ircr train"):`` one writer.
 
     ``acquire()`` / ``release()`` for lifetimes that are not one block. The folder is created.
+    ``enabled=False`` makes both no-ops (a torchrun rank other than 0: rank 0 holds the lock).
 
     Raises:
         IrcrError: another live process holds the folder (message names its pid), or the
@@ -135,8 +136,9 @@ class FolderLock:
     """
 
     def __init__(self, folder: str | Path, what: str = "folder",
-                 command: str | None = None) -> None:
+                 command: str | None = None, enabled: bool = True) -> None:
         self.folder = Path(folder)
+        self.enabled = enabled
         self.what = what
         self.command = command or " ".join(Path(a).name if i == 0 else a
                                            for i, a in enumerate(sys.argv))
@@ -144,7 +146,7 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         """Take the lock (re-entrant within this process)."""
-        if self._key is not None:
+        if self._key is not None or not self.enabled:
             return self
         ensure_dir(self.folder, self.what)
         key = str(self.folder.resolve())

@@ -97,6 +97,8 @@ class TrainConfig:
         init_weights: start the network from these full weights (a model folder or its
             weights.pt; the architecture of ``model:`` must match exactly) instead of a
             random / ``model.pretrained`` start; ignored when resuming (fine-tuning, adapt).
+        sync_bn: under torchrun on GPUs, BatchNorm computes its batch statistics over all
+            processes (``torch.nn.SyncBatchNorm``); an error on CPU, no effect in one process.
     """
 
     epochs: int = bounded(150, 1, MAX_EPOCHS)
@@ -119,6 +121,7 @@ class TrainConfig:
     tensorboard: bool = True
     grad_clip: float | None = None
     init_weights: Path | None = None
+    sync_bn: bool = False
 
 
 # The one flat option bag of every method before methods owned their options: a config

@@ -115,8 +115,9 @@ class IterationSet(Dataset[dict[str, Any]]):
 
     def __init__(self, ds: PreparedDataset, split: TrainSplit, cfg: ExperimentConfig,
                  extra: ExtraLabelled | None, uses_unlabelled: bool,
-                 instances: bool = False) -> None:
+                 instances: bool = False, rank: int = 0, world: int = 1) -> None:
         self.ds = ds
+        self.rank, self.world = int(rank), int(world)  # torchrun: this rank's share
         self.instances = instances  # labelled samples also carry "inst" (methods/base.py)
         self.cfg = cfg
         self.seed = int(cfg.train.seed)
@@ -211,11 +212,17 @@ class IterationSet(Dataset[dict[str, Any]]):
                 "valid": (code % 2) == 1, "index": pid}
 
     def __getitem__(self, it: int) -> dict[str, Any]:
+        """This rank's share of iteration ``it``: stream keys ``(it * world + rank) * B + j``.
+
+        With N ranks of batch B the global batch of ``it`` is exactly the batch of one process
+        with batch N x B (keys ``it * N * B ..``): a pure function of (seed, it, rank).
+        """
         b, bu = self.cfg.data.batch_size, self.cfg.data.batch_size_unlabelled
-        out = {"labelled": _collate([self.labelled_sample(it * b + j) for j in range(b)])
+        slot = it * self.world + self.rank
+        out = {"labelled": _collate([self.labelled_sample(slot * b + j) for j in range(b)])
                if b else empty_labelled(self.size, self.instances)}
         if self.uses_unlabelled:
-            out["unlabelled"] = _collate([self.unlabelled_sample(it * bu + j)
+            out["unlabelled"] = _collate([self.unlabelled_sample(slot * bu + j)
                                           for j in range(bu)])
         return out
 
@@ -269,9 +276,9 @@ class IterationData:
 
     def __init__(self, ds: PreparedDataset, split: TrainSplit, cfg: ExperimentConfig,
                  extra: ExtraLabelled | None, uses_unlabelled: bool, where: str,
-                 instances: bool = False) -> None:
+                 instances: bool = False, rank: int = 0, world: int = 1) -> None:
         self.cfg = cfg
-        self.set = IterationSet(ds, split, cfg, extra, uses_unlabelled, instances)
+        self.set = IterationSet(ds, split, cfg, extra, uses_unlabelled, instances, rank, world)
         if cfg.data.batch_size == 0 and not uses_unlabelled:
             raise IrcrError(f"{where}: data.batch_size 0 (no labelled batch) needs a method "
                             f"with unlabelled data, not '{cfg.method.name}'")
@@ -285,10 +292,12 @@ class IterationData:
                             f"prepared dataset's patch size {ds.patch_size}")
 
     def default_iterations(self) -> int:
-        """One pass over the unlabelled pool (SSL methods) or the labelled pool (others)."""
+        """One pass over the unlabelled pool (SSL methods) or the labelled pool (others),
+        with the global batch (all ranks' batches together)."""
+        n = self.set.world
         if self.set.uses_unlabelled:
-            return max(1, len(self.set.unl_pool) // self.cfg.data.batch_size_unlabelled)
-        return max(1, len(self.set.lab_pool) // self.cfg.data.batch_size)
+            return max(1, len(self.set.unl_pool) // (self.cfg.data.batch_size_unlabelled * n))
+        return max(1, len(self.set.lab_pool) // (self.cfg.data.batch_size * n))
 
     def loader(self, start: int, stop: int, device: torch.device) -> Iterator[dict[str, Any]]:
         """Batches of iterations ``start .. stop-1`` on ``device`` (one loader for the run).

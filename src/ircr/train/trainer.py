@@ -46,7 +46,7 @@ from ircr.io.lock import FolderLock
 from ircr.io.paths import ensure_dir
 from ircr.io.torchfile import first_nonfinite
 from ircr.losses import hovernet_loss
-from ircr.train import loaders
+from ircr.train import distributed, loaders
 from ircr.train.checkpoint import (
     NonFiniteState,
     capture_rng,
@@ -104,7 +104,11 @@ class Trainer:
         self.resume = resume
         self.stop_after = stop_after
         self.where = config_source or str(self.run_dir / "config.yaml")
-        self.device = select_device(cfg.train.device, key="train.device")
+        self.dist = distributed.context_from_env()  # torchrun: several ranks (distributed.py)
+        if self.dist.active:
+            _check_distributable(cfg, self.where)
+        self.device = distributed.initialise(
+            self.dist, select_device(cfg.train.device, key="train.device"))
         self.amp = amp_dtype(cfg.train.amp, self.device)
         self.iteration = 0
         self.epoch = 0
@@ -121,7 +125,8 @@ class Trainer:
         self.best: dict[str, tuple[float, int]] = {}  # val metric -> (best value, epoch)
         self._stop = StopRequest()
         self._clock = CheckpointClock(cfg.train.checkpoint_minutes)
-        self._lock = FolderLock(self.run_dir, "run folder")  # one writer; released by run()
+        # one writer (rank 0 under torchrun); released by run()
+        self._lock = FolderLock(self.run_dir, "run folder", enabled=self.dist.main)
         try:
             self._setup()
         except BaseException:
@@ -150,15 +155,22 @@ class Trainer:
         self.model: nn.Module = self.method.build_model().to(self.device)
         if cfg.train.init_weights is not None and not (self.resume and last.is_file()):
             load_init_weights(self.model, cfg.train.init_weights)  # before the EMA teacher
+        if self.dist.active:
+            if cfg.train.sync_bn:
+                self.model = distributed.sync_batchnorm(self.model, self.device)
+            distributed.broadcast_module(self.dist, self.model)  # one start on every rank
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           betas=(0.9, 0.999), weight_decay=cfg.train.weight_decay)
         self.method.setup()
         ensure_dir(self.run_dir, "run folder")
         self._lock.acquire()
-        for sub in ("checkpoints", "model"):  # leftovers of a killed atomic write
-            clean_stale_temps(self.run_dir / sub)
-        self._write_run_description()
-        self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
+        self.logger: MetricsLogger | _NoLogger = _NoLogger()
+        if self.dist.main:  # rank 0 alone writes into the run folder
+            for sub in ("checkpoints", "model"):  # leftovers of a killed atomic write
+                clean_stale_temps(self.run_dir / sub)
+            self._write_run_description()
+            self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard)
+        distributed.barrier(self.dist)
         if last.is_file() and self.resume:
             self._load(last)
 
@@ -239,16 +251,26 @@ class Trainer:
     def save(self, keep_name: str | None = None) -> Path:
         """Write ``checkpoints/last.pt`` atomically (and a kept copy when named)."""
         last = self.run_dir / "checkpoints" / "last.pt"
-        try:
-            save_checkpoint(last, self._state())
-        except NonFiniteState as exc:
-            raise IrcrError(self._stop_message(f"tensor '{exc.key}' holds NaN or inf",
-                                               self.iteration)) from None
+        state = self._rank_state()  # collective under torchrun: every rank calls save()
+        if self.dist.main:
+            try:
+                save_checkpoint(last, {**self._state(), **state})
+            except NonFiniteState as exc:
+                raise IrcrError(self._stop_message(f"tensor '{exc.key}' holds NaN or inf",
+                                                   self.iteration)) from None
+            if keep_name:
+                atomic_write(last.with_name(keep_name), lambda tmp: shutil.copyfile(last, tmp))
         self._saved_iteration = self.iteration
         self._clock.reset()
-        if keep_name:
-            atomic_write(last.with_name(keep_name), lambda tmp: shutil.copyfile(last, tmp))
         return last
+
+    def _rank_state(self) -> dict[str, Any]:
+        """Under torchrun: the ranks' mean loss sums and every rank's RNG state (else {})."""
+        if not self.dist.active:
+            return {}
+        self._acc = distributed.mean_sums(self.dist, self._acc)
+        return {"world": self.dist.world,
+                "rank_rng": distributed.gather_objects(self.dist, capture_rng())}
 
     def _stop_message(self, problem: str, iteration: int) -> str:
         """One line: what went wrong where, and the last good checkpoint (if one exists)."""
@@ -263,6 +285,11 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
+        world = int(state.get("world", 1))
+        if world != self.dist.world:
+            raise IrcrError(f"{path}: written by {world} process(es) but this run has "
+                            f"{self.dist.world}; resume with the same torchrun "
+                            "--nproc-per-node (the global batch depends on it)")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -279,7 +306,8 @@ class Trainer:
         self._saved_iteration = self.iteration
         if state.get("finished"):
             self._finished_schedule = _schedule(state.get("config") or {})
-        restore_rng(state["rng"])
+        ranks = state.get("rank_rng") or [state["rng"]]
+        restore_rng(ranks[self.dist.rank])
 
     def _wall(self) -> float:
         return self._wall_offset + (time.time() - self._t0)
@@ -313,15 +341,17 @@ class Trainer:
         extra = self.method.extra_labelled()
         self.data = loaders.IterationData(self.dataset, self.split, self.cfg, extra,
                                           self.method.uses_unlabelled, self.where,
-                                          instances=self.method.uses_instances)
+                                          instances=self.method.uses_instances,
+                                          rank=self.dist.rank, world=self.dist.world)
         self.ipe = self.cfg.train.iterations_per_epoch or self.data.default_iterations()
         self.total = self.cfg.train.epochs * self.ipe
         if self.cfg.train.max_iterations is not None:
             self.total = min(self.total, self.cfg.train.max_iterations)
         if self.iteration < self.total:  # drop rows of epochs that will be re-run
             self.logger.truncate(self.iteration // self.ipe)
-        _say(self.describe_run())
-        bar = _progress(self.cfg.train.progress, self.total, self.iteration)
+        if self.dist.main:
+            _say(self.describe_run())
+        bar = _progress(self.cfg.train.progress and self.dist.main, self.total, self.iteration)
         batches = self.data.loader(self.iteration, self.total, self.device)
         self._clock.reset()
         try:
@@ -337,7 +367,8 @@ class Trainer:
             if close is not None:
                 close()
         out = self._finish()
-        _say(self.closing_summary(out))
+        if self.dist.main:
+            _say(self.closing_summary(out))
         return out
 
     def describe_run(self) -> str:
@@ -361,7 +392,8 @@ class Trainer:
             f"{start}{self.ipe} iterations/epoch x {_count(cfg.train.epochs, 'epoch')} = "
             f"{_count(self.total, 'iteration')} (batch {cfg.data.batch_size}"
             + (f" + {cfg.data.batch_size_unlabelled} unlabelled" if
-               self.method.uses_unlabelled else "") + ")",
+               self.method.uses_unlabelled else "")
+            + (f" per process x {self.dist.world} processes" if self.dist.active else "") + ")",
             f"checkpoints {' and '.join(ckpt)} to {self.run_dir / 'checkpoints' / 'last.pt'}; "
             "Ctrl-C saves one and stops",
         ])
@@ -383,14 +415,20 @@ class Trainer:
 
     def _check_stop(self) -> None:
         """On a caught SIGINT/SIGTERM: checkpoint now (an iteration boundary) and stop."""
-        if self._stop.requested is None:
+        requested = self._stop.requested
+        if self.dist.active:  # a signal on one rank stops every rank at the same iteration
+            if not distributed.any_flags(self.dist, [requested is not None], self.device)[0]:
+                return
+        elif requested is None:
             return
         last = self.save()
         resolved = self.run_dir / "config.yaml"  # the config with every --set applied
         raise TrainingStopped(
-            f"{self._stop.requested} at iteration {self.iteration}/{self.total}; checkpoint "
+            f"{requested or 'a stop on another rank'} at iteration {self.iteration}/"
+            f"{self.total}; checkpoint "
             f"saved to {last}; resume with: ircr train {resolved} --out {self.run_dir} "
-            "--resume")
+            "--resume" + (f" --nproc {self.dist.world} (or the same torchrun command)"
+                          if self.dist.active else ""))
 
     def _next_batch(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
         try:
@@ -416,24 +454,32 @@ class Trainer:
             self._step(self._next_batch(batches), bar)
             if self.iteration < end and ((cfg.checkpoint_every and
                                           self.iteration % cfg.checkpoint_every == 0)
-                                         or self._clock.due()):
+                                         or self._clock_due()):
                 self.save()
             if self.stop_after is not None and self.iteration >= self.stop_after:
                 raise TrainingInterrupted(f"stopped after iteration {self.iteration}")
         secs = max(time.time() - t0, 1e-9)
         self._end_epoch(epoch, lr, (self.iteration - it0) / secs)
 
+    def _clock_due(self) -> bool:
+        """A time-based checkpoint is due (on any rank: all checkpoint together)."""
+        due = self._clock.due()
+        return distributed.any_flags(self.dist, [due], self.device)[0] if self.dist.active \
+            else due
+
     def _step(self, batch: dict[str, Any], bar: Any) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss, parts = self.method.train_step(batch["labelled"], batch.get("unlabelled"))
-        value = float(loss.detach())
+        value = distributed.mean_scalar(self.dist, float(loss.detach()), self.device)
         if not math.isfinite(value):
             raise IrcrError(self._stop_message(f"loss became {value}", self.iteration + 1))
         loss.backward()
+        distributed.average_gradients(self.dist, self.model)
         if self.cfg.train.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
+        distributed.average_buffers(self.dist, self.model)  # before the EMA update
         self.method.after_optimizer_step()
         self.iteration += 1
         self._acc["loss"] = self._acc.get("loss", 0.0) + value
@@ -451,13 +497,15 @@ class Trainer:
         if bad is not None:
             raise IrcrError(self._stop_message(f"tensor 'model.{bad}' holds NaN or inf",
                                                self.iteration))
+        self._acc = distributed.mean_sums(self.dist, self._acc)  # the ranks' mean
         n = max(self._acc_n, 1)
         row: dict[str, Any] = {f"train_{k}": v / n for k, v in self._acc.items()}
         row.update({k: float(v) for k, v in self.method.epoch_end().items()})
         row.update({"lr": lr, "iterations": self.iteration, "iter_per_s": its})
         last_epoch = self.iteration >= self.total
         every = self.cfg.train.val_every
-        if self.split.val_images and ((every and (epoch + 1) % every == 0) or last_epoch):
+        if self.dist.main and self.split.val_images and ((every and (epoch + 1) % every == 0)
+                                                         or last_epoch):
             if last_epoch:
                 n = len(self.split.val_images)
                 _say(f"validating on {n} whole image{'s' if n > 1 else ''}")
@@ -489,6 +537,11 @@ class Trainer:
     def _finish(self) -> Path:
         self._finished_schedule = _schedule(to_dict(self.cfg))
         self.save()
+        out = self.run_dir / "model"
+        distributed.on_main(self.dist, self._write_model_folder)  # the others wait
+        return out
+
+    def _write_model_folder(self) -> None:
         metrics = {k: v for k, v in self.last_row.items() if k.startswith("val_")} or None
         model = copy.deepcopy(self.method.final_model()).cpu().eval()
         out = self.run_dir / "model"
@@ -504,7 +557,30 @@ class Trainer:
                                         "iterations": self.iteration,
                                         "epochs": self.cfg.train.epochs,
                                         "run_dir": str(self.run_dir)}})
-        return out
+
+
+class _NoLogger:
+    """The metrics logger of ranks other than 0 under torchrun: writes nothing."""
+
+    def truncate(self, epoch: int) -> None:
+        """Nothing to drop."""
+
+    def log(self, epoch: int, values: dict[str, Any]) -> None:
+        """Rank 0 logs."""
+
+    def close(self) -> None:
+        """Nothing open."""
+
+
+def _check_distributable(cfg: ExperimentConfig, where: str) -> None:
+    """One-line errors for what torchrun cannot train (methods with their own loop)."""
+    method_cls = get_method(cfg.method.name, where)
+    if method_cls.run_own is not Method.run_own:
+        raise IrcrError(f"{where}: method '{cfg.method.name}' is not supported under torchrun "
+                        "(train it in one process)")
+    if getattr(cfg.method.options, "mask_source", None) == "previous":
+        raise IrcrError(f"{where}: method.mask_source 'previous' is not supported under "
+                        "torchrun (its mask cache is per process); use 'current'")
 
 
 def _schedule(config: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ Everything a round produces lives under the run folder (``st_round<r>/`` sub-run
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ircr.config import bounded
 from ircr.errors import IrcrError
 from ircr.io.paths import child_path, unique_name
 from ircr.postproc.batch import wbis_batch
+from ircr.train import distributed
 from ircr.train.methods import register_method
 from ircr.train.methods.base import ExtraLabelled, Method
 
@@ -76,7 +78,9 @@ class SelfTraining(Method):
                 extra = _read_extra(done)
                 continue
             teacher = self._train_round_model(r, extra)
-            extra = self._pseudo_label(teacher, pseudo_dir)
+            ctx = distributed.current()  # torchrun: rank 0 writes, the others read its files
+            distributed.on_main(ctx, functools.partial(self._pseudo_label, teacher, pseudo_dir))
+            extra = _read_extra(done)
         self.extra = extra
 
     def _train_round_model(self, r: int, extra: ExtraLabelled | None) -> nn.Module:
