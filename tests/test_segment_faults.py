@@ -90,7 +90,7 @@ def comparable(out: Path, stem: str = "slide") -> dict[str, Any]:
     for f in geo["features"]:
         f.pop("id")
     summary = json.loads((out / f"{stem}_summary.json").read_text())
-    for key in ("timings_s", "seconds_per_mm2_tissue", "outputs", "skipped"):
+    for key in ("timings_s", "seconds", "seconds_per_mm2_tissue", "outputs", "skipped"):
         summary.pop(key, None)
     return {
         "labels": tifffile.imread(out / f"{stem}_labels.tif").tobytes(),
