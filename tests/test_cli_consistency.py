@@ -71,12 +71,12 @@ def test_models_list_prints_no_python_list(capsys) -> None:
 
 def test_singular_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     from ircr.inference.device import describe_device
-    from ircr.train.trainer import _count, _device_name
+    from ircr.train.run_text import count, device_name
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert "(1 thread, " in describe_device(torch.device("cpu"))
-    assert _device_name(torch.device("cpu")) == "cpu (1 thread)"
-    assert _count(1, "iteration") == "1 iteration" and _count(2, "epoch") == "2 epochs"
+    assert device_name(torch.device("cpu")) == "cpu (1 thread)"
+    assert count(1, "iteration") == "1 iteration" and count(2, "epoch") == "2 epochs"
 
 
 def test_cpm15_size_error_uses_cli_syntax(tmp_path: Path) -> None:

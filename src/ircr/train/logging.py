@@ -80,3 +80,16 @@ class MetricsLogger:
 def _fmt(row: dict[str, Any]) -> dict[str, Any]:
     """Format floats compactly (6 significant digits) for the CSV."""
     return {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+
+
+class NullLogger:
+    """The metrics logger of ranks other than 0 under torchrun: writes nothing."""
+
+    def truncate(self, epoch: int) -> None:
+        """Nothing to drop."""
+
+    def log(self, epoch: int, values: dict[str, Any]) -> None:
+        """Rank 0 logs."""
+
+    def close(self) -> None:
+        """Nothing open."""

@@ -46,7 +46,7 @@ from ircr.io.lock import FolderLock
 from ircr.io.paths import ensure_dir
 from ircr.io.torchfile import first_nonfinite
 from ircr.losses import hovernet_loss
-from ircr.train import distributed, loaders
+from ircr.train import distributed, loaders, run_text
 from ircr.train.checkpoint import (
     NonFiniteState,
     capture_rng,
@@ -56,7 +56,7 @@ from ircr.train.checkpoint import (
 )
 from ircr.train.config import ExperimentConfig, experiment_from_dict
 from ircr.train.init_weights import load_init_weights
-from ircr.train.logging import MetricsLogger
+from ircr.train.logging import MetricsLogger, NullLogger
 from ircr.train.methods import Method, get_method
 from ircr.train.stop import CheckpointClock, StopRequest, TrainingStopped
 
@@ -164,7 +164,7 @@ class Trainer:
         self.method.setup()
         ensure_dir(self.run_dir, "run folder")
         self._lock.acquire()
-        self.logger: MetricsLogger | _NoLogger = _NoLogger()
+        self.logger: MetricsLogger | NullLogger = NullLogger()
         if self.dist.main:  # rank 0 alone writes into the run folder
             for sub in ("checkpoints", "model"):  # leftovers of a killed atomic write
                 clean_stale_temps(self.run_dir / sub)
@@ -350,8 +350,9 @@ class Trainer:
         if self.iteration < self.total:  # drop rows of epochs that will be re-run
             self.logger.truncate(self.iteration // self.ipe)
         if self.dist.main:
-            _say(self.describe_run())
-        bar = _progress(self.cfg.train.progress and self.dist.main, self.total, self.iteration)
+            run_text.say(self.describe_run())
+        bar = run_text.progress_bar(self.cfg.train.progress and self.dist.main, self.total,
+                                    self.iteration)
         batches = self.data.loader(self.iteration, self.total, self.device)
         self._clock.reset()
         try:
@@ -368,50 +369,16 @@ class Trainer:
                 close()
         out = self._finish()
         if self.dist.main:
-            _say(self.closing_summary(out))
+            run_text.say(self.closing_summary(out))
         return out
 
     def describe_run(self) -> str:
-        """Lines printed before training: device, AMP, data counts, iterations, checkpoints."""
-        cfg, sp = self.cfg, self.split
-        amp = "bf16" if self.amp is not None else "off"
-        ckpt = [_count(cfg.train.checkpoint_every, "iteration", "every ")] \
-            if cfg.train.checkpoint_every \
-            else ["at epoch ends"]
-        if cfg.train.checkpoint_minutes:
-            ckpt.append(f"every {cfg.train.checkpoint_minutes:g} min")
-        start = f"resuming at iteration {self.iteration}; " if self.iteration else ""
-        report = getattr(self.model, "pretrained_report", None)
-        weights = [f"encoder weights: {report.summary()}"] if report is not None else []
-        return "\n".join([
-            f"method {cfg.method.name}; device {_device_name(self.device)}; AMP {amp}", *weights,
-            f"data {cfg.data.dataset}: {len(sp.labelled)} labelled + {len(sp.unlabelled)} "
-            "unlabelled patches" + ("" if self.method.uses_unlabelled else
-                                    " (unlabelled not used by this method)")
-            + f", {len(sp.val_images)} validation image(s)",
-            f"{start}{self.ipe} iterations/epoch x {_count(cfg.train.epochs, 'epoch')} = "
-            f"{_count(self.total, 'iteration')} (batch {cfg.data.batch_size}"
-            + (f" + {cfg.data.batch_size_unlabelled} unlabelled" if
-               self.method.uses_unlabelled else "")
-            + (f" per process x {self.dist.world} processes" if self.dist.active else "") + ")",
-            f"checkpoints {' and '.join(ckpt)} to {self.run_dir / 'checkpoints' / 'last.pt'}; "
-            "Ctrl-C saves one and stops",
-        ])
+        """Lines printed before training (:func:`ircr.train.run_text.describe_run`)."""
+        return run_text.describe_run(self)
 
     def closing_summary(self, model_dir: Path) -> str:
-        """Lines printed after training: best/last val metrics, wall time, next command."""
-        lines = [f"done: {_count(self.iteration, 'iteration')} in {_hms(self._wall())} (wall)"]
-        shown = ("_aji", "_dice", "_f1", "_pq")
-        for key, (best, epoch) in sorted(self.best.items()):
-            if not key.endswith(shown):
-                continue
-            last = self.last_row.get(key)
-            last_s = f"{last:.4f}" if isinstance(last, float) else "n/a"
-            lines.append(f"{key}: last {last_s}, best {best:.4f} (epoch {epoch})")
-        lines.append(f"model folder: {model_dir}")
-        lines.append(f"next: ircr evaluate {model_dir} {self.cfg.data.dataset}   or   "
-                     f"ircr segment {model_dir} IMAGES... -o OUT")
-        return "\n".join(lines)
+        """Lines printed after training (:func:`ircr.train.run_text.closing_summary`)."""
+        return run_text.closing_summary(self, model_dir)
 
     def _check_stop(self) -> None:
         """On a caught SIGINT/SIGTERM: checkpoint now (an iteration boundary) and stop."""
@@ -508,7 +475,7 @@ class Trainer:
                                                          or last_epoch):
             if last_epoch:
                 n = len(self.split.val_images)
-                _say(f"validating on {n} whole image{'s' if n > 1 else ''}")
+                run_text.say(f"validating on {n} whole image{'s' if n > 1 else ''}")
             row.update(self.validate(progress=last_epoch and self.cfg.train.progress))
             for k, v in row.items():
                 if k.startswith("val_") and isinstance(v, float) and math.isfinite(v) and \
@@ -559,19 +526,6 @@ class Trainer:
                                         "run_dir": str(self.run_dir)}})
 
 
-class _NoLogger:
-    """The metrics logger of ranks other than 0 under torchrun: writes nothing."""
-
-    def truncate(self, epoch: int) -> None:
-        """Nothing to drop."""
-
-    def log(self, epoch: int, values: dict[str, Any]) -> None:
-        """Rank 0 logs."""
-
-    def close(self) -> None:
-        """Nothing open."""
-
-
 def _check_distributable(cfg: ExperimentConfig, where: str) -> None:
     """One-line errors for what torchrun cannot train (methods with their own loop)."""
     method_cls = get_method(cfg.method.name, where)
@@ -587,39 +541,3 @@ def _schedule(config: dict[str, Any]) -> dict[str, Any]:
     """The keys of a config that fix where training ends (to recognise a finished run)."""
     train = config.get("train") or {}
     return {k: train.get(k) for k in ("epochs", "iterations_per_epoch", "max_iterations")}
-
-
-def _say(text: str) -> None:
-    """Print trainer messages to stderr, each line prefixed ``ircr train:``."""
-    import sys
-
-    for line in text.splitlines():
-        print(f"ircr train: {line}", file=sys.stderr, flush=True)
-
-
-def _count(n: int, word: str, prefix: str = "") -> str:
-    """``"1 iteration"``, ``"2 iterations"`` (with ``prefix`` before the number)."""
-    return f"{prefix}{n} {word}{'s' * (n != 1)}"
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    if device.type == "cpu":
-        n = torch.get_num_threads()
-        return f"cpu ({n} thread{'s' * (n != 1)})"
-    return str(device)
-
-
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _progress(enabled: bool, total: int, initial: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, leave=True)
-
