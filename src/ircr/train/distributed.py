@@ -151,14 +151,7 @@ def average_gradients(ctx: DistContext, module: nn.Module) -> None:
     """
     if not ctx.active:
         return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= ctx.world
-    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
+    _mean_in_place(ctx, [p.grad for p in module.parameters() if p.grad is not None])
 
 
 @torch.no_grad()
@@ -169,14 +162,18 @@ def average_buffers(ctx: DistContext, module: nn.Module) -> None:
     """
     if not ctx.active:
         return
-    bufs = [b for b in module.buffers() if torch.is_floating_point(b)]
-    if not bufs:
+    _mean_in_place(ctx, [b for b in module.buffers() if torch.is_floating_point(b)])
+
+
+def _mean_in_place(ctx: DistContext, tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over the ranks (one all-reduce of their flat concat)."""
+    if not tensors:
         return
-    flat = _flatten_dense_tensors(bufs)
+    flat = _flatten_dense_tensors(tensors)
     dist.all_reduce(flat)
     flat /= ctx.world
-    for b, synced in zip(bufs, _unflatten_dense_tensors(flat, bufs)):
-        b.copy_(synced)
+    for t, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
+        t.copy_(synced)
 
 
 @torch.no_grad()
