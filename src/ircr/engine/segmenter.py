@@ -55,6 +55,18 @@ from ircr.io.wsi import check_mpp, is_slide
 from ircr.ssl.prior import load_prior
 
 
+DEFAULT_TILE = 1024
+
+
+def default_tile(window: int, overlap: int, margin: int) -> int:
+    """Stitching tile core (px) when none is given: with a network window of at least
+    ``DEFAULT_TILE`` px, the largest core whose read window (core + 2 margins) plus the
+    window's context (``overlap``) fits one window, so each tile is one network pass;
+    otherwise ``DEFAULT_TILE``."""
+    fit = (window - overlap - 2 * margin) // 8 * 8
+    return fit if window >= DEFAULT_TILE and fit >= 256 else DEFAULT_TILE
+
+
 class NucleusSegmenter:
     """A trained network plus everything needed to segment images with it.
 
@@ -68,7 +80,9 @@ class NucleusSegmenter:
             on CUDA without bf16; :func:`ircr.inference.device.amp_dtype`).
         window, overlap: network window and its overlap (sliding-window inference).
         tile, margin: core size and context margin of the stitching tiles, in pixels at the
-            model's resolution; ``margin`` must exceed the largest nucleus (default 24 µm).
+            model's resolution; ``margin`` must exceed the largest nucleus (default 24 µm);
+            ``tile`` None: :func:`default_tile` (one network window per tile for large
+            windows, else 1024).
         prior: morphological prior for the ``prior_score`` column (None: NaN).
         name, meta: the model folder and its model.yaml facts (for summaries).
         workers: post-processing threads overlapping the network on whole slides.
@@ -80,7 +94,8 @@ class NucleusSegmenter:
 
     def __init__(self, model: nn.Module, postproc: Any, model_mpp: float | None = None,
                  device: str | torch.device | None = None, batch_size: int = 8,
-                 amp: bool = False, window: int = 256, overlap: int = 64, tile: int = 1024,
+                 amp: bool = False, window: int = 256, overlap: int = 64,
+                 tile: int | None = None,
                  margin: int | None = None, prior: Any = None, name: str = "",
                  meta: dict[str, Any] | None = None, workers: int = 2,
                  family: ModelFamily | None = None, compile: bool = False) -> None:
@@ -97,6 +112,8 @@ class NucleusSegmenter:
         self.channels_last = self.device.type == "cuda"
         if margin is None:
             margin = int(math.ceil(24.0 / (model_mpp or 0.25) / 8.0) * 8)
+        if tile is None:
+            tile = default_tile(self.window, self.overlap, int(margin))
         if tile < 64 or margin < 0:
             raise IrcrError(f"--tile/--margin: tile must be >= 64 and margin >= 0 "
                             f"(got {tile}, {margin})")
@@ -293,7 +310,7 @@ class NucleusSegmenter:
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device | None = None,
-               batch_size: int | None = None, amp: bool = False, tile: int = 1024,
+               batch_size: int | None = None, amp: bool = False, tile: int | None = None,
                margin: int | None = None, prior: str | Path | None = None,
                workers: int = 2, window: int | None = None,
                overlap: int | None = None, compile: bool = False) -> NucleusSegmenter:
@@ -307,7 +324,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
             ``inference`` setting (the one ``ircr evaluate`` uses; see
             :mod:`ircr.inference.model_folder`).
         amp: mixed precision.
-        tile, margin: stitching tile core and margin (pixels at the model's resolution).
+        tile, margin: stitching tile core and margin (pixels at the model's resolution;
+            tile None: :func:`default_tile` of the window).
         prior: prior .npz for the ``prior_score`` column; default: the folder's prior.npz,
             else the package's default prior.
         workers: post-processing threads for whole slides.
