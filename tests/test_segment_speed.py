@@ -34,9 +34,11 @@ def test_fitted_window_by_hand() -> None:
 
 
 def test_default_tile_one_window_per_tile() -> None:
-    # 1088 - 64 (context) - 2 x 96 (margin) = 832; small windows keep 1024
-    assert default_tile(1088, 64, 96) == 832
-    assert default_tile(256, 64, 96) == 1024
+    # slides: min(1088, 768) - 64 (context) - 2 x 96 (margin) = 512; images and small
+    # windows keep 1024
+    assert default_tile(1088, 64, 96, slide=True) == 512
+    assert default_tile(1088, 64, 96) == 1024
+    assert default_tile(256, 64, 96, slide=True) == 1024
 
 
 def test_single_window_is_the_plain_network() -> None:
@@ -56,7 +58,9 @@ def test_single_window_is_the_plain_network() -> None:
 
 def test_packaged_model_uses_the_fast_setting() -> None:
     seg = ircr.load_model(None, device="cpu")
-    assert (seg.window, seg.overlap, seg.batch_size, seg.tile) == (1088, 64, 1, 832)
+    assert (seg.window, seg.overlap, seg.batch_size, seg.tile) == (1088, 64, 1, 1024)
+    assert seg.slide_tile == 512
+    assert ircr.load_model(None, device="cpu", tile=700).slide_tile == 700
 
 
 def test_new_path_keeps_the_instances_on_a_real_crop(monuseg_root: Path) -> None:

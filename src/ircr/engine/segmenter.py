@@ -54,17 +54,24 @@ from ircr.io.paths import ensure_dir
 from ircr.io.wsi import check_mpp, is_slide
 from ircr.ssl.prior import load_prior
 
-
 DEFAULT_TILE = 1024
+# largest fitted network window a slide tile gets by default: keeps the peak RSS of a
+# 20,000 x 20,000 px slide region under 2 GB with the packaged model (issue 23; a 1088 px
+# window per slide tile peaked at 2.7 GB)
+SLIDE_WINDOW = 768
 
 
-def default_tile(window: int, overlap: int, margin: int) -> int:
-    """Stitching tile core (px) when none is given: with a network window of at least
-    ``DEFAULT_TILE`` px, the largest core whose read window (core + 2 margins) plus the
-    window's context (``overlap``) fits one window, so each tile is one network pass;
-    otherwise ``DEFAULT_TILE``."""
-    fit = (window - overlap - 2 * margin) // 8 * 8
-    return fit if window >= DEFAULT_TILE and fit >= 256 else DEFAULT_TILE
+def default_tile(window: int, overlap: int, margin: int, slide: bool = False) -> int:
+    """Stitching tile core (px) when none is given.
+
+    Images held in memory: ``DEFAULT_TILE`` (a 1000 px tile is one tile, and with a window
+    of at least 1088 px one network pass). Slides, with a network window of at least
+    ``DEFAULT_TILE`` px: the core whose read window (core + 2 margins) plus the window's
+    context (``overlap``) is one fitted window of at most ``SLIDE_WINDOW`` px, so each slide
+    tile is one network pass of bounded memory; otherwise ``DEFAULT_TILE``.
+    """
+    fit = (min(window, SLIDE_WINDOW) - overlap - 2 * margin) // 8 * 8
+    return fit if slide and window >= DEFAULT_TILE and fit >= 256 else DEFAULT_TILE
 
 
 class NucleusSegmenter:
@@ -81,8 +88,8 @@ class NucleusSegmenter:
         window, overlap: network window and its overlap (sliding-window inference).
         tile, margin: core size and context margin of the stitching tiles, in pixels at the
             model's resolution; ``margin`` must exceed the largest nucleus (default 24 µm);
-            ``tile`` None: :func:`default_tile` (one network window per tile for large
-            windows, else 1024).
+            ``tile`` None: :func:`default_tile` (1024 for images in memory; for slides with
+            a large window, one bounded network window per tile: ``slide_tile``).
         prior: morphological prior for the ``prior_score`` column (None: NaN).
         name, meta: the model folder and its model.yaml facts (for summaries).
         workers: post-processing threads overlapping the network on whole slides.
@@ -112,9 +119,11 @@ class NucleusSegmenter:
         self.channels_last = self.device.type == "cuda"
         if margin is None:
             margin = int(math.ceil(24.0 / (model_mpp or 0.25) / 8.0) * 8)
+        self.slide_tile = int(tile if tile is not None else
+                              default_tile(self.window, self.overlap, int(margin), slide=True))
         if tile is None:
             tile = default_tile(self.window, self.overlap, int(margin))
-        if tile < 64 or margin < 0:
+        if min(tile, self.slide_tile) < 64 or margin < 0:
             raise IrcrError(f"--tile/--margin: tile must be >= 64 and margin >= 0 "
                             f"(got {tile}, {margin})")
         self.tile, self.margin = int(tile), int(margin)
@@ -133,7 +142,7 @@ class NucleusSegmenter:
         return (f"device {describe_device(self.device)}; window {self.window} / overlap "
                 f"{self.overlap} px, batch size {self.batch_size}; AMP {amp}"
                 f"{'; compiled' if self.compile else ''}; model at {mpp}; "
-                f"tile {self.tile} + margin {self.margin} px")
+                f"tile {self.tile} (slides {self.slide_tile}) + margin {self.margin} px")
 
     # ---- the shared per-window engine --------------------------------------------------------
     def setting(self) -> InferenceSetting:
@@ -303,7 +312,7 @@ class NucleusSegmenter:
             "input": str(path), "kind": kind, "model": self.name, "model_meta": self.meta,
             "device": describe_device(self.device), "batch_size": self.batch_size,
             "amp": self.amp, "window": self.window, "overlap": self.overlap,
-            "tile": self.tile, "margin": self.margin,
+            "tile": self.slide_tile if kind == "slide" else self.tile, "margin": self.margin,
             "input_mpp": mpp, "mpp_source": mpp_source, "processing_mpp": processing_mpp,
             "versions": versions(),
         }

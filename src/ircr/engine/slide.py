@@ -60,7 +60,7 @@ DENSITY_BASIS = "nuclei whose centroid is in the tissue mask / tissue area"
 class TileSegmenter(Protocol):
     """What the slide pipeline uses of a segmenter (:class:`NucleusSegmenter` has it)."""
 
-    tile: int
+    slide_tile: int
     margin: int
     workers: int
     prior: Any
@@ -284,14 +284,15 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
             thumb, tscale = slide.thumbnail(THUMB_SIZE)
             check_brightfield(str(path), dark_reason(thumb), force)
             mask = tissue_mask(thumb) if use_tissue else np.ones(thumb.shape[:2], bool)
-        tiles = tile_grid(geo.height, geo.width, seg.tile, seg.margin)
+        tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin)
         todo = [t for t in tiles if region_has_tissue(mask, tscale * geo.s, *t.core)]
         if log:
             log(f"{path}: {w0}x{h0} px, {_um(in_mpp)} µm/px ({src}); read with "
                 f"{slide.backend}; level {geo.level}, processing {geo.width}x{geo.height} px "
                 f"at {_um(geo.proc_mpp)} µm/px; tissue {mask.mean():.0%} of the thumbnail; "
                 f"{len(todo)}/{len(tiles)} tiles")
-        stitcher = Stitcher(geo.height, geo.width, seg.tile, seg.margin, streaming=True)
+        stitcher = Stitcher(geo.height, geo.width, seg.slide_tile, seg.margin,
+                            streaming=True)
         sinks = _Sinks(formats, files, SlideFrame(geo.height, geo.width, geo.proc_mpp, thumb,
                                                   tscale))
         times = {"read": 0.0, "network": 0.0, "network_wait": 0.0, "postprocess": 0.0,
