@@ -143,7 +143,7 @@ def rss_worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    seg = load("new")
+    seg = load(args.rss_path)
     t0 = time.perf_counter()
     summary = seg.process(args.slide, args.out)
     print(json.dumps({"wall": time.perf_counter() - t0,
@@ -158,7 +158,7 @@ def peak_rss(args: argparse.Namespace, tiles: list[tuple[str, np.ndarray]],
     c = args.rss_size // 2 - args.rss_tissue // 2
     write_slide(slide, args.rss_size, mosaic(tiles, args.rss_tissue), c, c)
     cmd = [sys.executable, __file__, "--rss-worker", "--slide", str(slide), "--out",
-           str(root / "rss_out"), "--threads", str(args.threads)]
+           str(root / "rss_out"), "--threads", str(args.threads), "--rss-path", args.rss_path]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -175,6 +175,8 @@ def main() -> None:
     ap.add_argument("--slide-size", type=int, default=2048, help="small slide side px (0: none)")
     ap.add_argument("--rss-size", type=int, default=20000, help="RSS slide side px (0: none)")
     ap.add_argument("--rss-tissue", type=int, default=1700, help="tissue block side px")
+    ap.add_argument("--rss-path", choices=("old", "new"), default="new",
+                    help="path whose peak RSS is measured (new)")
     ap.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -221,7 +223,7 @@ def main() -> None:
         if "error" in rss:
             print(f"peak RSS {args.rss_size}²: failed: {rss['error']}")
         else:
-            print(f"peak RSS, {args.rss_size}² slide region, new path: "
+            print(f"peak RSS, {args.rss_size}² slide region, {args.rss_path} path: "
                   f"{rss['peak_rss_mib']:.0f} MiB ({rss['tiles']['processed']} tissue tiles, "
                   f"{rss['n_nuclei']} nuclei, {rss['wall']:.0f} s)")
 
