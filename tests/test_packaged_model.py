@@ -50,7 +50,7 @@ def test_folder_is_complete_and_self_describing() -> None:
     assert [m.name for m in packaged_models()][0] == "default"
     meta = yaml.safe_load((FOLDER / "model.yaml").read_text())
     assert meta["mpp"] == 0.25 and meta["method"] == "supervised"
-    assert meta["inference"]["window"] == 256
+    assert meta["inference"]["window"] == 1088  # one window per tile (issue 23)
     card = meta["card"]
     assert "CC BY-NC-SA 4.0" in card["licence"] and "MoNuSeg" in card["training_data"]
     assert "scripts/train_default_model.sh" in card["training_command"]

@@ -70,8 +70,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (faster on GPUs after a compile of about a "
                         "minute; falls back to eager with a message where it cannot compile)")
-    p.add_argument("--tile", type=int, default=1024, metavar="PX",
-                   help="stitching tile core in px at the model's resolution (default 1024)")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="stitching tile core in px at the model's resolution (default 1024; "
+                        "on slides, with the default model's 1088 px window, 512: one "
+                        "768 px network pass per tile)")
     p.add_argument("--margin", type=int, default=None, metavar="PX",
                    help="context margin in px at the model's resolution; must exceed the "
                         "largest nucleus (default: 24 µm in px, e.g. 96 px at 0.25 µm/px)")

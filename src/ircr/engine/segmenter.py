@@ -54,6 +54,25 @@ from ircr.io.paths import ensure_dir
 from ircr.io.wsi import check_mpp, is_slide
 from ircr.ssl.prior import load_prior
 
+DEFAULT_TILE = 1024
+# largest fitted network window a slide tile gets by default: keeps the peak RSS of a
+# 20,000 x 20,000 px slide region under 2 GB with the packaged model (issue 23; a 1088 px
+# window per slide tile peaked at 2.7 GB)
+SLIDE_WINDOW = 768
+
+
+def default_tile(window: int, overlap: int, margin: int, slide: bool = False) -> int:
+    """Stitching tile core (px) when none is given.
+
+    Images held in memory: ``DEFAULT_TILE`` (a 1000 px tile is one tile, and with a window
+    of at least 1088 px one network pass). Slides, with a network window of at least
+    ``DEFAULT_TILE`` px: the core whose read window (core + 2 margins) plus the window's
+    context (``overlap``) is one fitted window of at most ``SLIDE_WINDOW`` px, so each slide
+    tile is one network pass of bounded memory; otherwise ``DEFAULT_TILE``.
+    """
+    fit = (min(window, SLIDE_WINDOW) - overlap - 2 * margin) // 8 * 8
+    return fit if slide and window >= DEFAULT_TILE and fit >= 256 else DEFAULT_TILE
+
 
 class NucleusSegmenter:
     """A trained network plus everything needed to segment images with it.
@@ -68,7 +87,9 @@ class NucleusSegmenter:
             on CUDA without bf16; :func:`ircr.inference.device.amp_dtype`).
         window, overlap: network window and its overlap (sliding-window inference).
         tile, margin: core size and context margin of the stitching tiles, in pixels at the
-            model's resolution; ``margin`` must exceed the largest nucleus (default 24 µm).
+            model's resolution; ``margin`` must exceed the largest nucleus (default 24 µm);
+            ``tile`` None: :func:`default_tile` (1024 for images in memory; for slides with
+            a large window, one bounded network window per tile: ``slide_tile``).
         prior: morphological prior for the ``prior_score`` column (None: NaN).
         name, meta: the model folder and its model.yaml facts (for summaries).
         workers: post-processing threads overlapping the network on whole slides.
@@ -80,7 +101,8 @@ class NucleusSegmenter:
 
     def __init__(self, model: nn.Module, postproc: Any, model_mpp: float | None = None,
                  device: str | torch.device | None = None, batch_size: int = 8,
-                 amp: bool = False, window: int = 256, overlap: int = 64, tile: int = 1024,
+                 amp: bool = False, window: int = 256, overlap: int = 64,
+                 tile: int | None = None,
                  margin: int | None = None, prior: Any = None, name: str = "",
                  meta: dict[str, Any] | None = None, workers: int = 2,
                  family: ModelFamily | None = None, compile: bool = False) -> None:
@@ -97,7 +119,11 @@ class NucleusSegmenter:
         self.channels_last = self.device.type == "cuda"
         if margin is None:
             margin = int(math.ceil(24.0 / (model_mpp or 0.25) / 8.0) * 8)
-        if tile < 64 or margin < 0:
+        self.slide_tile = int(tile if tile is not None else
+                              default_tile(self.window, self.overlap, int(margin), slide=True))
+        if tile is None:
+            tile = default_tile(self.window, self.overlap, int(margin))
+        if min(tile, self.slide_tile) < 64 or margin < 0:
             raise IrcrError(f"--tile/--margin: tile must be >= 64 and margin >= 0 "
                             f"(got {tile}, {margin})")
         self.tile, self.margin = int(tile), int(margin)
@@ -116,7 +142,7 @@ class NucleusSegmenter:
         return (f"device {describe_device(self.device)}; window {self.window} / overlap "
                 f"{self.overlap} px, batch size {self.batch_size}; AMP {amp}"
                 f"{'; compiled' if self.compile else ''}; model at {mpp}; "
-                f"tile {self.tile} + margin {self.margin} px")
+                f"tile {self.tile} (slides {self.slide_tile}) + margin {self.margin} px")
 
     # ---- the shared per-window engine --------------------------------------------------------
     def setting(self) -> InferenceSetting:
@@ -293,14 +319,14 @@ class NucleusSegmenter:
             "input": str(path), "kind": kind, "model": self.name, "model_meta": self.meta,
             "device": describe_device(self.device), "batch_size": self.batch_size,
             "amp": self.amp, "window": self.window, "overlap": self.overlap,
-            "tile": self.tile, "margin": self.margin,
+            "tile": self.slide_tile if kind == "slide" else self.tile, "margin": self.margin,
             "input_mpp": mpp, "mpp_source": mpp_source, "processing_mpp": processing_mpp,
             "versions": versions(),
         }
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device | None = None,
-               batch_size: int | None = None, amp: bool = False, tile: int = 1024,
+               batch_size: int | None = None, amp: bool = False, tile: int | None = None,
                margin: int | None = None, prior: str | Path | None = None,
                workers: int = 2, window: int | None = None,
                overlap: int | None = None, compile: bool = False) -> NucleusSegmenter:
@@ -314,7 +340,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
             ``inference`` setting (the one ``ircr evaluate`` uses; see
             :mod:`ircr.inference.model_folder`).
         amp: mixed precision.
-        tile, margin: stitching tile core and margin (pixels at the model's resolution).
+        tile, margin: stitching tile core and margin (pixels at the model's resolution;
+            tile None: :func:`default_tile` of the window).
         prior: prior .npz for the ``prior_score`` column; default: the folder's prior.npz,
             else the package's default prior.
         workers: post-processing threads for whole slides.

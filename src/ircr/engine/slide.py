@@ -54,13 +54,33 @@ from ircr.inference.scale import rescale_factor, resize_image
 from ircr.io.wsi import Slide, non_rgb_reason, open_slide
 
 THUMB_SIZE = 2048
+MALLOC_ARENAS = 2  # glibc: per-thread heaps held 0.9 GB of freed memory on a 20k slide
+_M_ARENA_MAX = -8  # mallopt parameter number (glibc malloc.h)
+
+
+def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX``) before the worker threads start.
+
+    The reader and post-processing threads otherwise each get their own heap, and freed
+    window-sized buffers stay mapped in them: the peak RSS of a 20,000 x 20,000 px slide
+    region was 2.6 GB with the default arenas, 1.6 GB with 2 (docs/benchmarks.md). No-op
+    (False) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, int(n)))
+    except (OSError, AttributeError):
+        return False
 DENSITY_BASIS = "nuclei whose centroid is in the tissue mask / tissue area"
 
 
 class TileSegmenter(Protocol):
     """What the slide pipeline uses of a segmenter (:class:`NucleusSegmenter` has it)."""
 
-    tile: int
+    slide_tile: int
     margin: int
     workers: int
     prior: Any
@@ -272,6 +292,7 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
         force: segment a slide that does not look like brightfield H&E (with a warning).
     """
     check_brightfield(str(path), non_rgb_reason(path, slide=True), force)
+    limit_malloc_arenas()
     timer = Timer()
     t_start = time.perf_counter()
     with open_slide(path, mpp=mpp) as slide:
@@ -284,14 +305,15 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
             thumb, tscale = slide.thumbnail(THUMB_SIZE)
             check_brightfield(str(path), dark_reason(thumb), force)
             mask = tissue_mask(thumb) if use_tissue else np.ones(thumb.shape[:2], bool)
-        tiles = tile_grid(geo.height, geo.width, seg.tile, seg.margin)
+        tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin)
         todo = [t for t in tiles if region_has_tissue(mask, tscale * geo.s, *t.core)]
         if log:
             log(f"{path}: {w0}x{h0} px, {_um(in_mpp)} µm/px ({src}); read with "
                 f"{slide.backend}; level {geo.level}, processing {geo.width}x{geo.height} px "
                 f"at {_um(geo.proc_mpp)} µm/px; tissue {mask.mean():.0%} of the thumbnail; "
                 f"{len(todo)}/{len(tiles)} tiles")
-        stitcher = Stitcher(geo.height, geo.width, seg.tile, seg.margin, streaming=True)
+        stitcher = Stitcher(geo.height, geo.width, seg.slide_tile, seg.margin,
+                            streaming=True)
         sinks = _Sinks(formats, files, SlideFrame(geo.height, geo.width, geo.proc_mpp, thumb,
                                                   tscale))
         times = {"read": 0.0, "network": 0.0, "network_wait": 0.0, "postprocess": 0.0,

@@ -5,6 +5,11 @@ to tile it), cut into ``window`` x ``window`` tiles with ``overlap`` pixels of o
 batches in eval mode under ``torch.inference_mode``, and blended with a separable raised-cosine
 weight (ramps of ``overlap`` px at each tile edge, 1 inside; adjacent ramps sum to 1) before
 cropping back to the image.
+
+A window never exceeds the padded image: along an axis where the image plus its context margin
+fits in one window, that window shrinks to the padded extent (rounded up to a multiple of 8),
+so a large ``window`` (the packaged model's 1280 px: one pass per 1024 px slide tile) costs
+no padding on smaller images. Images at least one window wide are tiled exactly as before.
 """
 
 from __future__ import annotations
@@ -52,19 +57,33 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def blend_weight(window: int, overlap: int) -> np.ndarray:
-    """(window, window) float32 separable weight: raised-cosine ramps of ``overlap`` px.
-
-    Every value is > 0; for ``overlap <= window / 2`` the ramps of two adjacent tiles sum to
-    exactly 1 (larger overlaps use ramps of window/2 px; the result is normalised anyway).
-    """
+def _ramp(window: int, overlap: int) -> np.ndarray:
+    """(window,) float64 1-D weight: raised-cosine ramps of ``overlap`` px, 1 inside."""
     w = np.ones(window, dtype=np.float64)
     n = min(overlap, window // 2)
     if n > 0:
         ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
         w[:n] = ramp
         w[window - n :] = ramp[::-1]
-    return np.outer(w, w).astype(np.float32)
+    return w
+
+
+def blend_weight(window: int, overlap: int, width: int | None = None) -> np.ndarray:
+    """(window, width or window) float32 separable weight: raised-cosine ramps of ``overlap``.
+
+    Every value is > 0; for ``overlap <= window / 2`` the ramps of two adjacent tiles sum to
+    exactly 1 (larger overlaps use ramps of window/2 px; the result is normalised anyway).
+    """
+    wx = _ramp(window if width is None else width, overlap)
+    return np.outer(_ramp(window, overlap), wx).astype(np.float32)
+
+
+def fitted_window(size: int, window: int) -> int:
+    """Window length along an axis of padded extent ``size``: ``window``, or less when the
+    whole extent fits in one window (then ``size`` rounded up to a multiple of 8)."""
+    if size >= window:
+        return window
+    return -(-size // STRIDE_MULTIPLE) * STRIDE_MULTIPLE
 
 
 def _check_image(image: np.ndarray, name: str = "image") -> None:
@@ -125,7 +144,8 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _blend_on_device(run: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-                     padded: np.ndarray, starts: list[tuple[int, int]], window: int,
+                     padded: np.ndarray, starts: list[tuple[int, int]],
+                     window: tuple[int, int],
                      weight: np.ndarray, batch_size: int, device: torch.device,
                      amp: AmpSetting, pad_batches: bool = False) -> torch.Tensor:
     """Every window through ``run``, blended on the device -> (3, ph, pw) (prob, hv x, hv y).
@@ -135,13 +155,14 @@ def _blend_on_device(run: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     graphs; their outputs are dropped).
     """
     ph, pw = padded.shape[:2]
+    wy, wx = window
     img = _to_device(padded, device)
     wt = _to_device(weight, device)
     acc = torch.zeros((3, ph, pw), dtype=torch.float32, device=device)
     norm = torch.zeros((ph, pw), dtype=torch.float32, device=device)
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
-        tiles = torch.stack([img[y : y + window, x : x + window] for y, x in chunk])
+        tiles = torch.stack([img[y : y + wy, x : x + wx] for y, x in chunk])
         if pad_batches and len(chunk) < batch_size:
             tiles = torch.cat([tiles, tiles.new_zeros((batch_size - len(chunk),
                                                        *tiles.shape[1:]))])
@@ -150,9 +171,9 @@ def _blend_on_device(run: Callable[[torch.Tensor], dict[str, torch.Tensor]],
         prob = torch.softmax(out["np"].float(), dim=1)[:, 1]
         hv = out["hv"].float()
         for j, (y, x) in enumerate(chunk):
-            acc[0, y : y + window, x : x + window] += prob[j] * wt
-            acc[1:, y : y + window, x : x + window] += hv[j] * wt
-            norm[y : y + window, x : x + window] += wt
+            acc[0, y : y + wy, x : x + wx] += prob[j] * wt
+            acc[1:, y : y + wy, x : x + wx] += hv[j] * wt
+            norm[y : y + wy, x : x + wx] += wt
     return acc / norm
 
 
@@ -235,9 +256,10 @@ def launch_maps(
     h, w = image.shape[:2]
     stride = window - overlap
     margin = overlap // 2
-    ys = _tile_starts(h + 2 * margin, window, stride)
-    xs = _tile_starts(w + 2 * margin, window, stride)
-    ph, pw = ys[-1] + window, xs[-1] + window
+    wy, wx = fitted_window(h + 2 * margin, window), fitted_window(w + 2 * margin, window)
+    ys = _tile_starts(h + 2 * margin, wy, stride)
+    xs = _tile_starts(w + 2 * margin, wx, stride)
+    ph, pw = ys[-1] + wy, xs[-1] + wx
     pads = ((margin, ph - h - margin), (margin, pw - w - margin), (0, 0))
     padded = np.pad(image, pads, mode="reflect")
     starts = [(y, x) for y in ys for x in xs]
@@ -245,7 +267,7 @@ def launch_maps(
         model.to(memory_format=torch.channels_last)
     run = compiled(model) if compile else model
     with eval_mode(model):
-        acc = _blend_on_device(run, padded, starts, window, blend_weight(window, overlap),
+        acc = _blend_on_device(run, padded, starts, (wy, wx), blend_weight(wy, overlap, wx),
                                batch_size, dev, amp, pad_batches=compile)
         return MapsFuture(acc[:, margin : margin + h, margin : margin + w])
 

@@ -1,0 +1,232 @@
+"""``ircr segment`` with the packaged default model: old path vs new path, side by side.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_segment_speed.py                # 3 tiles x 3
+    python benchmarks/bench_segment_speed.py --tiles 1 --repeats 1 --slide-size 1664
+
+Old path: 256 px windows blended with 64 px overlap, batch 8, stitching tile 1024 (the
+setting before issue 23). New path: the packaged folder's ``inference:`` setting (one 1088
+px window per image up to 1024 px; slides in 512 px tiles, one 768 px window each). Both
+run in this process, alternating old/new per repeat on the same inputs (the machine may be
+shared: medians of wall time and of ``time.process_time``), with ``--threads`` torch threads (2).
+
+Inputs: real MoNuSeg 2018 tiles (1000x1000 at 0.25 µm/px, ``--data``); a "small slide": a
+pyramidal TIFF made on the fly from a mosaic of those tiles (``--slide-size`` px square),
+run through the streaming slide pipeline (``process``: tissue mask, tiles, all outputs).
+AJI old vs new: per real tile (old path's map as reference). Peak RSS: a fresh subprocess
+segments a ``--rss-size`` x ``--rss-size`` synthetic pyramidal TIFF (glass with a block of
+real tissue, ``--rss-tissue`` px; memory does not grow with the tissue area: one label band,
+one tile in flight) with the new path; its ``ru_maxrss`` is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GLASS = (243, 241, 246)
+OLD = {"window": 256, "overlap": 64, "batch_size": 8, "tile": 1024}
+
+
+def load(kind: str) -> Any:
+    """The packaged default model on the CPU, old or new path."""
+    import ircr
+
+    return ircr.load_model(None, device="cpu", **(OLD if kind == "old" else {}))
+
+
+def real_tiles(data: Path, n: int) -> list[tuple[str, np.ndarray]]:
+    """The first ``n`` MoNuSeg images (name, (1000, 1000, 3) uint8)."""
+    from ircr.io.image import read_image
+
+    paths = sorted(glob.glob(str(data / "images" / "*.tif")))[:n]
+    if not paths:
+        sys.exit(f"bench_segment_speed: no images under {data / 'images'}")
+    return [(Path(p).stem[:12], read_image(p)) for p in paths]
+
+
+def _level_tiles(block: np.ndarray, y0: int, x0: int, h: int, w: int, k: int,
+                 t: int = 256) -> Iterator[np.ndarray]:
+    """Tiles (t, t, 3) of pyramid level ``k`` (downsample 2**k): glass + ``block`` at y0, x0."""
+    d = 2**k
+    small = block[::d, ::d]
+    by, bx = y0 // d, x0 // d
+    for ty in range(0, h, t):
+        for tx in range(0, w, t):
+            tile = np.empty((t, t, 3), np.uint8)
+            tile[:] = GLASS
+            sy0, sx0 = max(ty, by), max(tx, bx)
+            sy1, sx1 = min(ty + t, by + small.shape[0]), min(tx + t, bx + small.shape[1])
+            if sy0 < sy1 and sx0 < sx1:
+                tile[sy0 - ty:sy1 - ty, sx0 - tx:sx1 - tx] = small[sy0 - by:sy1 - by,
+                                                                   sx0 - bx:sx1 - bx]
+            yield tile
+
+
+def write_slide(path: Path, size: int, block: np.ndarray, y0: int, x0: int) -> None:
+    """Square pyramidal tiled TIFF at 0.25 µm/px, written tile by tile (never whole in RAM)."""
+    import tifffile
+
+    opts = {"tile": (256, 256), "photometric": "rgb", "compression": "zlib",
+            "compressionargs": {"level": 1}, "resolutionunit": "CENTIMETER", "dtype": np.uint8}
+    n = 0
+    while size // 2 ** (n + 1) >= 512:
+        n += 1
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(_level_tiles(block, y0, x0, size, size, 0), shape=(size, size, 3),
+                  subifds=n, resolution=(4e4, 4e4), **opts)
+        for k in range(1, n + 1):
+            s = -(-size // 2**k)
+            tif.write(_level_tiles(block, y0, x0, s, s, k), shape=(s, s, 3), subfiletype=1,
+                      resolution=(4e4 / 2**k,) * 2, **opts)
+
+
+def mosaic(tiles: list[tuple[str, np.ndarray]], size: int) -> np.ndarray:
+    """(size, size, 3) tissue from the real tiles (flipped per position so neighbours differ)."""
+    out = np.empty((size, size, 3), np.uint8)
+    k = 0
+    for y in range(0, size, 1000):
+        for x in range(0, size, 1000):
+            t = tiles[k % len(tiles)][1]
+            t = t[::-1] if k % 2 else t
+            h, w = min(1000, size - y), min(1000, size - x)
+            out[y:y + h, x:x + w] = t[:h, :w]
+            k += 1
+    return out
+
+
+def timed(fn: Any, arg: Any) -> tuple[Any, float, float]:
+    """(result, wall s, process CPU s) of ``fn(arg)``."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    res = fn(arg)
+    return res, time.perf_counter() - t0, time.process_time() - c0
+
+
+def side_by_side(segs: dict[str, Any], jobs: list[tuple[str, float, Any]],
+                 repeats: int) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
+    """Each job (name, megapixels, fn(seg)) ``repeats`` times, old/new alternating.
+
+    Returns {job: {path: {"wall": median s/MP, "cpu": median CPU s/MP}}} and the last
+    results {(job, path): result}.
+    """
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    last: dict = {}
+    for name, mp, fn in jobs:
+        walls: dict[str, list[float]] = {"old": [], "new": []}
+        cpus: dict[str, list[float]] = {"old": [], "new": []}
+        for r in range(repeats):
+            for kind in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                res, wall, cpu = timed(fn, segs[kind])
+                walls[kind].append(wall / mp)
+                cpus[kind].append(cpu / mp)
+                last[(name, kind)] = res
+        table[name] = {k: {"wall": statistics.median(walls[k]),
+                           "cpu": statistics.median(cpus[k])} for k in walls}
+        print(f"  {name}: old {table[name]['old']['wall']:.2f} s/MP, new "
+              f"{table[name]['new']['wall']:.2f} s/MP", file=sys.stderr, flush=True)
+    return table, last
+
+
+def rss_worker(args: argparse.Namespace) -> None:
+    """Subprocess: segment the big slide with the new path; print a JSON line."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    seg = load(args.rss_path)
+    t0 = time.perf_counter()
+    summary = seg.process(args.slide, args.out)
+    print(json.dumps({"wall": time.perf_counter() - t0,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "tiles": summary.get("tiles"), "n_nuclei": summary.get("n_nuclei")}))
+
+
+def peak_rss(args: argparse.Namespace, tiles: list[tuple[str, np.ndarray]],
+             root: Path) -> dict[str, Any]:
+    """Write the big synthetic slide and segment it in a fresh subprocess."""
+    slide = root / f"rss_{args.rss_size}.tif"
+    c = args.rss_size // 2 - args.rss_tissue // 2
+    write_slide(slide, args.rss_size, mosaic(tiles, args.rss_tissue), c, c)
+    cmd = [sys.executable, __file__, "--rss-worker", "--slide", str(slide), "--out",
+           str(root / "rss_out"), "--threads", str(args.threads), "--rss-path", args.rss_path]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/MoNuSeg2018/train"))
+    ap.add_argument("--tiles", type=int, default=3, help="real 1000x1000 tiles (3)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--slide-size", type=int, default=2048, help="small slide side px (0: none)")
+    ap.add_argument("--rss-size", type=int, default=20000, help="RSS slide side px (0: none)")
+    ap.add_argument("--rss-tissue", type=int, default=1700, help="tissue block side px")
+    ap.add_argument("--rss-path", choices=("old", "new"), default="new",
+                    help="path whose peak RSS is measured (new)")
+    ap.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_worker:
+        rss_worker(args)
+        return
+    import torch
+
+    from ircr.metrics import instance_metrics
+
+    torch.set_num_threads(args.threads)
+    tiles = real_tiles(args.data, args.tiles)
+    segs = {k: load(k) for k in ("old", "new")}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        jobs: list[tuple[str, float, Any]] = [
+            (name, img.shape[0] * img.shape[1] / 1e6,
+             lambda s, img=img: s.segment(img, mpp=0.25)) for name, img in tiles]
+        if args.slide_size:
+            slide = root / "small_slide.tif"
+            write_slide(slide, args.slide_size, mosaic(tiles, args.slide_size), 0, 0)
+            runs = iter(range(10**6))
+            jobs.append((f"slide {args.slide_size}²", args.slide_size**2 / 1e6,
+                         lambda s: s.process(slide, root / f"o{next(runs)}")))
+        table, last = side_by_side(segs, jobs, args.repeats)
+        rss = peak_rss(args, tiles, root) if args.rss_size else None
+    load_avg = " / ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
+    print(f"torch threads {args.threads}; repeats {args.repeats}; load average now {load_avg}")
+    print("| input | old s/MP (CPU s/MP) | new s/MP (CPU s/MP) | speed-up wall (CPU) | "
+          "AJI old vs new | nuclei old / new |")
+    print("|---|---|---|---|---|---|")
+    for name, row in table.items():
+        o, n = row["old"], row["new"]
+        a, b = last[(name, "old")], last[(name, "new")]
+        if hasattr(a, "inst"):
+            aji = f"{instance_metrics(a.inst, b.inst).aji:.3f}"
+            counts = f"{len(a)} / {len(b)}"
+        else:
+            aji, counts = "-", f"{a['n_nuclei']} / {b['n_nuclei']}"
+        print(f"| {name} | {o['wall']:.2f} ({o['cpu']:.2f}) | {n['wall']:.2f} ({n['cpu']:.2f}) "
+              f"| {o['wall'] / n['wall']:.2f}x ({o['cpu'] / n['cpu']:.2f}x) | {aji} | {counts} |")
+    if rss is not None:
+        if "error" in rss:
+            print(f"peak RSS {args.rss_size}²: failed: {rss['error']}")
+        else:
+            print(f"peak RSS, {args.rss_size}² slide region, {args.rss_path} path: "
+                  f"{rss['peak_rss_mib']:.0f} MiB ({rss['tiles']['processed']} tissue tiles, "
+                  f"{rss['n_nuclei']} nuclei, {rss['wall']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
