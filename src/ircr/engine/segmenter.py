@@ -350,6 +350,9 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
     Raises:
         IrcrError: the folder or one of its files is missing or corrupt.
     """
+    from ircr.compat import keep_freed_memory
+
+    keep_freed_memory()  # CPU inference: freed window buffers reused, not re-faulted
     path = resolve_model(path)
     loaded = load_model_folder(path, device="cpu")
     setting = resolve_inference(loaded.inference, window, overlap, batch_size)
