@@ -186,29 +186,30 @@ def torchvision_problem() -> str | None:
 
 
 
-# glibc mallopt parameters (malloc.h)
+# glibc mallopt parameters (malloc.h) and glibc's own defaults for them
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_KEEP_BYTES = 256 << 20  # freed heap kept for reuse (trim threshold and top pad)
-_MMAP_BYTES = 32 << 20  # glibc's largest mmap threshold on 64-bit
+_KEEP = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 256 << 20, _M_TOP_PAD: 256 << 20}
+_GLIBC_DEFAULT = {_M_MMAP_THRESHOLD: 128 << 10, _M_TRIM_THRESHOLD: 128 << 10,
+                  _M_TOP_PAD: 128 << 10}
 
 
-@functools.cache
-def keep_freed_memory() -> bool:
+def keep_freed_memory(keep: bool = True) -> bool:
     """Let glibc keep freed heap memory for reuse instead of returning it to the kernel.
 
     CPU inference allocates and frees window-sized tensors at every window; with glibc's
     defaults most come back from the kernel as fresh zeroed pages, and system time rivals the
-    network's own (measured: benchmarks/bench_cohort.py, docs/benchmarks.md). Same effect as
-    ``MALLOC_TRIM_THRESHOLD_=256M MALLOC_TOP_PAD_=256M MALLOC_MMAP_THRESHOLD_=32M``. Called
-    once per process; no-op (False) where the C library is not glibc.
+    network's own (docs/benchmarks.md). ``keep=True``: the same as
+    ``MALLOC_MMAP_THRESHOLD_=32M MALLOC_TRIM_THRESHOLD_=256M MALLOC_TOP_PAD_=256M``, for tiles
+    and images. ``keep=False``: glibc's default values again, for the streamed slide path,
+    whose peak RSS the kept memory would raise (2.5 GB instead of 1.6 GB for a 20,000² region).
+    No-op (False) where the C library is not glibc.
     """
     import ctypes
     import ctypes.util
 
+    values = _KEEP if keep else _GLIBC_DEFAULT
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return all(bool(libc.mallopt(opt, val)) for opt, val in (
-            (_M_MMAP_THRESHOLD, _MMAP_BYTES), (_M_TRIM_THRESHOLD, _KEEP_BYTES),
-            (_M_TOP_PAD, _KEEP_BYTES)))
+        return all(bool(libc.mallopt(opt, val)) for opt, val in values.items())
     except (OSError, AttributeError):
         return False

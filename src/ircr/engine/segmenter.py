@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ircr.compat import keep_freed_memory
 from ircr.engine.inputs import MAX_INMEMORY_PIXELS, check_input_file, load_input, output_stem
 from ircr.engine.measure import empty_table, nucleus_table
 from ircr.engine.outputs import (
@@ -183,6 +184,7 @@ class NucleusSegmenter:
         """
         timer = Timer()
         with timer("read"):
+            keep_freed_memory()  # in-memory images: freed window buffers reused, not re-faulted
             inp = load_input(image_or_path, mpp, self.model_mpp, force=force)
         image, in_mpp = inp.image, inp.mpp
         h, w = image.shape[:2]
@@ -350,9 +352,6 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
     Raises:
         IrcrError: the folder or one of its files is missing or corrupt.
     """
-    from ircr.compat import keep_freed_memory
-
-    keep_freed_memory()  # CPU inference: freed window buffers reused, not re-faulted
     path = resolve_model(path)
     loaded = load_model_folder(path, device="cpu")
     setting = resolve_inference(loaded.inference, window, overlap, batch_size)

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ircr.compat import keep_freed_memory
 from ircr.engine.inputs import MAX_INMEMORY_PIXELS, output_stem
 from ircr.engine.measure import nucleus_table
 from ircr.engine.outputs import OutputFormat, SlideFrame, SlideSink, TileNuclei
@@ -293,6 +294,7 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
     """
     check_brightfield(str(path), non_rgb_reason(path, slide=True), force)
     limit_malloc_arenas()
+    keep_freed_memory(False)  # bounded RSS over speed for slides (docs/benchmarks.md)
     timer = Timer()
     t_start = time.perf_counter()
     with open_slide(path, mpp=mpp) as slide:
