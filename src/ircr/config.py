@@ -389,7 +389,10 @@ def _check_depth(text: str, where: str) -> None:
                                     f"{MAX_YAML_DEPTH} levels deep")
             elif isinstance(tok, _CLOSE):
                 depth -= 1
-    except yaml.YAMLError:
+    except yaml.YAMLError as exc:
+        if "nesting depth" in str(exc):  # libyaml >= 0.2.6 refuses 1000+ levels itself
+            raise IrcrError(f"{where}: refused: YAML nested more than {MAX_YAML_DEPTH} "
+                            "levels deep") from None
         return  # invalid YAML: the loader reports it with its line
 
 
