@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from ircr.errors import IrcrError
 from ircr.inference.model_folder import MODEL_YAML, LoadedModel, load_model_folder
 from ircr.io.atomic import atomic_write_text
 from ircr.io.paths import ensure_dir
+from ircr.train import run_text
 
 METHODS = ("ircr", "mean_teacher")
 REQUEST = "adapt.json"
@@ -110,8 +110,7 @@ class AdaptRequest:
 
 
 def _say(text: str) -> None:
-    for line in text.splitlines():
-        print(f"ircr adapt: {line}", file=sys.stderr, flush=True)
+    run_text.say(text, "ircr adapt")
 
 
 def _source_model(spec: str) -> LoadedModel:

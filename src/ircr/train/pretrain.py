@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +42,7 @@ from ircr.models.selfsup import BackboneBody, HoVerNetEncoder, PretrainNet
 from ircr.ssl.byol import byol_loss, cosine_ramp, dense_byol_loss
 from ircr.ssl.ema import ema_update, make_teacher
 from ircr.ssl.views import correspondence, render_views, sample_views
+from ircr.train import run_text
 from ircr.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from ircr.train.pretrain_config import PretrainConfig, pretrain_config_from_dict
 from ircr.train.stop import CheckpointClock, StopRequest, TrainingStopped
@@ -242,7 +242,7 @@ class Pretrainer:
         if self.iteration >= t.iterations and (self.out / PRETRAIN_WEIGHTS).is_file():
             return self.out
         _say(self.describe())
-        bar = _progress(t.progress, t.iterations, self.iteration)
+        bar = run_text.progress_bar(t.progress, t.iterations, self.iteration)
         t0, c0, it0 = time.time(), time.process_time(), self.iteration
         self._clock.reset()
         try:
@@ -365,13 +365,4 @@ class Pretrainer:
 
 
 def _say(text: str) -> None:
-    for line in text.splitlines():
-        print(f"ircr pretrain: {line}", file=sys.stderr, flush=True)
-
-
-def _progress(enabled: bool, total: int, initial: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, leave=True)
+    run_text.say(text, "ircr pretrain")

@@ -56,12 +56,12 @@ def closing_summary(self: Any, model_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def say(text: str) -> None:
-    """Print trainer messages to stderr, each line prefixed ``ircr train:``."""
+def say(text: str, prefix: str = "ircr train") -> None:
+    """Print messages to stderr, each line prefixed ``PREFIX:`` (trainer, pretrain, adapt)."""
     import sys
 
     for line in text.splitlines():
-        print(f"ircr train: {line}", file=sys.stderr, flush=True)
+        print(f"{prefix}: {line}", file=sys.stderr, flush=True)
 
 
 def count(n: int, word: str, prefix: str = "") -> str:
@@ -84,6 +84,7 @@ def hms(seconds: float) -> str:
 
 
 def progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    """A tqdm bar of ``total`` iterations starting at ``initial``, or None when disabled."""
     if not enabled:
         return None
     from tqdm import tqdm
