@@ -13,7 +13,7 @@ import yaml
 from ircr.cli.options import NO_NETWORK, add_device, add_progress, check_device
 from ircr.errors import IrcrError
 
-_DATASETS = "monuseg, cpm15, consep, pannuke, monusac, folder, synthetic"
+_DATASETS = "monuseg, cpm15, consep, pannuke, monusac, lizard, folder, synthetic"
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
