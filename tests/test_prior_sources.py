@@ -128,6 +128,9 @@ def test_lizard_reader(sources: dict[str, Path]) -> None:
         assert len(list(open_dataset("lizard", sources["lizard"], missing="skip"))) == 1
     finally:
         (sources["lizard"] / "Lizard_Images1" / "x.png").unlink()
+    with pytest.raises(IrcrError, match="every image is excluded"):
+        open_dataset("lizard", sources["lizard"], exclude="crag, consep")
+    assert len(list(open_dataset("lizard", sources["lizard"], exclude="cons,crag"))) == 1
 
 
 def test_one_prior_from_the_four_paper_sources(sources: dict[str, Path],

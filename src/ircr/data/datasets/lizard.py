@@ -8,6 +8,11 @@ every ``.png`` with the ``.mat`` of the same name, and yields them in name order
 without a label file is an error (``missing="skip"`` leaves it out). Pixel size: 0.5 µm/px
 (20x) unless ``mpp`` says otherwise: features such as area are in native pixels, so a prior
 for 40x data is built with ``ircr prior build --mpp 0.25`` (docs/method.md).
+
+Lizard re-annotates regions of other datasets, named by source (``consep_1``, ``crag_3``,
+``dpath_2``, ``glas_5``, ``pannuke_4``): ``exclude="consep,pannuke"`` leaves out the images
+whose name starts with one of those prefixes and ``_``, e.g. to keep a prior disjoint from
+its target dataset as the IRCR paper requires.
 """
 
 from __future__ import annotations
@@ -73,8 +78,10 @@ def _by_stem(base: Path, suffix: str) -> dict[str, Path]:
 
 
 def iter_lizard(root: str | Path, mpp: float = LIZARD_MPP,
-                missing: Literal["error", "skip"] = "error") -> Iterator[Sample]:
-    """Yield Lizard samples in name order (``meta["inst_class"]``: id -> class code).
+                missing: Literal["error", "skip"] = "error",
+                exclude: str | None = None) -> Iterator[Sample]:
+    """Yield Lizard samples in name order (``meta["inst_class"]``: id -> class code);
+    ``exclude``: comma-separated source prefixes to leave out (module docstring).
 
     Raises:
         IrcrError: missing/empty folder, an image without labels (``missing="error"``),
@@ -86,6 +93,11 @@ def iter_lizard(root: str | Path, mpp: float = LIZARD_MPP,
     images, labels = _by_stem(base, ".png"), _by_stem(base, ".mat")
     if not images:
         raise empty_folder_error(base, "Lizard images (.png)")
+    skip = tuple(f"{p.strip().lower()}_" for p in str(exclude or "").split(",") if p.strip())
+    images = {n: p for n, p in images.items() if not n.lower().startswith(skip)} if skip \
+        else images
+    if not images:
+        raise file_error(base, f"every image is excluded by exclude={exclude}")
     if missing == "error":
         for name, img in images.items():
             if name not in labels:
