@@ -105,3 +105,14 @@ def test_monusac_ablation_dry_run_plans_50_epochs(name: str, n_rows: int, monusa
     ipe = len(split["unlabelled_patches"]) // 4
     text = "\n".join(" ".join(r) for r in rows)
     assert text.count(f"{50 * ipe} it = 50 ep x {ipe} it, lr steps [25]") == 3 * n_rows, plan
+
+
+def test_float32_override_of_a_paper_protocol(tmp_path: Path) -> None:
+    """The header's paper-exact numerics: overrides {train.amp: "off"} reach every run."""
+    doc = yaml.safe_load((PROTOCOLS / "monusac_table3.yaml").read_text())
+    doc["config"] = str((PROTOCOLS / doc["config"]).resolve())
+    doc["overrides"] = {"train.amp": "off"}
+    path = tmp_path / "t3.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    runs = expand(load_protocol(path), str(path))
+    assert {r.experiment(r.run_id).train.amp for r in runs} == {"off"}
