@@ -53,12 +53,13 @@ def test_reader_marks_the_validation_fold(folds: tuple[Path, Path]) -> None:
         open_dataset("pannuke", f1, val_fold=str(f1))
 
 
-def test_prepared_splits_validate_on_fold_2_only(folds: tuple[Path, Path],
-                                                 tmp_path: Path) -> None:
+def test_prepared_splits_validate_on_fold_2_only(folds: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     f1, f2 = folds
     ds = tmp_path / "pannuke"
     assert main(["data", "prepare", "pannuke", str(f1), "-o", str(ds), "--patch", "32",
                  "--ratio", "1/4", "--option", f"val_fold={f2}"]) == 0
+    assert "the 3 images the dataset marks split: val" in capsys.readouterr().out
     add_split(ds, "1/8", seed=2, val_fraction=0.3)  # val_fraction is not used: Fold 2 is
     fold2 = [f"Fold_2_{i:05d}" for i in range(3)]
     fold1 = [f"Fold_1_{i:05d}" for i in range(8)]
