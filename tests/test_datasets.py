@@ -323,8 +323,8 @@ def test_folder_layout(tmp_path: Path) -> None:
 
 
 def test_registry_errors(tmp_path: Path) -> None:
-    assert set(DATASETS) == {"monuseg", "cpm15", "consep", "pannuke", "monusac", "folder",
-                             "synthetic"}
+    assert set(DATASETS) == {"monuseg", "cpm15", "consep", "pannuke", "monusac", "lizard",
+                             "folder", "synthetic"}
     msg = _one_line_error(open_dataset, "kumar", tmp_path)
     assert "kumar" in msg and "monuseg" in msg and "cpm15" in msg
     (tmp_path / "images").mkdir()

@@ -21,7 +21,13 @@ Definitions (reference spec §5, HoVer-Net / MoNuSeg conventions):
 * **F1** (object level): ``2TP / (2TP + FP + FN)``. ``f1_mode="iou"`` (default) uses the PQ
   matching (IoU > 0.5, so F1 equals DQ); ``f1_mode="centroid"`` matches GT and predicted
   centroids (mean pixel coordinates) at distance <= ``radius`` px one-to-one, TP being the
-  largest number of such pairs (maximum bipartite matching).
+  largest number of such pairs (maximum bipartite matching); ``f1_mode="glas"`` is the GlaS
+  challenge's detection rule (Sirinukunwattana et al. 2017; the F1_obj the IRCR paper cites,
+  via VENet): a prediction is a TP when more than half of the GT object it overlaps most
+  (ties: lowest id) lies inside it, else an FP; a GT object is an FN when no prediction
+  covers more than half of it. Not one-to-one for merges: one prediction covering two
+  nuclei entirely is 1 TP, 0 FP, 0 FN. "More than half" (the challenge text says "at least
+  50 %"): at exactly half, two halves of one nucleus would both be TPs.
 
 Edge cases (documented values, never NaN):
 
@@ -48,7 +54,7 @@ from scipy.spatial import cKDTree
 
 from ircr.errors import IrcrError
 
-F1_MODES = ("iou", "centroid")
+F1_MODES = ("iou", "centroid", "glas")
 _DENSE_PAIRS = 1 << 25  # above this many (n_gt + 1) * (n_pred + 1) cells, go sparse
 
 
@@ -228,6 +234,23 @@ def _centroid_tp(g: np.ndarray, p: np.ndarray, shape: tuple[int, int], ag: np.nd
     return int((match >= 0).sum())
 
 
+def _glas_counts(gi: np.ndarray, pj: np.ndarray, inter: np.ndarray, ag: np.ndarray,
+                 n_g: int, n_p: int) -> tuple[int, int, int]:
+    """GlaS detection counts (TP, FP, FN) from the overlapping pairs (module docstring)."""
+    if gi.size == 0:
+        return 0, n_p, n_g
+    # per prediction: the GT of largest overlap (ties -> lowest GT id)
+    order = np.lexsort((gi, -inter, pj))
+    first = np.ones(order.size, bool)
+    first[1:] = pj[order][1:] != pj[order][:-1]
+    best = order[first]
+    tp = int((2 * inter[best] > ag[gi[best]]).sum())
+    # per GT: is more than half of it inside one prediction?
+    covered = np.zeros(ag.size, bool)
+    covered[gi[2 * inter > ag[gi]]] = True
+    return tp, n_p - tp, n_g - int(covered[1:].sum())
+
+
 def _centroids(lab: np.ndarray, shape: tuple[int, int], area: np.ndarray) -> np.ndarray:
     """(n, 2) float64 (y, x) mean pixel coordinates of ids 1..n."""
     n = area.size - 1
@@ -250,8 +273,10 @@ def instance_metrics(gt: np.ndarray, pred: np.ndarray, f1_mode: str = "iou",
                      radius: float = 12.0, name: str = "instance maps") -> InstanceMetrics:
     """Dice, AJI, AJI+, DQ/SQ/PQ and F1 of one pair of (H, W) integer instance maps.
 
-    ``f1_mode``: ``"iou"`` (IoU > 0.5 one-to-one, equals DQ) or ``"centroid"`` (centroids
-    within ``radius`` px, one-to-one). ``name`` (e.g. the image file) prefixes error messages.
+    ``f1_mode``: ``"iou"`` (IoU > 0.5 one-to-one, equals DQ), ``"centroid"`` (centroids
+    within ``radius`` px, one-to-one) or ``"glas"`` (GlaS: more than half of the GT object
+    inside the prediction; module docstring). ``name`` (e.g. the image file) prefixes error
+    messages.
     """
     g0, p0 = _check(gt, "ground truth", name), _check(pred, "prediction", name)
     if g0.shape != p0.shape:
@@ -283,10 +308,12 @@ def instance_metrics(gt: np.ndarray, pred: np.ndarray, f1_mode: str = "iou",
     ajip_u = int(union[sel].sum()) + size_g + size_p - int(ag[gi[sel]].sum() + ap[pj[sel]].sum())
 
     if f1_mode == "iou":
-        f_tp = tp
+        f_tp, f_fp, f_fn = tp, n_p - tp, n_g - tp
+    elif f1_mode == "glas":
+        f_tp, f_fp, f_fn = _glas_counts(gi, pj, inter, ag, n_g, n_p)
     else:
         f_tp = _centroid_tp(g, p, g0.shape, ag, ap, radius)
-    f_fp, f_fn = n_p - f_tp, n_g - f_tp
+        f_fp, f_fn = n_p - f_tp, n_g - f_tp
     dice_inter = int(inter.sum())
     return InstanceMetrics(
         dice=_ratio(2 * dice_inter, size_g + size_p, empty),
@@ -312,7 +339,7 @@ def aggregate(results: list[InstanceMetrics], mode: str = "mean") -> dict[str, f
     if mode not in ("mean", "pooled"):
         raise IrcrError(f"eval.aggregate: must be 'mean' or 'pooled', got {mode!r}")
     if len({r.f1_mode for r in results}) > 1:
-        raise IrcrError("aggregate: results mix F1 modes (iou and centroid)")
+        raise IrcrError("aggregate: results mix F1 modes (iou, centroid, glas)")
     tot = {f.name: sum(getattr(r, f.name) for r in results)
            for f in fields(InstanceMetrics) if f.name not in METRIC_KEYS and f.name != "f1_mode"}
     out: dict[str, float] = {}

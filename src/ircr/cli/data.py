@@ -13,7 +13,7 @@ import yaml
 from ircr.cli.options import NO_NETWORK, add_device, add_progress, check_device
 from ircr.errors import IrcrError
 
-_DATASETS = "monuseg, cpm15, consep, pannuke, monusac, folder, synthetic"
+_DATASETS = "monuseg, cpm15, consep, pannuke, monusac, lizard, folder, synthetic"
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
@@ -115,9 +115,20 @@ def _prepare(args: argparse.Namespace) -> int:
         f"prepared {res.n_images} images ({res.n_labelled_images} labelled, "
         f"{res.n_nuclei} nuclei), {res.n_patches} patches -> {res.path}"
     )
+    note = _marked_val_note(res.path)
     for sp in res.split_paths:
-        print(f"split: {sp}")
+        print(f"split: {sp}{note}")
     return 0
+
+
+def _marked_val_note(dataset: Path) -> str:
+    """' (validation: the N images ...)' when the dataset fixes its validation images."""
+    from ircr.data.prepare import marked_val
+    from ircr.data.store import PreparedDataset
+
+    n = len(marked_val(PreparedDataset(dataset).images))
+    return (f" (validation: the {n} images the dataset marks split: val; --val-fraction "
+            "is not used)") if n else ""
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -126,10 +137,11 @@ def _split(args: argparse.Namespace) -> int:
 
     ratios = [parse_ratio(r) for r in args.ratio]
     check_fractions(args.val_fraction, args.test_fraction)
+    note = _marked_val_note(args.dataset)
     for r in ratios:
         for seed in args.seed:
             path = add_split(args.dataset, r, seed, args.val_fraction, args.test_fraction)
-            print(f"split: {path}")
+            print(f"split: {path}{note}")
     return 0
 
 

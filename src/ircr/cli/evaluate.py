@@ -29,7 +29,11 @@ def register(subparsers: Any) -> None:
                    help="also write overlay PNGs (green = ground truth, yellow = prediction)")
     add_device(p)
     add_inference(p)
-    p.add_argument("--f1-mode", default="iou", choices=["iou", "centroid"])
+    p.add_argument("--f1-mode", default="iou", choices=["iou", "centroid", "glas"],
+                   help="object F1 matching: iou (one-to-one at IoU > 0.5, = DQ; default), "
+                        "centroid (centroids within 12 px), glas (the GlaS challenge rule "
+                        "the IRCR paper's F1_obj cites: more than half of the GT object "
+                        "inside the prediction)")
     p.add_argument("--unit", default="image", choices=["image", "patch"],
                    help="image: whole images (default); patch: every patch of the dataset's "
                         "grid on its own, mean over patches (the BASS paper's test unit)")

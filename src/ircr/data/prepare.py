@@ -208,7 +208,7 @@ def prepare_samples(
         rel = Path("splits") / f"{split_name(r, seed, val_fraction, test_fraction)}.yaml"
         if split:
             plan = make_split([e["labelled"] for e in entries], patches, r, seed,
-                              val_fraction, test_fraction)
+                              val_fraction, test_fraction, marked_val(entries))
             write_split(work / rel, plan, names, int(patch), stride, source)
         index = {
             "format": FORMAT, "version": 1, "ircr_version": __version__, "source": source,
@@ -299,6 +299,12 @@ def prepare_dataset(
     return prepare_samples(samples, out, source=str(name).lower(), extra=extra, **kwargs)
 
 
+def marked_val(images: Sequence[dict[str, Any]]) -> list[int]:
+    """Indices of the images whose metadata fixes them as validation images (``split: val``,
+    e.g. PanNuke's Fold 2 read with ``--option val_fold=...``)."""
+    return [i for i, m in enumerate(images) if str(m.get("split", "")).lower() == "val"]
+
+
 def add_split(
     dataset: str | Path, ratio: Any, seed: int = 0, val_fraction: float = 0.1,
     test_fraction: float = 0.0,
@@ -309,6 +315,6 @@ def add_split(
     ds = PreparedDataset(dataset)
     r = parse_ratio(ratio)
     plan = make_split([m["labelled"] for m in ds.images], ds.patches, r, seed, val_fraction,
-                      test_fraction)
+                      test_fraction, marked_val(ds.images))
     path = ds.path / "splits" / f"{split_name(r, seed, val_fraction, test_fraction)}.yaml"
     return write_split(path, plan, ds.names, ds.patch_size, ds.stride, ds.source)

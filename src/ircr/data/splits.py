@@ -8,7 +8,10 @@
   ratio (at least one labelled). Optionally a **test** set by image first
   (``test_fraction`` of the labelled images, at least one when > 0; BASS's 6:2:2 protocol is
   ``val_fraction=0.2, test_fraction=0.2``); its images are in neither train nor val, and
-  ``test_fraction=0`` gives exactly the splits of earlier versions. The draws are seeded;
+  ``test_fraction=0`` gives exactly the splits of earlier versions. A dataset may fix its
+  validation images instead (``split: val`` in their metadata, e.g. PanNuke's Fold 2 as
+  the paper's protocol says): then those are the validation set, ``val_fraction`` is not
+  used, and the split file says ``val_source: dataset``. The draws are seeded;
   the labelled draw takes a prefix of one seeded permutation, so for one seed the 1/32 set
   is inside the 1/16 set, etc.
 * Split files are human-readable YAML; several may coexist (``splits/ratio_1-8_seed0.yaml``).
@@ -140,6 +143,7 @@ class SplitPlan:
     extra: dict[str, Any] = field(default_factory=dict)
     test_images: list[int] = field(default_factory=list)
     test_fraction: float = 0.0
+    val_marked: bool = False  # validation images fixed by the dataset, not drawn
 
 
 def _n_val(n_labelled: int, val_fraction: float) -> int:
@@ -177,6 +181,7 @@ def make_split(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.0,
+    val_images: Sequence[int] | None = None,
 ) -> SplitPlan:
     """Seeded train/val (by image) and labelled/unlabelled (by train patch) split.
 
@@ -189,18 +194,25 @@ def make_split(
         val_fraction: fraction of the labelled images held out for validation, in [0, 1).
         test_fraction: fraction of the labelled images held out for testing (drawn first,
             by image, from its own seeded stream; 0 = no test set).
+        val_images: image indices the dataset fixes as validation images (metadata
+            ``split: val``); when given, they are the validation set and ``val_fraction``
+            is not used (the test images are drawn from the other labelled images).
     """
     r = parse_ratio(ratio)
     check_fractions(val_fraction, test_fraction)
     lab_idx = [i for i, lab in enumerate(labelled_images) if lab]
     if not lab_idx:
         raise IrcrError("split: the dataset has no labelled image")
-    test = _test_images(lab_idx, seed, float(test_fraction))
-    rest = [i for i in lab_idx if i not in set(test)]
-    # val is a fraction of ALL labelled images (6:2:2 = 0.2 and 0.2), >= 1 train image left
-    n_val = min(_n_val(len(lab_idx), float(val_fraction)), max(len(rest) - 1, 0))
-    perm = np.random.default_rng([int(seed), _VAL_STREAM]).permutation(len(rest))
-    val = sorted(rest[int(k)] for k in perm[:n_val])
+    marked = sorted({int(i) for i in val_images or []})
+    if marked:
+        val, test = _marked_val(labelled_images, lab_idx, marked, seed, float(test_fraction))
+    else:
+        test = _test_images(lab_idx, seed, float(test_fraction))
+        rest = [i for i in lab_idx if i not in set(test)]
+        # val is a fraction of ALL labelled images (6:2:2 = 0.2 and 0.2), >= 1 train image
+        n_val = min(_n_val(len(lab_idx), float(val_fraction)), max(len(rest) - 1, 0))
+        perm = np.random.default_rng([int(seed), _VAL_STREAM]).permutation(len(rest))
+        val = sorted(rest[int(k)] for k in perm[:n_val])
     val_set = set(val) | set(test)
     train = [i for i in range(len(labelled_images)) if i not in val_set]
     train_set = set(train)
@@ -213,7 +225,22 @@ def make_split(
     labelled = [p for p in candidates if p in chosen]
     unlabelled = sorted(p for p in patches if p.image in train_set and p not in chosen)
     return SplitPlan(r, int(seed), float(val_fraction), train, val, labelled, unlabelled,
-                     test_images=test, test_fraction=float(test_fraction))
+                     test_images=test, test_fraction=float(test_fraction),
+                     val_marked=bool(marked))
+
+
+def _marked_val(labelled_images: Sequence[bool], lab_idx: list[int], marked: list[int],
+                seed: int, test_fraction: float) -> tuple[list[int], list[int]]:
+    """Validation images fixed by the dataset, and the test images drawn from the others."""
+    bad = [i for i in marked if not 0 <= i < len(labelled_images) or not labelled_images[i]]
+    if bad:
+        raise IrcrError(f"split: image {bad[0]} is marked as a validation image but has no "
+                        "labels (validation needs ground truth)")
+    rest = [i for i in lab_idx if i not in set(marked)]
+    if not rest:
+        raise IrcrError("split: every labelled image is marked as a validation image; "
+                        "nothing is left to train on")
+    return marked, _test_images(rest, seed, test_fraction)
 
 
 def write_split(
@@ -231,6 +258,7 @@ def write_split(
         "ratio": ratio_text(plan.ratio),
         "seed": plan.seed,
         "val_fraction": plan.val_fraction,
+        **({"val_source": "dataset"} if plan.val_marked else {}),
         **({"test_fraction": plan.test_fraction} if plan.test_fraction > 0 else {}),
         "patch": patch,
         "stride": stride,

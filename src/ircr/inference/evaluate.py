@@ -53,14 +53,16 @@ class EvalConfig:
 
     Attributes:
         window, overlap, batch_size: sliding-window inference (``predict_maps``).
-        f1_mode: "iou" (one-to-one at IoU > 0.5) or "centroid" (within f1_radius pixels).
+        f1_mode: "iou" (one-to-one at IoU > 0.5, the default and what the reports use),
+            "centroid" (within f1_radius pixels) or "glas" (the GlaS detection rule the IRCR
+            paper's F1_obj cites: :mod:`ircr.metrics`).
         max_images: validate on at most this many images (None = all; smoke tests).
     """
 
     window: int = bounded(256, 16, MAX_WINDOW)
     overlap: int = bounded(64, 0, MAX_WINDOW)
     batch_size: int = bounded(8, 1, MAX_BATCH)
-    f1_mode: Literal["iou", "centroid"] = "iou"
+    f1_mode: Literal["iou", "centroid", "glas"] = "iou"
     f1_radius: float = bounded(12.0, 0, 10_000, lo_open=True)
     max_images: int | None = bounded(None, 1, 10**9)
 

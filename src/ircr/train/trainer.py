@@ -523,7 +523,13 @@ class Trainer:
                                         "split": self.split.name,
                                         "iterations": self.iteration,
                                         "epochs": self.cfg.train.epochs,
+                                        "autocast": _autocast_name(self.amp),
                                         "run_dir": str(self.run_dir)}})
+
+
+def _autocast_name(dtype: torch.dtype | None) -> str:
+    """What training ran in: ``off`` (float32) or the autocast dtype (``bfloat16``)."""
+    return "off" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def _check_distributable(cfg: ExperimentConfig, where: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from ircr.data.datasets.consep import iter_consep
 from ircr.data.datasets.cpm15 import iter_cpm15
 from ircr.data.datasets.folder import iter_folder
+from ircr.data.datasets.lizard import iter_lizard
 from ircr.data.datasets.monusac import iter_monusac
 from ircr.data.datasets.monuseg import iter_monuseg
 from ircr.data.datasets.pannuke import iter_pannuke
@@ -43,6 +44,7 @@ DATASETS: dict[str, Callable[..., Iterator[Sample]]] = {
     "consep": iter_consep,
     "pannuke": iter_pannuke,
     "monusac": iter_monusac,
+    "lizard": iter_lizard,
     "folder": iter_folder,
     "synthetic": iter_synthetic,
 }

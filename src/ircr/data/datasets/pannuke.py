@@ -6,6 +6,11 @@ float64 or uint8 RGB 0..255, ``masks/fold1/masks.npy`` (N, 256, 256, 6) and opti
 folder that contains exactly one ``images.npy`` and one ``masks.npy`` below it. Arrays are
 memory-mapped, so a 4 GB fold is read one patch at a time.
 
+Validation from another fold (the IRCR paper's protocol: Fold 1 trains, Fold 2 validates,
+Fold 3 tests): ``val_fold`` names a second fold folder whose patches follow the first
+fold's with ``meta["split"] = "val"``; the split files of the prepared dataset then take
+exactly those as validation images (:func:`ircr.data.splits.make_split`).
+
 Mask channels 0-4 hold per-class instance ids (0 neoplastic, 1 inflammatory, 2 connective,
 3 dead, 4 epithelial; ids may repeat across channels) and channel 5 is background. They are
 merged into one map with unique ids by :func:`merge_pannuke_masks`.
@@ -13,6 +18,7 @@ merged into one map with unique ids by :func:`merge_pannuke_masks`.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -76,14 +82,31 @@ def _load_npy(path: Path) -> np.ndarray:
         raise file_error(path, f"cannot read .npy ({type(exc).__name__}: {exc})") from None
 
 
-def iter_pannuke(root: str | Path, indices: Sequence[int] | None = None) -> Iterator[Sample]:
-    """Yield PanNuke patches of one fold (``indices`` selects a subset, in that order).
+def iter_pannuke(root: str | Path, indices: Sequence[int] | None = None,
+                 val_fold: str | Path | None = None) -> Iterator[Sample]:
+    """Yield PanNuke patches of one fold (``indices`` selects a subset, in that order), then
+    every patch of ``val_fold`` (another fold folder) marked ``split: val``.
 
     Names are ``<fold>_<index:05d>`` with the fold folder name (spaces -> ``_``).
 
     Raises:
-        IrcrError: missing files, mismatched array shapes, out-of-range indices.
+        IrcrError: missing files, mismatched array shapes, out-of-range indices, a
+            ``val_fold`` that is the training fold or has the same folder name.
     """
+    train = _open_fold(root, indices, None)
+    if val_fold is None:
+        return train
+    if Path(val_fold).resolve() == Path(root).resolve():
+        raise file_error(Path(val_fold), "val_fold is the training fold itself")
+    if Path(val_fold).name == Path(root).name:
+        raise file_error(Path(val_fold), "val_fold has the training fold's folder name "
+                         "(image names would clash)")
+    return itertools.chain(train, _open_fold(val_fold, None, "val"))
+
+
+def _open_fold(root: str | Path, indices: Sequence[int] | None,
+               split: str | None) -> Iterator[Sample]:
+    """Check one fold folder's arrays and return its sample generator."""
     base = require_root(root, "pannuke")
     img_path, mask_path = _find_one(base, "images.npy"), _find_one(base, "masks.npy")
     images, masks = _load_npy(img_path), _load_npy(mask_path)
@@ -104,11 +127,12 @@ def iter_pannuke(root: str | Path, indices: Sequence[int] | None = None) -> Iter
     if bad:
         raise file_error(img_path, f"index {bad[0]} out of range (fold has {n} patches)")
     prefix = re.sub(r"\s+", "_", base.name) or "pannuke"
-    return _generate(images, masks, types, order, prefix, img_path, mask_path)
+    return _generate(images, masks, types, order, prefix, img_path, mask_path, split)
 
 
 def _generate(images: np.ndarray, masks: np.ndarray, types: np.ndarray | None,
-              order: list[int], prefix: str, img_path: Path, mask_path: Path) -> Iterator[Sample]:
+              order: list[int], prefix: str, img_path: Path, mask_path: Path,
+              split: str | None = None) -> Iterator[Sample]:
     for i in order:
         image = to_uint8(np.asarray(images[i]), f"{img_path}[{i}]")
         inst, classes = merge_pannuke_masks(np.asarray(masks[i]))
@@ -117,5 +141,6 @@ def _generate(images: np.ndarray, masks: np.ndarray, types: np.ndarray | None,
             "path": str(img_path), "label_path": str(mask_path), "index": i,
             "inst_class": classes,
             "tissue": str(types[i]) if types is not None and i < len(types) else None,
+            **({"split": split} if split else {}),
         }
         yield Sample(image=np.ascontiguousarray(image), inst=inst, meta=meta)
