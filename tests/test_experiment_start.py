@@ -103,7 +103,7 @@ def test_report_states_the_start_of_each_row(ds: Path, tmp_path: Path,
     # hand: 2 of 4 epochs x 9 it = 36 -> scale 1/18: warm-up 100 -> 6 -> floor 20, ramp-up 200
     # -> 11 -> floor 20
     assert "mt_r1-4_s0_t10" in printed and ", start paper" in printed
-    assert ", start stable, warm-up 20 + ramp-up 20" in printed
+    assert ", start stable, warm-up 20 + ramp-up 20 (100 + 200 x 0.0556, floor 20)" in printed
     run = json.loads((out / "runs" / "mt_r1-4_s0_t10" / "run.json").read_text())
     assert {k: run["config"]["method"][k] for k in PAPER} == PAPER and run["start"] == "paper"
     md = (out / "report.md").read_text()
@@ -140,7 +140,8 @@ def test_budget_compresses_warmup_and_rampup_like_the_epochs(ds: Path, tmp_path:
         "warmup_iterations": 20, "rampup_iterations": 40, "scale": 0.2,
         "configured": {"warmup_iterations": 100, "rampup_iterations": 200}}
     assert plan_to_dict([mt])[0]["consistency"]["warmup_iterations"] == 20  # in plan.json
-    assert "start stable, warm-up 20 + ramp-up 40" in format_plan([mt], 1, 1.2)
+    assert "start stable, warm-up 20 + ramp-up 40 (100 + 200 x 0.2, floor 20)" in \
+        format_plan([mt], 1, 1.2)
     # the paper's start stays 0 + 0; a row's own override wins; supervised has none
     assert {k: plan["ircr_p"].config["method"][k] for k in PAPER} == PAPER
     assert plan["ircr_p"].start == "paper"

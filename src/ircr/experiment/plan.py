@@ -39,7 +39,7 @@ from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.experiment.protocol import Protocol, RunSpec
 from ircr.experiment.short import short_runs, warning_lines
-from ircr.experiment.start import apply_compression, describe, start_label
+from ircr.experiment.start import WARMUP_FLOOR, apply_compression, describe, start_label
 
 
 @dataclass
@@ -323,7 +323,7 @@ def format_plan(plan: list[PlannedRun], jobs: int, budget_min: float | None) -> 
              + (f", budget {budget_min:g} min" if budget_min else "")]
     for p in plan:
         exp = f"{p.expected_s / 60:6.1f} min" if p.expected_s is not None else ""
-        start = describe(p.config)
+        start = describe(p.config) + _scale_note(p.consistency)
         lines.append(f"  {p.run_id:<32} {p.iterations:>7} it = {p.epochs} ep x "
                      f"{p.iterations_per_epoch} it, lr steps {p.lr_steps}"
                      + (f", {start}" if start else "") + f"  {exp}")
@@ -333,6 +333,15 @@ def format_plan(plan: list[PlannedRun], jobs: int, budget_min: float | None) -> 
         lines.append(f"  expected: {sum(known) / 60 / max(jobs, 1):.1f} min "
                      f"(sum {sum(known) / 60:.1f} min / {jobs} jobs)")
     return "\n".join(lines)
+
+
+def _scale_note(consistency: dict[str, Any]) -> str:
+    """`` (100 + 200 x 0.2, floor 20)`` when a budget compressed warm-up / ramp-up."""
+    conf, scale = consistency.get("configured") or {}, float(consistency.get("scale", 1.0))
+    if scale >= 1 or not conf or not any(conf.values()):
+        return ""
+    return (f" ({conf.get('warmup_iterations', 0)} + {conf.get('rampup_iterations', 0)} "
+            f"x {scale:.3g}, floor {WARMUP_FLOOR})")
 
 
 def plan_to_dict(plan: list[PlannedRun]) -> list[dict[str, Any]]:
