@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--budget-minutes", type=float, default=None, metavar="M",
                    help="wall-clock budget for the whole experiment: measure each method's "
                         "rate, give all runs of a ratio the iterations that fit, compress "
-                        "the lr schedule proportionally")
+                        "the lr schedule and the consistency warm-up/ramp-up proportionally")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and stop; writes nothing (with --budget-minutes it "
                         "still runs the warm-up that measures the rates)")

@@ -19,6 +19,9 @@
   the same ``N = floor(k * E * epoch length)``. The estimate assumes parallel jobs do not
   slow each other down (true for separate devices or idle CPU cores; on one GPU, use
   ``--jobs 1`` for a tight budget).
+* A compressed schedule also compresses the consistency warm-up and ramp-up by the same
+  factor (planned / uncompressed iterations), with a floor (:mod:`ircr.experiment.start`);
+  the plan records them (``start``, ``consistency``) and prints them per run.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import copy
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.experiment.protocol import Protocol, RunSpec
 from ircr.experiment.short import short_runs, warning_lines
+from ircr.experiment.start import WARMUP_FLOOR, apply_compression, describe, start_label
 
 
 @dataclass
@@ -160,7 +164,12 @@ def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
 
 @dataclass
 class PlannedRun:
-    """What one run will do: its schedule, its final config and its expected seconds."""
+    """What one run will do: its schedule, its final config and its expected seconds.
+
+    ``start``: ``paper`` / ``stable`` / ``custom`` (``""``: the method has no consistency
+    start). ``consistency``: warm-up / ramp-up iterations after compression, the configured
+    ones and the scale factor (``{}``: no such options).
+    """
 
     run_id: str
     method: str
@@ -173,31 +182,38 @@ class PlannedRun:
     lr_steps: list[int]
     expected_s: float | None
     config: dict[str, Any]
+    start: str = ""
+    consistency: dict[str, Any] = field(default_factory=dict)
 
 
 def _schedule(cfg: dict[str, Any], total: int | None, ipe: int | None,
-              target_epochs: int) -> tuple[int, int, list[int]]:
+              target_epochs: int) -> tuple[int, int, list[int], float]:
+    """(epochs, iterations per epoch, lr steps, scale = planned / uncompressed iterations)."""
     t = cfg.get("train", {})
     epochs, steps = int(t.get("epochs", 150)), list(t.get("lr_steps", [100]))
     base_ipe = ipe or t.get("iterations_per_epoch")
     if total is None:
         if base_ipe is None:
             raise IrcrError("plan: internal: no iterations per epoch")
-        return epochs, int(base_ipe), steps
+        return epochs, int(base_ipe), steps, 1.0
     if base_ipe is not None and total >= epochs * int(base_ipe):
-        return epochs, int(base_ipe), steps
-    return compress_schedule(total, epochs, steps, target_epochs)
+        return epochs, int(base_ipe), steps, 1.0
+    e, i, s = compress_schedule(total, epochs, steps, target_epochs)
+    return e, i, s, min(1.0, e * i / (epochs * int(base_ipe))) if base_ipe else 1.0
 
 
-def _finalize(run: RunSpec, epochs: int, ipe: int, steps: list[int]) -> dict[str, Any]:
+def _finalize(run: RunSpec, epochs: int, ipe: int, steps: list[int],
+              scale: float = 1.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's final config and its compressed consistency start (``{}``: none)."""
     d = copy.deepcopy(run.config)
     for key, val in (("train.epochs", epochs), ("train.iterations_per_epoch", ipe),
                      ("train.lr_steps", steps), ("train.max_iterations", None),
                      ("train.progress", False)):
         set_dotted(d, key, val, run.run_id)
+    consistency = apply_compression(d, scale, run.run_id)
     for key, val in run.method_overrides.items():  # the method's own keys win
         set_dotted(d, key, val, run.run_id)
-    return d
+    return d, consistency
 
 
 def expected_seconds(cfg: dict[str, Any], rate: Rate, size: SplitSize, n_test: int,
@@ -252,14 +268,18 @@ def make_plan(proto: Protocol, runs: list[RunSpec], rates: dict[str, Rate] | Non
         ipe = eq[r.run_id] if proto.budget == "equal" or budget_s is not None else None
         if ipe is None and r.config.get("train", {}).get("iterations_per_epoch") is None:
             ipe = _native_ipe(r.config, sizes[r.run_id])
-        e, i, s = _schedule(r.config, totals[r.run_id], ipe, proto.budget_epochs)
-        cfg = _finalize(r, e, i, s)
+        e, i, s, scale = _schedule(r.config, totals[r.run_id], ipe, proto.budget_epochs)
+        cfg, consistency = _finalize(r, e, i, s, scale)
         t = cfg["train"]
         e, i, s = int(t["epochs"]), int(t["iterations_per_epoch"]), list(t["lr_steps"])
         exp = (expected_seconds(cfg, rates[r.method], sizes[r.run_id], n_test, n_models)
                if rates and r.method in rates else None)
+        if consistency:  # a method row's own overrides win: record what the run gets
+            m = cfg.get("method", {})
+            consistency.update({k: m[k] for k in ("warmup_iterations", "rampup_iterations")
+                                if k in m and k in consistency})
         out.append(PlannedRun(r.run_id, r.method, r.ratio, r.split_seed, r.train_seed, e, i,
-                              e * i, s, exp, cfg))
+                              e * i, s, exp, cfg, start_label(cfg), consistency))
     return out
 
 
@@ -280,7 +300,7 @@ def _fit_scale(proto: Protocol, runs: list[RunSpec], rates: dict[str, Rate],
     fixed = var = 0.0
     for r in runs:
         rate = rates[r.method]
-        probe = _finalize(r, proto.budget_epochs, 1, [])
+        probe = _finalize(r, proto.budget_epochs, 1, [])[0]
         cost0 = expected_seconds(probe, rate, sizes[r.run_id], n_test, len(proto.evaluate))
         per_it = _passes(r.config) / rate.it_per_s
         fixed += cost0 - per_it * proto.budget_epochs
@@ -303,14 +323,25 @@ def format_plan(plan: list[PlannedRun], jobs: int, budget_min: float | None) -> 
              + (f", budget {budget_min:g} min" if budget_min else "")]
     for p in plan:
         exp = f"{p.expected_s / 60:6.1f} min" if p.expected_s is not None else ""
+        start = describe(p.config) + _scale_note(p.consistency)
         lines.append(f"  {p.run_id:<32} {p.iterations:>7} it = {p.epochs} ep x "
-                     f"{p.iterations_per_epoch} it, lr steps {p.lr_steps}  {exp}")
+                     f"{p.iterations_per_epoch} it, lr steps {p.lr_steps}"
+                     + (f", {start}" if start else "") + f"  {exp}")
     lines += warning_lines(short_runs(plan_to_dict(plan)), len(plan), "  ")
     known = [p.expected_s for p in plan if p.expected_s is not None]
     if known:
         lines.append(f"  expected: {sum(known) / 60 / max(jobs, 1):.1f} min "
                      f"(sum {sum(known) / 60:.1f} min / {jobs} jobs)")
     return "\n".join(lines)
+
+
+def _scale_note(consistency: dict[str, Any]) -> str:
+    """`` (100 + 200 x 0.2, floor 20)`` when a budget compressed warm-up / ramp-up."""
+    conf, scale = consistency.get("configured") or {}, float(consistency.get("scale", 1.0))
+    if scale >= 1 or not conf or not any(conf.values()):
+        return ""
+    return (f" ({conf.get('warmup_iterations', 0)} + {conf.get('rampup_iterations', 0)} "
+            f"x {scale:.3g}, floor {WARMUP_FLOOR})")
 
 
 def plan_to_dict(plan: list[PlannedRun]) -> list[dict[str, Any]]:

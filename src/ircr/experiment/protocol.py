@@ -13,13 +13,17 @@ A protocol file (unknown keys and wrong types are one-line errors, like every co
       - {name: fullsup, method: supervised, ratios: ["1"]}
       - {name: ircr_r1, method: ircr, overrides: {method.match_radius: 1.0}}
       - {name: scheme2, config: ../monuseg/ssl/ablation/t3_scheme2.yaml}
+      - {name: mt_stable, method: mean_teacher, start: stable}
+    start: paper                         # paper | stable (default): experiment.start
     test_dataset: prepared/monuseg_test  # optional: any prepared dataset with labels
     evaluate: [student, teacher]
 
 Per run the experiment config is: the method's ``config`` (or the protocol's), with the
 protocol ``overrides`` (dotted keys), ``data.dataset``, ``data.split =
 ratio_<r>_seed<s>`` (created with :func:`ircr.data.prepare.add_split` when missing),
-``train.seed``, ``method.name`` and then the method's own ``overrides`` (they win over
+``train.seed``, ``method.name``, the row's ``start`` (or the protocol's: ``paper`` sets the
+paper's warm-up / ramp-up / teacher-HV options where the method has them,
+:mod:`ircr.experiment.start`) and then the method's own ``overrides`` (they win over
 everything, budgets included). ``seeds: paired`` zips split and train seeds (a single value
 is repeated); ``crossed`` runs every combination.
 """
@@ -35,6 +39,7 @@ from typing import Any, Literal
 from ircr.config import from_dict, read_yaml, set_dotted
 from ircr.data.splits import parse_ratio, ratio_text, split_name
 from ircr.errors import IrcrError
+from ircr.experiment.start import Start, apply_start
 from ircr.train.config import ExperimentConfig, experiment_from_dict, resolve_includes
 
 EvalModel = Literal["student", "teacher"]
@@ -51,6 +56,7 @@ class MethodSpec:
             protocol file — e.g. an ablation config.
         overrides: dotted config keys applied last, e.g. ``{method.match_radius: 1.0}``.
         ratios: label ratios of this row (default: the protocol's), e.g. ``["1"]`` (FullSup).
+        start: ``paper`` / ``stable`` for this row (default: the protocol's ``start``).
     """
 
     name: str = ""
@@ -58,6 +64,7 @@ class MethodSpec:
     config: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     ratios: list[str] | None = None
+    start: Start | None = None
 
 
 @dataclass
@@ -80,6 +87,9 @@ class Protocol:
             config's epochs. ``--budget-minutes`` replaces it by a fitted count.
         budget_epochs: epochs of a compressed schedule (rounded to keep the lr steps exact).
         warmup_iterations: optimiser steps per method in the ``--budget-minutes`` warm-up.
+        start: ``paper`` = the paper's consistency start (no warm-up, no ramp-up, raw teacher
+            HV) for the methods with those options, others unchanged; ``stable`` = the
+            configs' values (:mod:`ircr.experiment.start`). A method row may set its own.
         overrides: dotted config keys for every run. plugins: modules imported first (they
             register extra methods). description: free text for the report.
     """
@@ -99,6 +109,7 @@ class Protocol:
     iterations: int | None = None
     budget_epochs: int = 10
     warmup_iterations: int = 8
+    start: Start = "stable"
     overrides: dict[str, Any] = field(default_factory=dict)
     plugins: list[str] = field(default_factory=list)
     description: str = ""
@@ -245,6 +256,7 @@ def expand(proto: Protocol, where: str = "protocol") -> list[RunSpec]:
                 set_dotted(d, "train.seed", t_seed, where)
                 if m.method is not None or m.config is None:
                     set_dotted(d, "method.name", m.method or m.name, where)
+                apply_start(d, m.start or proto.start, f"{where}: methods[{i}] ({m.name})")
                 for key, val in m.overrides.items():
                     set_dotted(d, key, val, f"{where}: methods[{i}].overrides")
                 spec = RunSpec(run_id(m.name, ratio, s_seed, t_seed), m.name, ratio, s_seed,

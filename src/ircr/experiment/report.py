@@ -5,7 +5,9 @@ evaluation set and model, methods x ratios). Each metric is ``mean ± std`` over
 the finished runs; **std is the sample standard deviation (ddof = 1)**, shown as ``—`` (empty in
 the CSV) when fewer than two runs finished. Every planned run is counted: the Runs column says
 ``done/planned`` and how many failed, are incomplete or missing, and the run table at the end
-lists each run with its status and error, so nothing is dropped silently.
+lists each run with its status and error, so nothing is dropped silently. The Start column
+says which consistency start the row's runs used (``paper`` / ``stable`` / ``custom``,
+``—`` for a method without one; :mod:`ircr.experiment.start`).
 
 ``ircr experiment report DIR`` calls :func:`write_report` (the run folders are the truth).
 """
@@ -52,8 +54,18 @@ def load_runs(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for entry in plan["runs"]:
         st = run_status(out / "runs" / entry["run_id"])
         runs.append({**{k: v for k, v in entry.items() if k != "config"}, "result": st,
-                     "short": short_reason(entry["config"], int(entry["iterations"]))})
+                     "short": short_reason(entry["config"], int(entry["iterations"])),
+                     "start": _start_of(entry)})
     return plan, runs
+
+
+def _start_of(entry: dict[str, Any]) -> str:
+    """The run's consistency start (plans made before the ``start`` key: from its config)."""
+    from ircr.experiment.start import start_label
+
+    if isinstance(entry.get("start"), str):
+        return str(entry["start"])
+    return start_label(entry["config"])
 
 
 def _ratio_key(r: str) -> Fraction:
@@ -90,6 +102,7 @@ def _row(s: str, model: str, method: str, ratio: str,
         "missing": status.count("missing"), "has_model": bool(present) or not done,
         "iterations": "/".join(str(i) for i in sorted({int(g["iterations"]) for g in group})),
         "too_short": sum(1 for g in group if g.get("short")),
+        "start": "/".join(sorted({str(g.get("start") or "") for g in group} - {""})),
         "n_values": len(present)}
     for key, _ in COLUMNS:
         xs = [float(v[key]) for v in present if key in v and v[key] is not None]
@@ -112,7 +125,7 @@ def _cell(r: dict[str, Any], key: str) -> str:
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """``report.csv``: one row per (set, model, method, ratio); empty = not available."""
-    cols = ["set", "model", "method", "ratio", "runs_done", "runs_planned", "failed",
+    cols = ["set", "model", "method", "ratio", "start", "runs_done", "runs_planned", "failed",
             "incomplete", "missing", "iterations", "too_short"]
     cols += [f"{k}_{stat}" for k, _ in COLUMNS for stat in ("mean", "std")]
     with open(path, "w", newline="") as fh:
@@ -176,12 +189,13 @@ def write_markdown(plan: dict[str, Any], runs: list[dict[str, Any]],
                 continue
             lines += [f"## {title} — {model}", "",
                       "| Method | Labelled | Runs | Iterations | "
-                      + " | ".join(t for _, t in COLUMNS) + " |",
-                      "|---|---|---|---|" + "---|" * len(COLUMNS)]
+                      + " | ".join(t for _, t in COLUMNS) + " | Start |",
+                      "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|"]
             for r in block:
                 lines.append(f"| {r['method']} | {r['ratio']} | {_runs_cell(r)} | "
                              f"{r['iterations']}{' **TOO SHORT**' if r['too_short'] else ''} | "
-                             + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |")
+                             + " | ".join(_cell(r, k) for k, _ in COLUMNS)
+                             + f" | {r['start'] or '—'} |")
             lines.append("")
     lines += ["## Runs", "", *_run_lines(runs), ""]
     if figures:

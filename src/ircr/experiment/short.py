@@ -2,8 +2,9 @@
 
 A run is *too short* when it has fewer than :data:`MIN_ITERATIONS` optimiser steps, or, for a
 semi-supervised method with a consistency warm-up, when it ends before its unsupervised terms
-are fully on (``warmup_iterations + rampup_iterations``): such a run is the supervised
-baseline plus noise, whatever its row is called.
+are fully on (``warmup_iterations + rampup_iterations`` of its final config, i.e. after a budget
+compressed them, :mod:`ircr.experiment.start`): such a run is the supervised baseline plus
+noise, whatever its row is called.
 
 Why 200: on real MoNuSeg (docs/results.md) 60 iterations leave half of the seeds predicting no
 nucleus at all (AJI 0.000), 120 iterations reach AJI 0.08, and 200-300 iterations are the
