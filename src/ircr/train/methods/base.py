@@ -284,6 +284,18 @@ class Method:
         """The model written to the run's ``model/`` folder (paper: the last student)."""
         return self.trainer.model
 
+    def model_folders(self) -> dict[str, Path]:
+        """Finished model folders by name, for a method whose :meth:`eval_models` is empty
+        (its own loop, its own model family): ``ircr experiment`` tests these instead, e.g.
+        ``{"student": run/"model", "teacher": run/"teacher"/"model"}``. Default: none."""
+        return {}
+
+    @classmethod
+    def own_iterations(cls, options: Any, n_labelled: int, n_unlabelled: int) -> int | None:
+        """Optimiser steps of a method with its own loop and schedule (all its stages),
+        for the experiment plan; None (default) = the trainer's schedule counts."""
+        return None
+
     # -- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Method state saved in checkpoints (weights_only-loadable types only)."""
