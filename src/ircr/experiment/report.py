@@ -206,8 +206,9 @@ def significance_lines(ref: str | None, resamples: int,
               " better). Seeds: paired by (split seed, train seed), two-sided paired t-test. "
               "Images: test images paired by image (each image's difference averaged over the "
               "seeds), two-sided Wilcoxon signed-rank test. 95 % CI: percentile bootstrap of "
-              f"the mean difference, {resamples} resamples, seed 0. With 3 seeds the t-test "
-              "has little power; p-values are not corrected for the many comparisons.", ""]
+              f"the mean difference, {resamples} resamples, seed 0. Few seeds give the t-test "
+              "little power (3 seeds: p < 0.05 needs |mean| > 4.3 standard errors); p-values "
+              "are not corrected for the many comparisons (docs/experiment.md).", ""]
     titles = dict(METRICS)
     for s, title in SETS:
         for model in dict.fromkeys(c["model"] for c in comps):

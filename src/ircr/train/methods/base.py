@@ -72,7 +72,9 @@ What a method can do
   writes no checkpoint of its own and returns that folder. The method owns resume (its
   checkpoints under ``trainer.run_dir``), Ctrl-C handling and the model folder; it names the
   files that make a run folder "started" in :meth:`Method.saved_progress`, so ``--resume``
-  works for it as for every method.
+  works for it as for every method. For ``ircr experiment`` it names its finished model
+  folders in :meth:`Method.model_folders` (tested there instead of :meth:`eval_models`) and
+  its optimiser steps in :meth:`Method.own_iterations` (its schedule is not compressed).
 
 Batch dicts (tensors already on ``trainer.device``)
 ----------------------------------------------------
