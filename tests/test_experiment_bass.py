@@ -96,6 +96,9 @@ def test_bass_row_trains_and_tests_student_and_teacher_per_patch(exp: Path,
             f"{test_image}@{y},{x}" for y in (0, 64) for x in (0, 64))
         mean_aji = sum(r["aji"] for r in rows) / len(rows)
         assert doc["test"][model]["aji"] == pytest.approx(mean_aji)
+    # validation: both model folders on the split's validation image (whole image), as the
+    # trainer validates the HoVer-Net rows
+    assert set(doc["val"]) == {"student", "teacher"} and "aji" in doc["val"]["teacher"]
     # the supervised row is tested on the same image, per patch too
     sup = json.loads((exp / "runs" / "supervised_r1-4_s0_t10" / "metrics.json").read_text())
     assert sup["test"]["_split"] == f"{SPLIT}:test"

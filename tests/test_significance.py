@@ -65,7 +65,7 @@ def test_bootstrap_interval_of_tiny_samples() -> None:
     lo, hi = bootstrap_ci([0.0] * 9 + [1.0], 10000)  # type: ignore[misc]
     assert lo == 0.0 and hi == pytest.approx(0.3)
     assert bootstrap_ci([0.25, 0.25, 0.25], 500) == (0.25, 0.25)
-    assert bootstrap_ci([], 100) is None
+    assert bootstrap_ci([], 100) is None and bootstrap_ci([0.5], 100) is None
     # seeded: the same interval twice
     xs = [0.1, -0.3, 0.2, 0.05, 0.4]
     assert bootstrap_ci(xs, 2000) == bootstrap_ci(xs, 2000)
@@ -155,6 +155,17 @@ def test_report_has_the_significance_section(tmp_path: Path) -> None:
     aji = next(r for r in rows if r["metric"] == "aji")
     assert float(aji["seeds_diff"]) == pytest.approx(0.02)
     assert float(aji["images_p"]) == pytest.approx(2 / 32)
+
+
+def test_fig4_seed_points_are_every_finished_run() -> None:
+    from fractions import Fraction
+
+    from ircr.experiment.figures import _seed_points
+
+    pts = sorted(_seed_points(hand_made_runs(), "ircr", "test"))
+    assert pts == [(Fraction(1, 8), 0.50), (Fraction(1, 8), 0.51), (Fraction(1, 8), 0.55),
+                   (Fraction(1, 8), 0.99)]
+    assert _seed_points(hand_made_runs(), "supervised", "val") == []
 
 
 def test_report_says_when_there_is_no_reference(tmp_path: Path) -> None:

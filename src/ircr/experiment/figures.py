@@ -54,7 +54,7 @@ def plot_aji_vs_ratio(rows: list[dict[str, Any]], path: Path,
                            capsize=3, label=method)
         seeds = _seed_points(runs or [], method, chosen)
         if seeds:
-            ax.scatter([float(x) * shift for x, _ in seeds], [y for _, y in seeds], s=14,
+            ax.scatter([float(x) * shift * 1.03 for x, _ in seeds], [y for _, y in seeds], s=14,
                        facecolors="none", edgecolors=bars[0].get_color(), linewidths=0.8,
                        zorder=3)
     ratios = sorted({Fraction(r["ratio"]) for r in rows})

@@ -157,6 +157,18 @@ def _test_metrics(tr: Any, ctx: RunContext) -> tuple[dict[str, Any], dict[str, A
     return out, rows
 
 
+def _folder_val(tr: Any, ctx: RunContext) -> dict[str, dict[str, float]]:
+    """Validation metrics of a method whose models are only model folders (``bass``): its
+    folders on the split's validation images (whole images, ``eval.max_images``), as the
+    trainer validates the others."""
+    if tr.method.eval_models() or not tr.split.val_images:
+        return {}
+    names = list(tr.split.val_images)[: tr.cfg.eval.max_images or None]
+    return {name: {k: float(v) for k, v in
+                   _evaluate_folder(folder, tr.dataset, names, tr, "image").mean.items()}
+            for name, folder in tr.method.model_folders().items() if name in ctx.evaluate}
+
+
 def _evaluate(model: Any, ds: Any, names: list[str], cfg: Any, postproc: Any, device: Any,
               amp: bool, unit: str, family: Any = None, mpp: float | None = None) -> Any:
     """Whole-image or per-patch evaluation (inference.evaluate) -> EvalResult."""
@@ -226,7 +238,7 @@ def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
                is not getattr(Method.own_iterations, "__func__", None))
         doc.update(status="done", iterations=int(entry["iterations"] if own else tr.iteration),
                    wall_s=time.time() - t0, train_wall_s=float(tr._wall()),
-                   val=_val_from_csv(run_dir, ctx.evaluate), test=test,
+                   val=_val_from_csv(run_dir, ctx.evaluate) or _folder_val(tr, ctx), test=test,
                    test_per_image=per_image)
     except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, not fatal
         msg = str(exc) if isinstance(exc, IrcrError) else f"{type(exc).__name__}: {exc}"

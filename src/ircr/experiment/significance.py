@@ -59,9 +59,10 @@ def wilcoxon_p(diffs: Sequence[float]) -> float | None:
 
 def bootstrap_ci(diffs: Sequence[float], resamples: int = 10000,
                  seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
-    """95 % percentile bootstrap interval of the mean of ``diffs`` (None for no values)."""
+    """95 % percentile bootstrap interval of the mean of ``diffs`` (None for fewer than 2
+    values: one pair has no spread to resample)."""
     d = np.asarray(diffs, dtype=np.float64)
-    if d.size == 0:
+    if d.size < 2:
         return None
     rng = np.random.default_rng(seed)
     means = np.empty(resamples, dtype=np.float64)
