@@ -160,3 +160,34 @@ def test_bass_table1_protocol_has_the_papers_split_sizes() -> None:
         assert (len(plan.labelled_patches), len(plan.unlabelled_patches)) == table5[run.ratio]
         assert (len(plan.val_images) * 49, len(plan.test_images) * 49) == (392, 294)
         assert run.config["method"]["paint"]["dilate"] == 1
+
+
+@pytest.mark.slow
+def test_every_row_of_the_table2_protocol_runs(synth: Path, tmp_path: Path) -> None:
+    """Issue 25 point 6: the rows of configs/protocols/monuseg_table2.yaml (their methods,
+    configs and overrides) on synthetic data, a few iterations each, one report. Slow (~1 min):
+    test_bass_row_trains_and_tests_student_and_teacher_per_patch covers the BASS mechanism."""
+    torch.set_num_threads(1)
+    shipped = yaml.safe_load((REPO / "configs/protocols/monuseg_table2.yaml").read_text())
+    methods = []
+    for m in shipped["methods"]:
+        row = dict(m)
+        if "config" in row:  # relative to the shipped protocol
+            row["config"] = str((REPO / "configs/protocols" / row["config"]).resolve())
+        if row.get("method", row["name"]) == "bass" or "bass" in str(row.get("config", "")):
+            row["overrides"] = {**row.get("overrides", {}), "method.model": TINY,
+                                "method.teacher": STAGE, "method.student": STAGE,
+                                "method.repeat_labelled": 2, "data.patch_size": 64,
+                                "method.paint": {"score_threshold": 0.05}}
+        if row["name"] == "self_training":
+            row["overrides"] = {**row.get("overrides", {}), "method.rounds": 1}
+        methods.append(row)
+    proto = write_protocol(tmp_path / "p.yaml", synth, methods=methods, test_unit="image")
+    run_experiment(proto, tmp_path / "out", progress_every=0, log=lambda s: None)
+    runs = json.loads((tmp_path / "out" / "plan.json").read_text())["runs"]
+    assert {r["method"] for r in runs} == {m["name"] for m in shipped["methods"]}
+    for r in runs:
+        doc = json.loads((tmp_path / "out" / "runs" / r["run_id"] / "metrics.json").read_text())
+        assert doc["status"] == "done", (r["run_id"], doc.get("error"))
+        assert "aji" in doc["test"]["student"]
+    assert "## Significance" in (tmp_path / "out" / "report.md").read_text()
