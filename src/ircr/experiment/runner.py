@@ -22,7 +22,6 @@ retries failed ones. Ctrl-C stops the experiment; nothing finished is lost.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -36,13 +35,12 @@ from typing import Any
 
 from ircr.errors import IrcrError
 from ircr.experiment import plan as planning
-from ircr.experiment import planfile
+from ircr.experiment import planfile, run_metrics
 from ircr.experiment.protocol import Protocol, RunSpec, expand, import_plugins, load_protocol
 from ircr.experiment.status import read_json, run_status, write_json_atomic
 from ircr.experiment.workers import Task, run_in_processes, run_in_this_process
 from ircr.io.lock import FolderLock
 
-METRIC_KEYS = ("aji", "dice", "f1", "pq", "aji_plus", "dq", "sq")
 # --budget-minutes: the plan gets the budget minus what has run since the command started,
 # minus this share and this reserve (report, plots, process start-up, estimate error); the
 # 8-minute CPU experiment of issue 27 overran by 38 s without them
@@ -104,96 +102,6 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def _val_from_csv(run_dir: Path, models: list[str]) -> dict[str, dict[str, float]]:
-    """Validation metrics of the trainer's last validated epoch in ``metrics.csv``."""
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("val_student_aji")]
-    if not rows:
-        return {}
-    last = rows[-1]
-    out: dict[str, dict[str, float]] = {}
-    for m in models:
-        vals = {k: float(last[f"val_{m}_{k}"]) for k in METRIC_KEYS if last.get(f"val_{m}_{k}")}
-        if vals:
-            out[m] = vals
-    return out
-
-
-def _test_metrics(tr: Any, ctx: RunContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Mean metrics of each evaluated model on the test images, and the per-image rows.
-
-    The trainer's in-memory models (``eval_models``: HoVer-Net, its post-processing) or, for
-    a method with its own loop and model family (``bass``), its finished model folders
-    (``model_folders``: each with its family, post-processing and sliding window).
-    """
-    from ircr.data.store import PreparedDataset
-    from ircr.inference.evaluate import select_images
-
-    if ctx.own_test:  # the run's own split holds its test images (test_fraction)
-        ds = PreparedDataset(tr.cfg.data.dataset)
-        names, label = select_images(ds, "test", {"train": {"split": tr.split.name}})
-    elif ctx.test_dataset:
-        ds = PreparedDataset(ctx.test_dataset)
-        names, label = select_images(ds, ctx.test_split)
-    else:
-        return {}, {}
-    out: dict[str, Any] = {"_images": len(names), "_split": label, "_unit": ctx.test_unit}
-    rows: dict[str, Any] = {}
-    models = {k: v for k, v in tr.method.eval_models().items() if k in ctx.evaluate}
-    for name, model in models.items():
-        was = model.training
-        res = _evaluate(model, ds, names, tr.cfg.eval, tr.cfg.postproc, tr.device,
-                        tr.amp is not None, ctx.test_unit)
-        model.train(was)
-        out[name], rows[name] = {k: float(v) for k, v in res.mean.items()}, res.per_image
-    if not models:
-        for name, folder in tr.method.model_folders().items():
-            if name in ctx.evaluate:
-                res = _evaluate_folder(folder, ds, names, tr, ctx.test_unit)
-                out[name], rows[name] = {k: float(v) for k, v in res.mean.items()}, res.per_image
-    return out, rows
-
-
-def _folder_val(tr: Any, ctx: RunContext) -> dict[str, dict[str, float]]:
-    """Validation metrics of a method whose models are only model folders (``bass``): its
-    folders on the split's validation images (whole images, ``eval.max_images``), as the
-    trainer validates the others."""
-    if tr.method.eval_models() or not tr.split.val_images:
-        return {}
-    names = list(tr.split.val_images)[: tr.cfg.eval.max_images or None]
-    return {name: {k: float(v) for k, v in
-                   _evaluate_folder(folder, tr.dataset, names, tr, "image").mean.items()}
-            for name, folder in tr.method.model_folders().items() if name in ctx.evaluate}
-
-
-def _evaluate(model: Any, ds: Any, names: list[str], cfg: Any, postproc: Any, device: Any,
-              amp: bool, unit: str, family: Any = None, mpp: float | None = None) -> Any:
-    """Whole-image or per-patch evaluation (inference.evaluate) -> EvalResult."""
-    from ircr.inference.evaluate import evaluate_model, evaluate_patches
-
-    fn = evaluate_patches if unit == "patch" else evaluate_model
-    return fn(model, ds, names, cfg, postproc, device, amp=amp, family=family, model_mpp=mpp)
-
-
-def _evaluate_folder(folder: Path, ds: Any, names: list[str], tr: Any, unit: str) -> Any:
-    """Evaluate a finished model folder as ``ircr evaluate`` does (its own window/postproc)."""
-    import dataclasses
-
-    from ircr.inference.model_folder import load_model_folder, resolve_inference
-
-    if not (Path(folder) / "model.yaml").is_file():
-        raise IrcrError(f"{folder}: the method finished without this model folder")
-    loaded = load_model_folder(folder, device=tr.device)
-    win = resolve_inference(loaded.inference, None, None, None)
-    cfg = dataclasses.replace(tr.cfg.eval, window=win["window"], overlap=win["overlap"],
-                              batch_size=win["batch_size"])
-    return _evaluate(loaded.model, ds, names, cfg, loaded.postproc, tr.device,
-                     tr.amp is not None, unit, loaded.family, loaded.mpp)
-
-
 def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
             out: Callable[[str], None] = _print) -> dict[str, Any]:
     """Train (or resume) and evaluate one planned run; returns its ``metrics.json``."""
@@ -232,13 +140,15 @@ def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
             f" ({entry['iterations']} iteration{'s' * (entry['iterations'] != 1)})")
         tr.on_step = Progress(entry, ctx.index, ctx.progress_every, out, run_dir, resumed)
         tr.run()
-        test, per_image = _test_metrics(tr, ctx)
+        test, per_image = run_metrics.metrics_on_test(
+            tr, ctx.evaluate, ctx.test_dataset, ctx.test_split, ctx.test_unit, ctx.own_test)
         # a method with its own stages (bass) leaves the trainer's counter at 0
         own = (getattr(type(tr.method).own_iterations, "__func__", None)
                is not getattr(Method.own_iterations, "__func__", None))
         doc.update(status="done", iterations=int(entry["iterations"] if own else tr.iteration),
                    wall_s=time.time() - t0, train_wall_s=float(tr._wall()),
-                   val=_val_from_csv(run_dir, ctx.evaluate) or _folder_val(tr, ctx), test=test,
+                   val=(run_metrics.val_from_csv(run_dir, ctx.evaluate)
+                        or run_metrics.folder_val(tr, ctx.evaluate)), test=test,
                    test_per_image=per_image)
     except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, not fatal
         msg = str(exc) if isinstance(exc, IrcrError) else f"{type(exc).__name__}: {exc}"
