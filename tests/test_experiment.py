@@ -284,19 +284,20 @@ def test_protocol_errors_are_one_line(tmp_path: Path, synth: Path,
 
 
 @pytest.mark.parametrize("name,n_runs", [
-    ("monuseg_table2", 4 * 4 * 3 + 3),  # 4 methods x 4 ratios x 3 seeds + FullSup x 3 seeds
+    # 4 methods x 4 ratios x 3 seeds + FullSup x 3 seeds + BASS x 4 ratios x 3 seeds
+    ("monuseg_table2", 4 * 4 * 3 + 3 + 4 * 3),
     ("monuseg_table3", 5 * 3), ("monuseg_table4", 6 * 3), ("monuseg_quick", 3),
-    ("consep", 51), ("pannuke", 51), ("monusac", 51), ("cpm15", 4 * 3 * 3 + 3),
-    ("monuseg_cpu", 2 * 2)])
+    ("consep", 63), ("pannuke", 63), ("monusac", 63), ("cpm15", 4 * 3 * 3 + 3 + 3 * 3),
+    ("monuseg_cpu", 2 * 2), ("monuseg_bass_table1", 3 * 3)])
 def test_shipped_protocols_are_valid(name: str, n_runs: int) -> None:
     path = REPO / "configs" / "protocols" / f"{name}.yaml"
     runs = expand(load_protocol(path), str(path))
     assert len(runs) == n_runs
     assert len({r.run_id for r in runs}) == n_runs
+    suffix = {"cpm15": "_val0.2", "monuseg_bass_table1": "_val0.267_test0.2"}.get(name, "")
     for r in runs:
         assert r.config["data"]["split"] == (
-            f"ratio_{r.ratio.replace('/', '-')}_seed{r.split_seed}"
-            + ("_val0.2" if name == "cpm15" else ""))
+            f"ratio_{r.ratio.replace('/', '-')}_seed{r.split_seed}{suffix}")
 
 
 def test_table3_rows_keep_their_ablation_configs() -> None:

@@ -67,11 +67,14 @@ def test_duplicate_run_ids_are_refused(ds: Path, tmp_path: Path, extra: dict[str
     assert not (tmp_path / "o").exists()
 
 
-def test_bass_in_a_protocol_is_refused(ds: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_bass_with_a_time_budget_is_refused(ds: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # BASS rows run since issue 25 (tests/test_experiment_bass.py); a time budget cannot
+    # shorten their own stage schedules, so it is refused before any warm-up
     proto = write_protocol(tmp_path / "p.yaml", ds, methods=[{"name": "bass"}])
-    assert main(["experiment", str(proto), "--out", str(tmp_path / "o")]) == 2
-    assert "method 'bass' is not supported by ircr experiment yet" in one_line_error(capsys)
+    assert main(["experiment", str(proto), "--out", str(tmp_path / "o"),
+                 "--budget-minutes", "5"]) == 2
+    assert "method 'bass' trains on its own stage schedules" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("doc,problem", [

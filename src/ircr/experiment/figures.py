@@ -21,8 +21,22 @@ def _plt() -> Any:
     return plt
 
 
-def plot_aji_vs_ratio(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Mean AJI (student; test images when evaluated, else validation) vs ratio, std bars."""
+def _seed_points(runs: list[dict[str, Any]], method: str, chosen: str
+                 ) -> list[tuple[Fraction, float]]:
+    """(ratio, student AJI) of every finished run of ``method`` on set ``chosen``."""
+    pts = []
+    for r in runs:
+        res = r.get("result", {})
+        v = (res.get(chosen) or {}).get("student", {}).get("aji")
+        if r["method"] == method and res.get("status") == "done" and isinstance(v, float):
+            pts.append((Fraction(r["ratio"]), v))
+    return pts
+
+
+def plot_aji_vs_ratio(rows: list[dict[str, Any]], path: Path,
+                      runs: list[dict[str, Any]] | None = None) -> Path:
+    """Mean AJI (student; test images when evaluated, else validation) vs ratio, std bars,
+    and (``runs`` given) every seed's AJI as a small open marker of the method's colour."""
     plt = _plt()
     chosen = "test" if any(r["set"] == "test" and r["aji_mean"] is not None for r in rows) \
         else "val"
@@ -36,8 +50,13 @@ def plot_aji_vs_ratio(rows: list[dict[str, Any]], path: Path) -> Path:
             continue
         shift = 2 ** (0.04 * (i - (len(methods) - 1) / 2))  # side by side, not on top
         xs = [float(p[0]) * shift for p in pts]
-        ax.errorbar(xs, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                    capsize=3, label=method)
+        bars = ax.errorbar(xs, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                           capsize=3, label=method)
+        seeds = _seed_points(runs or [], method, chosen)
+        if seeds:
+            ax.scatter([float(x) * shift * 1.03 for x, _ in seeds], [y for _, y in seeds], s=14,
+                       facecolors="none", edgecolors=bars[0].get_color(), linewidths=0.8,
+                       zorder=3)
     ratios = sorted({Fraction(r["ratio"]) for r in rows})
     ax.set_xscale("log", base=2)
     if ratios:
@@ -46,7 +65,8 @@ def plot_aji_vs_ratio(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.minorticks_off()
     ax.set_xlabel("labelled ratio")
     ax.set_ylabel(f"AJI ({'test' if chosen == 'test' else 'validation'} images, student)")
-    ax.set_title("AJI vs label ratio (mean ± sample std over seeds)")
+    ax.set_title("AJI vs label ratio (mean ± sample std; open markers: seeds)"
+                 if runs else "AJI vs label ratio (mean ± sample std over seeds)")
     ax.grid(alpha=0.3)
     if methods:
         ax.legend(fontsize=8)

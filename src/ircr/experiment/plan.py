@@ -269,6 +269,9 @@ def make_plan(proto: Protocol, runs: list[RunSpec], rates: dict[str, Rate] | Non
         if ipe is None and r.config.get("train", {}).get("iterations_per_epoch") is None:
             ipe = _native_ipe(r.config, sizes[r.run_id])
         e, i, s, scale = _schedule(r.config, totals[r.run_id], ipe, proto.budget_epochs)
+        own = own_iterations(r.config, sizes[r.run_id], r.run_id)
+        if own is not None:  # its own stages and schedules (bass): not compressed
+            e, i, s, scale = 1, own, [], 1.0
         cfg, consistency = _finalize(r, e, i, s, scale)
         t = cfg["train"]
         e, i, s = int(t["epochs"]), int(t["iterations_per_epoch"]), list(t["lr_steps"])
@@ -281,6 +284,18 @@ def make_plan(proto: Protocol, runs: list[RunSpec], rates: dict[str, Rate] | Non
         out.append(PlannedRun(r.run_id, r.method, r.ratio, r.split_seed, r.train_seed, e, i,
                               e * i, s, exp, cfg, start_label(cfg), consistency))
     return out
+
+
+def own_iterations(cfg: dict[str, Any], size: SplitSize, where: str) -> int | None:
+    """Steps of a method with its own loop and schedule (``Method.own_iterations``), else
+    None. Such a run keeps its schedule: equal budgets, ``iterations`` and the time budget do
+    not apply to it (docs/experiment.md)."""
+    from ircr.train.config import experiment_from_dict
+    from ircr.train.methods import get_method
+
+    ec = experiment_from_dict(copy.deepcopy(cfg), where=where)
+    return get_method(ec.method.name).own_iterations(ec.method.options, size.labelled,
+                                                     size.unlabelled)
 
 
 def _native_ipe(cfg: dict[str, Any], size: SplitSize) -> int:

@@ -61,9 +61,14 @@ def read_plan(path: Path, fix: str = "rerun with --replan or use another --out")
     return result
 
 
+# keys added later: stored only when not at their default, so older plans stay unchanged
+LATER_SETTINGS = {"test_fraction": 0.0, "test_unit": "image"}
+
+
 def settings_of(proto: Protocol) -> dict[str, Any]:
     """The protocol keys that shape a plan, JSON-ready."""
-    return _json({k: getattr(proto, k) for k in SETTINGS})
+    later = {k: getattr(proto, k) for k, d in LATER_SETTINGS.items() if getattr(proto, k) != d}
+    return _json({**{k: getattr(proto, k) for k in SETTINGS}, **later})
 
 
 def specs_of(runs: list[RunSpec]) -> dict[str, Any]:

@@ -17,12 +17,16 @@ A protocol file (unknown keys and wrong types are one-line errors, like every co
     start: paper                         # paper | stable (default): experiment.start
     test_dataset: prepared/monuseg_test  # optional: any prepared dataset with labels
     evaluate: [student, teacher]
+    # or each split's own test images (BASS: 6:2:2 by image), scored per 256 px patch:
+    # test_fraction: 0.2
+    # test_unit: patch
+    reference: supervised                # significance: rows compared against this one
 
 Per run the experiment config is: the method's ``config`` (or the protocol's), with the
 protocol ``overrides`` (dotted keys), ``data.dataset``, ``data.split =
-ratio_<r>_seed<s>`` (created with :func:`ircr.data.prepare.add_split` when missing),
-``train.seed``, ``method.name``, the row's ``start`` (or the protocol's: ``paper`` sets the
-paper's warm-up / ramp-up / teacher-HV options where the method has them,
+ratio_<r>_seed<s>[_val<v>][_test<t>]`` (created with :func:`ircr.data.prepare.add_split`
+when missing), ``train.seed``, ``method.name``, the row's ``start`` (or the protocol's:
+``paper`` sets the paper's warm-up / ramp-up / teacher-HV options where the method has them,
 :mod:`ircr.experiment.start`) and then the method's own ``overrides`` (they win over
 everything, budgets included). ``seeds: paired`` zips split and train seeds (a single value
 is repeated); ``crossed`` runs every combination.
@@ -43,6 +47,7 @@ from ircr.experiment.start import Start, apply_start
 from ircr.train.config import ExperimentConfig, experiment_from_dict, resolve_includes
 
 EvalModel = Literal["student", "teacher"]
+TestUnit = Literal["image", "patch"]
 
 
 @dataclass
@@ -78,6 +83,15 @@ class Protocol:
         val_fraction: validation fraction of the split files (``ircr data split``).
         test_dataset / test_split: evaluate the final models on these images (``all`` = every
             labelled image, ``test`` = images marked as test, or a split name: its val images).
+        test_fraction: > 0 = every split also holds out this fraction of the labelled images
+            by image, seeded by the split seed (BASS's 6:2:2: ``val_fraction`` 0.2,
+            ``test_fraction`` 0.2), and each run is tested on its own split's test images
+            (then ``test_dataset`` must not be set).
+        test_unit: ``image`` = whole images; ``patch`` = every patch of the dataset's grid on
+            its own, metrics averaged over patches (the BASS paper's unit).
+        reference: row name the report's significance tests compare every other row with
+            (default: ``supervised`` when the protocol has that row).
+        bootstrap: resamples of the report's 95 % bootstrap intervals (seeded).
         evaluate: which models of a run to evaluate (a method without a teacher has only
             the student).
         budget: ``equal`` = every run of a ratio gets the semi-supervised epoch length
@@ -104,6 +118,10 @@ class Protocol:
     val_fraction: float = 0.1
     test_dataset: Path | None = None
     test_split: str = "all"
+    test_fraction: float = 0.0
+    test_unit: TestUnit = "image"
+    reference: str | None = None
+    bootstrap: int = 10000
     evaluate: list[EvalModel] = field(default_factory=lambda: ["student", "teacher"])
     budget: Literal["equal", "native"] = "equal"
     iterations: int | None = None
@@ -150,9 +168,25 @@ class Protocol:
             (self.budget_epochs >= 1, "budget_epochs", "must be >= 1"),
             (self.warmup_iterations >= 3, "warmup_iterations", "must be >= 3"),
             (bool(self.evaluate), "evaluate", "must name student and/or teacher"),
+            (0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
+             "test_fraction", "must be in [0, 1) and leave images to train on "
+             "(val_fraction + test_fraction < 1)"),
+            (self.test_fraction == 0 or self.test_dataset is None, "test_fraction",
+             "holds out test images of the training dataset: do not set test_dataset too"),
+            (self.test_fraction == 0 or self.test_split in ("all", "test"), "test_split",
+             "must be 'test' (or left out) with test_fraction: each run's split's test images"),
+            (self.reference is None or self.reference in names, "reference",
+             f"must name a row of 'methods' ({', '.join(names)}), got {self.reference!r}"),
+            (100 <= self.bootstrap <= 10**6, "bootstrap", "must be in [100, 1000000]"),
         ):
             if not ok:
                 raise IrcrError(f"{where}: protocol key '{key}' {problem}")
+
+    def reference_row(self) -> str | None:
+        """The significance tests' reference row: ``reference`` or ``supervised`` if listed."""
+        if self.reference is not None:
+            return self.reference
+        return "supervised" if any(m.name == "supervised" for m in self.methods) else None
 
     def _check_duplicates(self, where: str) -> None:
         """Refuse two runs with one run id: a ratio or a (split, train) seed pair twice."""
@@ -251,7 +285,8 @@ def expand(proto: Protocol, where: str = "protocol") -> list[RunSpec]:
                     set_dotted(d, key, val, f"{where}: overrides")
                 if proto.dataset is not None:
                     set_dotted(d, "data.dataset", str(proto.dataset), where)
-                split = split_name(parse_ratio(ratio), s_seed, proto.val_fraction)
+                split = split_name(parse_ratio(ratio), s_seed, proto.val_fraction,
+                                   proto.test_fraction)
                 set_dotted(d, "data.split", split, where)
                 set_dotted(d, "train.seed", t_seed, where)
                 if m.method is not None or m.config is None:
@@ -270,10 +305,9 @@ def expand(proto: Protocol, where: str = "protocol") -> list[RunSpec]:
     return runs
 
 
-# methods that train with their own loop and ignore the experiment's iteration budget; the
-# experiment runner refuses them until it can plan them (issue 28: BASS reported "done 0/12")
-UNSUPPORTED_METHODS = {"bass": "BASS trains in three stages of its own (docs/bass.md); run it "
-                               "with 'ircr train' for now"}
+# methods the experiment runner cannot run (none at present; BASS was one until issue 25:
+# its stages keep their own schedules, docs/experiment.md "BASS rows")
+UNSUPPORTED_METHODS: dict[str, str] = {}
 
 
 def _check_supported(cfg: dict[str, Any], where: str) -> None:

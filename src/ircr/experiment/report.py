@@ -9,6 +9,11 @@ lists each run with its status and error, so nothing is dropped silently. The St
 says which consistency start the row's runs used (``paper`` / ``stable`` / ``custom``,
 ``—`` for a method without one; :mod:`ircr.experiment.start`).
 
+Significance (:mod:`ircr.experiment.significance`): every row against the reference row
+(``reference:`` of the protocol, default ``supervised``) at the same label ratio — the mean
+difference with a paired t-test over seeds and a Wilcoxon signed-rank test over test images,
+each with a seeded 95 % bootstrap interval; also in ``significance.csv``.
+
 ``ircr experiment report DIR`` calls :func:`write_report` (the run folders are the truth).
 """
 
@@ -171,8 +176,92 @@ def short_banner(runs: list[dict[str, Any]]) -> list[str]:
     return ["> **" + lines[0] + "**", *[">" + line for line in lines[1:]], ""]
 
 
+def significance(plan: dict[str, Any], runs: list[dict[str, Any]]
+                 ) -> tuple[str | None, int, list[dict[str, Any]]]:
+    """(reference row, bootstrap resamples, comparisons) of an experiment (plan.json's
+    ``significance``; plans made before it: ``supervised`` when present, 10000)."""
+    from ircr.experiment.significance import compare
+
+    settings = plan.get("significance") or {}
+    names = {r["method"] for r in runs}
+    ref = settings.get("reference", "supervised" if "supervised" in names else None)
+    resamples = int(settings.get("bootstrap", 10000))
+    if ref is None or ref not in names:
+        return ref, resamples, []
+    sets = [s for s, _ in SETS if any(r["result"].get(s) for r in runs)]
+    return ref, resamples, compare(runs, ref, sets, plan.get("evaluate", ["student"]),
+                                   resamples)
+
+
+def _num(v: float | None, fmt: str = "+.4f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def _p(v: float | None) -> str:
+    return "—" if v is None else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "—" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def significance_lines(ref: str | None, resamples: int,
+                       comps: list[dict[str, Any]]) -> list[str]:
+    """The report.md section of the paired tests (:mod:`ircr.experiment.significance`)."""
+    from ircr.experiment.significance import METRICS
+
+    lines = ["## Significance", ""]
+    if not comps:
+        why = ("no reference row (set 'reference:' in the protocol)" if ref is None else
+               f"no finished pair of runs with the reference row '{ref}' at the same ratio")
+        return lines + [f"No paired tests: {why}.", ""]
+    lines += [f"Each row minus the reference row **{ref}** at the same label ratio (positive ="
+              " better). Seeds: paired by (split seed, train seed), two-sided paired t-test. "
+              "Images: test images paired by image (each image's difference averaged over the "
+              "seeds), two-sided Wilcoxon signed-rank test. 95 % CI: percentile bootstrap of "
+              f"the mean difference, {resamples} resamples, seed 0. Few seeds give the t-test "
+              "little power (3 seeds: p < 0.05 needs |mean| > 4.3 standard errors); p-values "
+              "are not corrected for the many comparisons (docs/experiment.md).", ""]
+    titles = dict(METRICS)
+    for s, title in SETS:
+        for model in dict.fromkeys(c["model"] for c in comps):
+            block = [c for c in comps if c["set"] == s and c["model"] == model]
+            if not block:
+                continue
+            lines += [f"### {title} — {model}", "",
+                      "| Method | Labelled | Metric | Δ (seeds) | n | p (t) | 95 % CI | "
+                      "Δ (images) | n | p (Wilcoxon) | 95 % CI |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for c in block:
+                a, b = c["seeds"], c["images"]
+                lines.append(f"| {c['method']} | {c['ratio']} | {titles[c['metric']]} | "
+                             f"{_num(a['diff'])} | {a['n']} | {_p(a['p'])} | {_ci(a['ci'])} | "
+                             f"{_num(b['diff'])} | {b['n']} | {_p(b['p'])} | {_ci(b['ci'])} |")
+            lines.append("")
+    return lines
+
+
+def write_significance_csv(comps: list[dict[str, Any]], path: Path) -> None:
+    """``significance.csv``: one row per comparison (empty = not computable)."""
+    cols = ["set", "model", "method", "ratio", "metric"]
+    stats = [f"{lvl}_{k}" for lvl in ("seeds", "images")
+             for k in ("n", "diff", "p", "ci_low", "ci_high")]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols + stats)
+        for c in comps:
+            vals: list[Any] = [c[k] for k in cols]
+            for lvl in ("seeds", "images"):
+                st = c[lvl]
+                ci = st["ci"] or (None, None)
+                vals += [st["n"], st["diff"], st["p"], ci[0], ci[1]]
+            w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+                        for v in vals])
+
+
 def write_markdown(plan: dict[str, Any], runs: list[dict[str, Any]],
-                   rows: list[dict[str, Any]], path: Path, figures: list[Path]) -> None:
+                   rows: list[dict[str, Any]], path: Path, figures: list[Path],
+                   sig: list[str] | None = None) -> None:
     """``report.md``: Table-2-style blocks, the run list and the figures."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     budget = plan.get("budget_minutes")
@@ -197,7 +286,7 @@ def write_markdown(plan: dict[str, Any], runs: list[dict[str, Any]],
                              + " | ".join(_cell(r, k) for k, _ in COLUMNS)
                              + f" | {r['start'] or '—'} |")
             lines.append("")
-    lines += ["## Runs", "", *_run_lines(runs), ""]
+    lines += [*(sig or []), "## Runs", "", *_run_lines(runs), ""]
     if figures:
         lines += ["## Figures", "", *[f"![{f.stem}]({f.name})" for f in figures], ""]
     path.write_text("\n".join(lines))
@@ -209,11 +298,14 @@ def write_report(out: str | Path, plots: bool = True) -> Path:
     plan, runs = load_runs(out)
     rows = summarize(plan, runs)
     write_csv(rows, out / "report.csv")
+    ref, resamples, comps = significance(plan, runs)
+    write_significance_csv(comps, out / "significance.csv")
     figures: list[Path] = []
     if plots:
         from ircr.experiment.figures import plot_aji_vs_ratio, plot_curves
 
-        figures.append(plot_aji_vs_ratio(rows, out / "fig4_aji.png"))
+        figures.append(plot_aji_vs_ratio(rows, out / "fig4_aji.png", runs))
         figures += plot_curves(out, runs)
-    write_markdown(plan, runs, rows, out / "report.md", figures)
+    write_markdown(plan, runs, rows, out / "report.md", figures,
+                   significance_lines(ref, resamples, comps))
     return out / "report.md"

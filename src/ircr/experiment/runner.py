@@ -7,11 +7,14 @@ Experiment folder::
                              a rerun reuses it, so resumed runs keep their schedule
     runs/<run_id>/           a trainer run folder (config.yaml, metrics.csv, checkpoints/,
                              model/) plus run.json (its plan entry) and metrics.json
-    report.md, report.csv, fig4_aji.png, curves_r<ratio>.png   (ircr.experiment.report)
+    report.md, report.csv, significance.csv, fig4_aji.png, curves_r<ratio>.png
+                             (ircr.experiment.report)
 
 ``runs/<id>/metrics.json`` is written last and atomically: ``status: done`` with the final
 iteration, wall seconds and the metrics of each evaluated model on the validation images (the
-trainer's last validation, from ``metrics.csv``) and on the test images; or ``status:
+trainer's last validation, from ``metrics.csv``) and on the test images (means, and every
+test image's metrics in ``test_per_image`` — patches with ``test_unit: patch``, named
+``<image>@<y0>,<x0>`` — for the report's image-level tests); or ``status:
 failed`` with the one-line error (traceback in ``error.txt``). A rerun skips done runs, resumes
 interrupted ones from ``checkpoints/last.pt`` (the trainer's ``--resume`` semantics) and
 retries failed ones. Ctrl-C stops the experiment; nothing finished is lost.
@@ -19,7 +22,6 @@ retries failed ones. Ctrl-C stops the experiment; nothing finished is lost.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -33,13 +35,12 @@ from typing import Any
 
 from ircr.errors import IrcrError
 from ircr.experiment import plan as planning
-from ircr.experiment import planfile
+from ircr.experiment import planfile, run_metrics
 from ircr.experiment.protocol import Protocol, RunSpec, expand, import_plugins, load_protocol
 from ircr.experiment.status import read_json, run_status, write_json_atomic
 from ircr.experiment.workers import Task, run_in_processes, run_in_this_process
 from ircr.io.lock import FolderLock
 
-METRIC_KEYS = ("aji", "dice", "f1", "pq", "aji_plus", "dq", "sq")
 # --budget-minutes: the plan gets the budget minus what has run since the command started,
 # minus this share and this reserve (report, plots, process start-up, estimate error); the
 # 8-minute CPU experiment of issue 27 overran by 38 s without them
@@ -60,6 +61,8 @@ class RunContext:
     index: str = ""
     device: str | None = None  # --device: replaces train.device (not part of the run's plan)
     progress: bool = True  # False (--no-progress): no progress bars in the run
+    test_unit: str = "image"  # "patch": every grid patch on its own (BASS's unit)
+    own_test: bool = False  # test_fraction > 0: each run's split's test images
 
 
 def _fmt_s(s: float) -> str:
@@ -99,44 +102,6 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def _val_from_csv(run_dir: Path, models: list[str]) -> dict[str, dict[str, float]]:
-    """Validation metrics of the trainer's last validated epoch in ``metrics.csv``."""
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("val_student_aji")]
-    if not rows:
-        return {}
-    last = rows[-1]
-    out: dict[str, dict[str, float]] = {}
-    for m in models:
-        vals = {k: float(last[f"val_{m}_{k}"]) for k in METRIC_KEYS if last.get(f"val_{m}_{k}")}
-        if vals:
-            out[m] = vals
-    return out
-
-
-def _test_metrics(tr: Any, ctx: RunContext) -> dict[str, Any]:
-    """Mean metrics of each evaluated model on the test images (inference.evaluate)."""
-    from ircr.data.store import PreparedDataset
-    from ircr.inference.evaluate import evaluate_model, select_images
-
-    if not ctx.test_dataset:
-        return {}
-    ds = PreparedDataset(ctx.test_dataset)
-    names, label = select_images(ds, ctx.test_split)
-    models = {k: v for k, v in tr.method.eval_models().items() if k in ctx.evaluate}
-    out: dict[str, Any] = {"_images": len(names), "_split": label}
-    for name, model in models.items():
-        was = model.training
-        res = evaluate_model(model, ds, names, tr.cfg.eval, tr.cfg.postproc, tr.device,
-                             amp=tr.amp is not None)
-        model.train(was)
-        out[name] = {k: float(v) for k, v in res.mean.items()}
-    return out
-
-
 def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
             out: Callable[[str], None] = _print) -> dict[str, Any]:
     """Train (or resume) and evaluate one planned run; returns its ``metrics.json``."""
@@ -146,6 +111,7 @@ def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
     import torch
 
     from ircr.train.config import experiment_from_dict
+    from ircr.train.methods.base import Method
     from ircr.train.trainer import Trainer
 
     import_plugins(ctx.plugins, "protocol")
@@ -174,9 +140,16 @@ def run_one(entry: dict[str, Any], run_dir: Path, ctx: RunContext,
             f" ({entry['iterations']} iteration{'s' * (entry['iterations'] != 1)})")
         tr.on_step = Progress(entry, ctx.index, ctx.progress_every, out, run_dir, resumed)
         tr.run()
-        doc.update(status="done", iterations=int(tr.iteration), wall_s=time.time() - t0,
-                   train_wall_s=float(tr._wall()),
-                   val=_val_from_csv(run_dir, ctx.evaluate), test=_test_metrics(tr, ctx))
+        test, per_image = run_metrics.metrics_on_test(
+            tr, ctx.evaluate, ctx.test_dataset, ctx.test_split, ctx.test_unit, ctx.own_test)
+        # a method with its own stages (bass) leaves the trainer's counter at 0
+        own = (getattr(type(tr.method).own_iterations, "__func__", None)
+               is not getattr(Method.own_iterations, "__func__", None))
+        doc.update(status="done", iterations=int(entry["iterations"] if own else tr.iteration),
+                   wall_s=time.time() - t0, train_wall_s=float(tr._wall()),
+                   val=(run_metrics.val_from_csv(run_dir, ctx.evaluate)
+                        or run_metrics.folder_val(tr, ctx.evaluate)), test=test,
+                   test_per_image=per_image)
     except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, not fatal
         msg = str(exc) if isinstance(exc, IrcrError) else f"{type(exc).__name__}: {exc}"
         (run_dir / "error.txt").write_text(traceback.format_exc())
@@ -201,7 +174,7 @@ def _task(state: Any, task: tuple[dict[str, Any], str, RunContext]) -> dict[str,
     return run_one(entry, Path(run_dir), ctx)
 
 
-def ensure_splits(runs: list[RunSpec], val_fraction: float) -> None:
+def ensure_splits(runs: list[RunSpec], val_fraction: float, test_fraction: float = 0.0) -> None:
     """Create missing split files (``ircr data split``) before any run starts."""
     from ircr.data.prepare import add_split
     from ircr.data.store import PreparedDataset
@@ -216,7 +189,7 @@ def ensure_splits(runs: list[RunSpec], val_fraction: float) -> None:
             raise IrcrError(f"{r.run_id}: data.dataset: prepared dataset folder not found: "
                             f"{ds_path} (create it with 'ircr data prepare')")
         if split not in PreparedDataset(ds_path).split_names():
-            add_split(ds_path, r.ratio, r.split_seed, val_fraction)
+            add_split(ds_path, r.ratio, r.split_seed, val_fraction, test_fraction)
 
 
 def prepare_plan(proto: Protocol, runs: list[RunSpec], out: Path, budget_minutes: float | None,
@@ -229,11 +202,16 @@ def prepare_plan(proto: Protocol, runs: list[RunSpec], out: Path, budget_minutes
     nothing: it shows the plan a real run would make (or reuse).
     """
     plan_path = out / "plan.json"
+    if budget_minutes is not None:
+        _refuse_own_schedules(runs)
     if plan_path.is_file():
         doc = planfile.read_plan(plan_path)
         changes = planfile.plan_changes(doc, proto, runs, budget_minutes)
         if not changes:
             log(f"using the plan in {plan_path}")
+            if not dry_run and doc.get("significance") != significance_settings(proto):
+                write_json_atomic(plan_path, {**doc, "significance":
+                                              significance_settings(proto)})
             return planning.plan_from_dict(doc["runs"])
         if dry_run:
             log("note: " + planfile.changed_message(plan_path, changes))
@@ -241,7 +219,7 @@ def prepare_plan(proto: Protocol, runs: list[RunSpec], out: Path, budget_minutes
             raise IrcrError(planfile.changed_message(plan_path, changes))
     t0 = time.time() if started is None else started
     rates: dict[str, planning.Rate] | None = None
-    n_test = _n_test(proto)
+    n_test = _n_test(proto, runs)
     if budget_minutes is not None:
         rates = {}
         for r in runs:
@@ -265,8 +243,28 @@ def prepare_plan(proto: Protocol, runs: list[RunSpec], out: Path, budget_minutes
         "rates": {k: vars(v) for k, v in (rates or {}).items()},
         "evaluate": proto.evaluate, "test_dataset": _str(proto.test_dataset),
         "test_split": proto.test_split, "settings": planfile.settings_of(proto),
+        "significance": significance_settings(proto),
         "specs": planfile.specs_of(runs), "runs": entries})
     return plan
+
+
+def significance_settings(proto: Protocol) -> dict[str, Any]:
+    """What the report's significance tests need (plan.json; not part of the plan)."""
+    return {"reference": proto.reference_row(), "bootstrap": proto.bootstrap,
+            "test_unit": proto.test_unit}
+
+
+def _refuse_own_schedules(runs: list[RunSpec]) -> None:
+    """--budget-minutes cannot fit a method that keeps its own stage schedules (bass)."""
+    from ircr.experiment.plan import own_iterations, split_size
+
+    for r in runs:
+        if own_iterations(r.config, split_size(r.config, r.run_id), r.run_id) is not None:
+            raise IrcrError(f"--budget-minutes: run {r.run_id}: method "
+                            f"'{r.config['method']['name']}' trains on its own stage schedules "
+                            "(e.g. method.teacher / method.student iterations), which a time "
+                            "budget cannot shorten; set them in the row's overrides and run "
+                            "without --budget-minutes")
 
 
 def usable_seconds(budget_minutes: float, elapsed: float) -> float:
@@ -278,11 +276,15 @@ def _str(p: Path | None) -> str | None:
     return None if p is None else str(p)
 
 
-def _n_test(proto: Protocol) -> int:
-    if proto.test_dataset is None:
-        return 0
+def _n_test(proto: Protocol, runs: list[RunSpec]) -> int:
     from ircr.data.store import PreparedDataset
     from ircr.inference.evaluate import select_images
+
+    if proto.test_fraction > 0 and runs:  # every split holds out the same number
+        cfg = runs[0].config["data"]
+        return len(PreparedDataset(cfg["dataset"]).load_split(cfg["split"]).test_images)
+    if proto.test_dataset is None:
+        return 0
 
     if not Path(proto.test_dataset).is_dir():
         raise IrcrError(f"protocol key 'test_dataset': prepared dataset folder not found: "
@@ -325,7 +327,7 @@ def run_experiment(protocol_path: str | Path, out: str | Path, jobs: int = 1,
     out = Path(out)
     existed = out.exists()
     with FolderLock(out, "experiment folder"):
-        ensure_splits(runs, proto.val_fraction)
+        ensure_splits(runs, proto.val_fraction, proto.test_fraction)
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
         if threads:
             import torch
@@ -403,7 +405,8 @@ def _run_all(pending: list[dict[str, Any]], out: Path, proto: Protocol, jobs: in
     tasks = [Task(e, out / "runs" / e["run_id"],
                   RunContext(list(proto.evaluate), _str(proto.test_dataset), proto.test_split,
                              list(proto.plugins), threads, progress_every,
-                             f"[{i + 1}/{len(pending)}]", device, progress))
+                             f"[{i + 1}/{len(pending)}]", device, progress,
+                             proto.test_unit, proto.test_fraction > 0))
              for i, e in enumerate(pending)]
     if where[0] is not None or where[1] is not None:  # --cluster: one executor task per run
         from ircr.experiment.cluster import run_on_cluster

@@ -72,7 +72,9 @@ What a method can do
   writes no checkpoint of its own and returns that folder. The method owns resume (its
   checkpoints under ``trainer.run_dir``), Ctrl-C handling and the model folder; it names the
   files that make a run folder "started" in :meth:`Method.saved_progress`, so ``--resume``
-  works for it as for every method.
+  works for it as for every method. For ``ircr experiment`` it names its finished model
+  folders in :meth:`Method.model_folders` (tested there instead of :meth:`eval_models`) and
+  its optimiser steps in :meth:`Method.own_iterations` (its schedule is not compressed).
 
 Batch dicts (tensors already on ``trainer.device``)
 ----------------------------------------------------
@@ -283,6 +285,18 @@ class Method:
     def final_model(self) -> nn.Module:
         """The model written to the run's ``model/`` folder (paper: the last student)."""
         return self.trainer.model
+
+    def model_folders(self) -> dict[str, Path]:
+        """Finished model folders by name, for a method whose :meth:`eval_models` is empty
+        (its own loop, its own model family): ``ircr experiment`` tests these instead, e.g.
+        ``{"student": run/"model", "teacher": run/"teacher"/"model"}``. Default: none."""
+        return {}
+
+    @classmethod
+    def own_iterations(cls, options: Any, n_labelled: int, n_unlabelled: int) -> int | None:
+        """Optimiser steps of a method with its own loop and schedule (all its stages),
+        for the experiment plan; None (default) = the trainer's schedule counts."""
+        return None
 
     # -- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,7 @@ from ircr.inference.model_folder import save_model_folder
 from ircr.models.maskrcnn import MaskRCNNConfig, build_maskrcnn
 from ircr.postproc.detections import PaintParams
 from ircr.train.bass_pipeline import BassOptions, run_bass
+from ircr.train.detector_loop import resolve
 from ircr.train.methods import register_method
 from ircr.train.methods.base import Method
 from ircr.train.stage_tools import cpu_threads
@@ -108,6 +110,24 @@ class Bass(Method):
     def eval_models(self) -> dict[str, nn.Module]:
         """No HoVer-Net validation: the stages evaluate nothing during training."""
         return {}
+
+    def model_folders(self) -> dict[str, Path]:
+        """The student (the run's ``model/``) and the teacher (``teacher/model/``), both
+        ``maskrcnn`` model folders (``ircr experiment`` tests them)."""
+        run = self.trainer.run_dir
+        return {"student": run / "model", "teacher": run / "teacher" / "model"}
+
+    @classmethod
+    def own_iterations(cls, options: Any, n_labelled: int, n_unlabelled: int) -> int:
+        """Teacher + student optimiser steps for a split of these patch counts (the student's
+        pool: labelled x ``repeat_labelled`` + the pseudo-labelled patches, at most
+        ``pseudo_max_patches``; a patch without any kept instance is still counted)."""
+        opts: BassOptions = options
+        n_pseudo = n_unlabelled if opts.pseudo_max_patches is None else min(
+            n_unlabelled, opts.pseudo_max_patches)
+        teacher = resolve(opts.teacher, n_labelled).iterations
+        student = resolve(opts.student, n_labelled * opts.repeat_labelled + n_pseudo).iterations
+        return int(teacher + student)
 
     def train_step(self, labelled: dict[str, Tensor], unlabelled: dict[str, Tensor] | None
                    ) -> tuple[Tensor, dict[str, float]]:
