@@ -67,6 +67,29 @@ def test_one_step_on_a_real_monuseg_patch(monuseg_root: Path, tmp_path: Path) ->
     assert "family: pgfanet" in meta and "width: 0.125" in meta
 
 
+def test_resnet34_weights_load_into_both_backbones(tmp_path: Path) -> None:
+    import torchvision
+
+    from ircr.models.pgfanet_net import PGFANetConfig, build_pgfanet
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet34(weights=None).state_dict()
+    path = tmp_path / "resnet34.pth"
+    torch.save(ref, path)
+    net = build_pgfanet(PGFANetConfig(pretrained=path))
+    for key in ("conv1.weight", "layer3.1.conv1.weight", "layer4.0.downsample.0.weight",
+                "layer2.3.bn2.running_var"):
+        assert torch.equal(net.stage1.state_dict()[key], ref[key]), key
+    assert torch.equal(net.stage2.state_dict()["layer1.0.conv1.weight"],
+                       ref["layer1.0.conv1.weight"])
+    assert net.pretrained_report is not None and "ResNet-34" in net.pretrained_report
+    # the dilated layer-4 conv keeps torchvision's 3x3 shape, with dilation 4
+    assert net.stage1.layer4[1].conv1.dilation == (4, 4)
+    assert net.stage1.layer3[0].conv1.stride == (1, 1)
+    with pytest.raises(IrcrError, match="method.net.width must be 1"):
+        build_pgfanet(PGFANetConfig(width=0.125, pretrained=path))
+
+
 def test_poly_schedule_by_hand() -> None:
     # T = 100, warm-up 5 %: W = 5 -> 1e-3 * 1/5, 5/5; then 1e-3 * (1 - 50/100)^0.9
     assert poly_lr(1e-3, 0, 100, 0.05, 0.9) == pytest.approx(2e-4)

@@ -177,6 +177,7 @@ class PGFANet(nn.Module):
     def __init__(self, cfg: PGFANetConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.pretrained_report: str | None = None
         self.stage1 = DilatedResNet34(cfg.width, stem=True)
         self.stage2 = DilatedResNet34(cfg.width, stem=False)
         c = self.stage1.channels
@@ -251,7 +252,7 @@ def load_resnet34_weights(model: PGFANet, path: Path) -> str:
         bad = [k for k, v in take.items() if tuple(v.shape) != tuple(own[k].shape)]
         if bad:
             raise IrcrError(f"{path}: tensor '{bad[0]}' has shape {tuple(take[bad[0]].shape)}, "
-                            f"the network needs {tuple(own[bad[0]].shape)} (model.width must "
+                            f"the network needs {tuple(own[bad[0]].shape)} (method.net.width must "
                             "be 1 for ResNet-34 weights)")
         if not take:
             raise IrcrError(f"{path}: no tensor of a torchvision ResNet-34 found")
@@ -273,6 +274,6 @@ def build_pgfanet(cfg: PGFANetConfig, load_pretrained: bool = True) -> PGFANet:
         for conv in aspp.branches.modules():
             if isinstance(conv, nn.Conv2d):
                 nn.init.normal_(conv.weight, 0.0, 0.01)
-    if load_pretrained and cfg.pretrained is not None:
-        load_resnet34_weights(model, cfg.pretrained)
+    if load_pretrained and cfg.pretrained is not None:  # the trainer prints the report
+        model.pretrained_report = load_resnet34_weights(model, cfg.pretrained)
     return model

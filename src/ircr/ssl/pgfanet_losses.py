@@ -46,13 +46,12 @@ def three_class_targets(inst: Tensor, boundary_width: int = 2) -> Tensor:
     cls = (inst > 0).long()
     if boundary_width <= 0:
         return cls
-    r = int(boundary_width)
-    padded = F.pad(inst.unsqueeze(1).float(), (r, r, r, r), mode="replicate").squeeze(1)
     h, w = inst.shape[1:]
+    rows, cols = torch.arange(h, device=inst.device), torch.arange(w, device=inst.device)
     differs = torch.zeros_like(inst, dtype=torch.bool)
-    ref = inst.float()
-    for dy, dx in _disk_offsets(r):
-        differs |= padded[:, r + dy : r + dy + h, r + dx : r + dx + w] != ref
+    for dy, dx in _disk_offsets(int(boundary_width)):  # exact int64 ids; the edge replicated
+        ys, xs = (rows + dy).clamp(0, h - 1), (cols + dx).clamp(0, w - 1)
+        differs |= inst[:, ys][:, :, xs] != inst
     return torch.where((inst > 0) & differs, torch.full_like(cls, 2), cls)
 
 
