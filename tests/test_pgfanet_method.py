@@ -162,3 +162,25 @@ def test_synthetic_end_to_end_evaluate_and_segment(tmp_path: Path) -> None:
     assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-4)
     inst = loaded.family.instances(pred, loaded.postproc)
     assert np.array_equal(inst, interior_instances(probs.argmax(axis=0), loaded.postproc))
+
+
+@pytest.mark.slow  # ~1-2 min on 2 busy cores; the resume mechanism is tested fast in test_resume
+def test_interrupted_and_resumed_run_is_exact(tmp_path: Path) -> None:
+    from ircr.train.checkpoint import load_checkpoint
+    from ircr.train.trainer import TrainingInterrupted
+
+    ds = tmp_path / "ds"
+    prepare_dataset("synthetic", None, ds, options={"n_images": 4, "size": 96}, patch=32,
+                    stride=32, ratio="1/4", val_fraction=0.0)
+    split = next((ds / "splits").glob("*val0.yaml")).stem
+    cfg = _cfg(ds, split, 32, epochs=2, iterations_per_epoch=2, deterministic=True)
+    Trainer(cfg, tmp_path / "straight").run()
+    with pytest.raises(TrainingInterrupted):
+        Trainer(cfg, tmp_path / "resumed", stop_after=3).run()
+    Trainer(cfg, tmp_path / "resumed", resume=True).run()
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")
+            for d in ("straight", "resumed"))
+    for part in ("model", "method"):  # the student and the EMA teacher
+        flat_a = a[part] if part == "model" else a[part]["teacher"]
+        flat_b = b[part] if part == "model" else b[part]["teacher"]
+        assert all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a), part
