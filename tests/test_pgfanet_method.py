@@ -136,9 +136,12 @@ def test_synthetic_end_to_end_evaluate_and_segment(tmp_path: Path) -> None:
     prepare_dataset("synthetic", None, ds, options={"n_images": 4, "size": 96}, patch=32,
                     stride=32, ratio="1/4", val_fraction=0.25)
     split = next((ds / "splits").glob("*val0.25*.yaml")).stem
-    cfg = _cfg(ds, split, 32)
+    cfg = _cfg(ds, split, 32, epochs=2, lr_warmup=0.5)
     model_dir = Trainer(cfg, tmp_path / "run").run()
-    row = _last_row(tmp_path / "run")
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    # poly schedule over T = 2 iterations, W = 1: 1e-3 * 1/1, then 1e-3 * (1 - 1/2)^0.9
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 1e-3 * 0.5 ** 0.9])
+    row = rows[-1]
     assert {"val_student_aji", "val_teacher_aji"} <= set(row)  # validated as pgfanet
     loaded = load_model_folder(model_dir)
     assert loaded.family.name == "pgfanet" and loaded.model_cfg.width == 0.125
