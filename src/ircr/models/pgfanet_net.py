@@ -62,6 +62,17 @@ class PGFANetConfig:
     pretrained: Path | None = None
 
 
+@dataclass(frozen=True)
+class WeightsReport:
+    """What :func:`load_resnet34_weights` loaded (the trainer prints ``summary()``)."""
+
+    text: str
+
+    def summary(self) -> str:
+        """One line: the file and the tensors loaded per backbone."""
+        return self.text
+
+
 def _ch(c: int, width: float) -> int:
     return max(4, int(round(c * width)))
 
@@ -177,7 +188,7 @@ class PGFANet(nn.Module):
     def __init__(self, cfg: PGFANetConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.pretrained_report: str | None = None
+        self.pretrained_report: WeightsReport | None = None
         self.stage1 = DilatedResNet34(cfg.width, stem=True)
         self.stage2 = DilatedResNet34(cfg.width, stem=False)
         c = self.stage1.channels
@@ -234,11 +245,11 @@ class PGFANet(nn.Module):
         return {"seg": _up(self.head(cf), size), "aux": aux}
 
 
-def load_resnet34_weights(model: PGFANet, path: Path) -> str:
+def load_resnet34_weights(model: PGFANet, path: Path) -> WeightsReport:
     """Load a torchvision ResNet-34 state dict into both backbones (stage 2 has no stem).
 
     Returns:
-        a one-line report (tensors loaded per backbone).
+        the report (tensors loaded per backbone).
     Raises:
         IrcrError: unreadable file or shapes that do not match (width != 1).
     """
@@ -258,7 +269,8 @@ def load_resnet34_weights(model: PGFANet, path: Path) -> str:
             raise IrcrError(f"{path}: no tensor of a torchvision ResNet-34 found")
         backbone.load_state_dict(take, strict=False)
         loaded.append(len(take))
-    return f"ResNet-34 weights from {path}: {loaded[0]} + {loaded[1]} tensors"
+    return WeightsReport(f"ResNet-34 weights from {path}: {loaded[0]} tensors (stage 1) + "
+                         f"{loaded[1]} (stage 2)")
 
 
 def build_pgfanet(cfg: PGFANetConfig, load_pretrained: bool = True) -> PGFANet:
