@@ -79,6 +79,9 @@ class TrainConfig:
             ``floor(n / batch)`` and at least 1.
         max_iterations: stop after this many iterations in total (tests, smoke runs).
         lr: Adam learning rate. lr_steps: epochs after which lr is multiplied by lr_gamma.
+        lr_schedule: "step" (lr_steps/lr_gamma, per epoch) or "poly" (per iteration i of T:
+            a linear warm-up ``lr·(i+1)/W`` over the first W = floor(lr_warmup·T) iterations,
+            then ``lr·(1 − i/T)^lr_power``; PG-FANet's schedule).
         optimizer: only "adam" (betas 0.9/0.999, no weight decay by default).
         amp: "auto" = bf16 autocast on CUDA when supported, off elsewhere; "bf16"; "off".
         seed: seeds model init, data order and augmentation (0 .. 2**32 - 1).
@@ -107,6 +110,9 @@ class TrainConfig:
     lr: float = 1e-4  # > 0, finite (no upper bound: tests provoke divergence with 1e6)
     lr_steps: list[int] = bounded(lo=1, hi=MAX_EPOCHS, factory=lambda: [100])
     lr_gamma: float = 0.1
+    lr_schedule: Literal["step", "poly"] = "step"
+    lr_warmup: float = bounded(0.0, 0, 1, hi_open=True)
+    lr_power: float = bounded(0.9, 0, 100)
     optimizer: Literal["adam"] = "adam"
     weight_decay: float = bounded(0.0, 0)
     amp: Literal["auto", "bf16", "off"] = "auto"

@@ -312,9 +312,13 @@ class IterationData:
             ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
             if "forkserver" in methods:
                 ctx.set_forkserver_preload(["ircr.train.loaders"])
+        # its own generator: the loader's start draws a base seed, which must not advance
+        # the global torch RNG that methods draw from (a resumed run starts its loader after
+        # the checkpoint's RNG state is restored; the data itself is keyed by (seed, i))
         dl: DataLoader[dict[str, Any]] = DataLoader(
             self.set, batch_size=None, sampler=range(start, stop), num_workers=workers,
             pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=4 if workers else None, multiprocessing_context=ctx)
+            prefetch_factor=4 if workers else None, multiprocessing_context=ctx,
+            generator=torch.Generator().manual_seed(0))
         for batch in dl:
             yield to_device(batch, device)

@@ -39,6 +39,7 @@ from ircr.config import set_dotted, to_dict, write_yaml
 from ircr.errors import IrcrError
 from ircr.inference.device import amp_dtype, autocast, select_device
 from ircr.inference.evaluate import evaluate_models, predict_whole
+from ircr.inference.family import DEFAULT_FAMILY, get_family
 from ircr.inference.model_folder import save_model_folder
 from ircr.inference.scale import common_mpp
 from ircr.io.atomic import atomic_write, clean_stale_temps
@@ -68,6 +69,15 @@ class TrainingInterrupted(Exception):
 def lr_at_epoch(base: float, steps: list[int], gamma: float, epoch: int) -> float:
     """Step schedule: ``base * gamma ** #(steps <= epoch)`` (epoch is 0-based)."""
     return base * gamma ** sum(1 for s in steps if epoch >= s)
+
+
+def poly_lr(base: float, iteration: int, total: int, warmup: float, power: float) -> float:
+    """``train.lr_schedule: poly`` at 0-based ``iteration`` of ``total``: linear warm-up
+    ``base·(i+1)/W`` for i < W = floor(warmup·total), then ``base·(1 − i/total)^power``."""
+    w = int(warmup * total)
+    if iteration < w:
+        return base * (iteration + 1) / w
+    return base * max(0.0, 1.0 - iteration / max(total, 1)) ** power
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -112,6 +122,7 @@ class Trainer:
         self.amp = amp_dtype(cfg.train.amp, self.device)
         self.iteration = 0
         self.epoch = 0
+        self._lr = cfg.train.lr  # the last step's lr under train.lr_schedule "poly"
         self._acc: dict[str, float] = {}
         self._acc_n = 0
         self._wall_offset = 0.0
@@ -426,6 +437,8 @@ class Trainer:
             if self.stop_after is not None and self.iteration >= self.stop_after:
                 raise TrainingInterrupted(f"stopped after iteration {self.iteration}")
         secs = max(time.time() - t0, 1e-9)
+        if cfg.lr_schedule == "poly":
+            lr = self._lr  # the last iteration's
         self._end_epoch(epoch, lr, (self.iteration - it0) / secs)
 
     def _clock_due(self) -> bool:
@@ -436,6 +449,11 @@ class Trainer:
 
     def _step(self, batch: dict[str, Any], bar: Any) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        t = self.cfg.train
+        if t.lr_schedule == "poly":
+            self._lr = poly_lr(t.lr, self.iteration, self.total, t.lr_warmup, t.lr_power)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr
         with self.autocast():
             loss, parts = self.method.train_step(batch["labelled"], batch.get("unlabelled"))
         value = distributed.mean_scalar(self.dist, float(loss.detach()), self.device)
@@ -492,10 +510,12 @@ class Trainer:
         """Whole-image val metrics of every eval model: ``val_<model>_<metric>`` floats."""
         models = self.method.eval_models()
         was = {name: m.training for name, m in models.items()}
+        own = self.method.model_family()  # None: HoVer-Net with cfg.postproc
         try:
             res = evaluate_models(models, self.dataset, self.split.val_images, self.cfg.eval,
-                                  self.cfg.postproc, self.device, amp=self.amp,
-                                  progress=progress)
+                                  own.postproc if own else self.cfg.postproc, self.device,
+                                  amp=self.amp, progress=progress,
+                                  family=get_family(own.family) if own else None)
         finally:
             for name, m in models.items():
                 m.train(was[name])
@@ -512,7 +532,10 @@ class Trainer:
         metrics = {k: v for k, v in self.last_row.items() if k.startswith("val_")} or None
         model = copy.deepcopy(self.method.final_model()).cpu().eval()
         out = self.run_dir / "model"
-        save_model_folder(out, model, self.cfg.model, to_dict(self.cfg.postproc),
+        own = self.method.model_family()
+        save_model_folder(out, model, own.model if own else self.cfg.model,
+                          to_dict(own.postproc if own else self.cfg.postproc),
+                          family=own.family if own else DEFAULT_FAMILY,
                           mpp=common_mpp(m.get("mpp") for m in self.dataset.images),
                           patch_size=self.cfg.data.patch_size, metrics=metrics,
                           inference={"window": self.cfg.eval.window,

@@ -52,6 +52,11 @@ What a method can do
   contract (``{"np": (N, 2, H, W) logits, "hv": (N, 2, H, W)}``, docs/architecture.md);
   return ``{}`` to skip that validation (and log own diagnostics from :meth:`epoch_end`). The
   model of :meth:`final_model` is written to ``model/`` with ``cfg.model`` as its description.
+* **Another model family in the trainer's loop.** A network that is not HoVer-Net (other
+  outputs, its own post-processing) returns a :class:`FamilyOutput` from
+  :meth:`Method.model_family`: the registered family (:mod:`ircr.inference.family`) that
+  validates :meth:`eval_models` and the ``model:``/``postproc`` written to ``model/``
+  (``pgfanet``).
 * **Sub-trainings with their own overrides.** ``trainer.spawn(method, run_dir, overrides)``
   returns a new :class:`~ircr.train.trainer.Trainer` of this config with ``method.name =
   method``, that method's default options and the dotted ``overrides`` (any config key, e.g.
@@ -154,12 +159,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from ircr.train.config import ExperimentConfig
     from ircr.train.loaders import TrainSplit
 
-__all__ = ["ExtraLabelled", "Method", "NoOptions", "SubRun", "TrainerAPI", "map_to_view"]
+__all__ = ["ExtraLabelled", "FamilyOutput", "Method", "NoOptions", "SubRun", "TrainerAPI",
+           "map_to_view"]
 
 
 @dataclass(frozen=True)
 class NoOptions:
     """Options of a method that has none (``supervised``): only the shared ``method:`` keys."""
+
+
+@dataclass(frozen=True)
+class FamilyOutput:
+    """A method's networks as a model family (:meth:`Method.model_family`).
+
+    Attributes:
+        family: registered family name (``model.yaml``'s ``family:``).
+        model: that family's ``config_class`` instance (``model.yaml``'s ``model:``).
+        postproc: its ``postproc_class`` instance (validation and ``postproc.yaml``).
+    """
+
+    family: str
+    model: Any
+    postproc: Any
 
 
 class TrainerAPI(Protocol):
@@ -281,6 +302,11 @@ class Method:
     def eval_models(self) -> dict[str, nn.Module]:
         """Models to validate each epoch by name, e.g. ``{"student": .., "teacher": ..}``."""
         return {"student": self.trainer.model}
+
+    def model_family(self) -> FamilyOutput | None:
+        """The family of :meth:`eval_models` and :meth:`final_model` when it is not HoVer-Net
+        (None, the default: ``hovernet`` with ``cfg.model`` and ``cfg.postproc``)."""
+        return None
 
     def final_model(self) -> nn.Module:
         """The model written to the run's ``model/`` folder (paper: the last student)."""
