@@ -112,6 +112,7 @@ class Trainer:
         self.amp = amp_dtype(cfg.train.amp, self.device)
         self.iteration = 0
         self.epoch = 0
+        self.total = 0  # iterations of the run: set in run() before the first step
         self._acc: dict[str, float] = {}
         self._acc_n = 0
         self._wall_offset = 0.0
