@@ -25,6 +25,7 @@ from ircr.metrics import instance_metrics
 from ircr.postproc.watershed import WBISParams
 from ircr.ssl import progressive
 from ircr.train.config import experiment_from_dict
+from ircr.train.methods.self_training import SelfTraining
 from ircr.train.trainer import Trainer
 
 torch.set_num_threads(2)
@@ -99,6 +100,18 @@ def test_table2_protocols_use_the_papers_mode() -> None:
         assert rows and all(m["overrides"]["method.mode"] == "progressive" for m in rows)
 
 
+def test_plan_counts_progressive_st_as_one_pass_over_unlabelled_patches() -> None:
+    from ircr.experiment.plan import SplitSize, _native_ipe, _passes
+
+    size = SplitSize(labelled=8, unlabelled=40, val_images=0, train_images=3)
+    prog = {"method": {"name": "self_training", "mode": "progressive"},
+            "data": {"batch_size": 4, "batch_size_unlabelled": 4}}
+    off = {"method": {"name": "self_training", "rounds": 2},
+           "data": {"batch_size": 4, "batch_size_unlabelled": 4}}
+    assert (_passes(prog), _native_ipe(prog, size)) == (1, 10)  # 40 / 4, one run
+    assert (_passes(off), _native_ipe(off, size)) == (3, 2)  # 2 teachers + student; 8 / 4
+
+
 # -- a real run -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def prepared(monuseg_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -109,30 +122,50 @@ def prepared(monuseg_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
-@pytest.mark.parametrize("pseudo_model", ["student", "ema"])
-def test_progressive_run_replaces_the_scheduled_share(prepared: Path, tmp_path: Path,
-                                                      pseudo_model: str) -> None:
-    """8 iterations, batch 2 + 4, start 0.25, end 0.75: pseudo-labelled patches per iteration
-    0, 0, 0, 1, 2, 3, 4, 4 (hand-computed above); every loss finite."""
+def _st_cfg(prepared: Path, iterations: int, **opts: Any) -> Any:
     split = next(p.stem for p in (prepared / "splits").glob("ratio_1-4_seed0*.yaml"))
-    cfg = experiment_from_dict({
+    return experiment_from_dict({
         "data": {"dataset": str(prepared), "split": split, "patch_size": 64,
-                 "context_margin": 16, "batch_size": 2, "batch_size_unlabelled": 4,
+                 "context_margin": 16, "batch_size": 1, "batch_size_unlabelled": 2,
                  "workers": 0},
         "model": {"width": 0.125},  # paper depth
-        "train": {"epochs": 8, "iterations_per_epoch": 1, "lr": 1e-3, "lr_steps": [],
-                  "device": "cpu", "amp": "off", "progress": False, "tensorboard": False,
-                  "val_every": 0, "seed": 10},
-        "method": {"name": "self_training", "mode": "progressive", "progressive_start": 0.25,
-                   "progressive_end": 0.75, "final_fraction": 1.0,
-                   "pseudo_model": pseudo_model},
+        "train": {"epochs": iterations, "iterations_per_epoch": 1, "lr": 1e-3,
+                  "lr_steps": [], "device": "cpu", "amp": "off", "progress": False,
+                  "tensorboard": False, "val_every": 0, "seed": 10},
+        "method": {"name": "self_training", "mode": "progressive", **opts},
     })
-    trainer = Trainer(cfg, tmp_path / "run")
+
+
+def _fractions(run: Path) -> list[float]:
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert all(math.isfinite(float(r["train_loss"])) for r in rows)
+    return [float(r["train_pseudo_fraction"]) for r in rows]
+
+
+def test_progressive_run_replaces_the_scheduled_share(prepared: Path, tmp_path: Path) -> None:
+    """T = 4 iterations, batch 1 + 2, start 0.25 (iteration 1), end 0.75 (iteration 3):
+    fractions 0, 0, 0.5, 1 -> 0, 0, 1, 2 of the 2 unlabelled patches; every loss finite."""
+    trainer = Trainer(_st_cfg(prepared, 4, progressive_start=0.25, progressive_end=0.75,
+                              final_fraction=1.0), tmp_path / "run")
     assert trainer.method.uses_unlabelled
     trainer.run()
-    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
-    assert [float(r["train_pseudo_fraction"]) for r in rows] == \
-        [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
-    assert all(math.isfinite(float(r["train_loss"])) for r in rows)
-    assert trainer.method.last_replaced == [0, 1, 2, 3]  # the last iteration: all four
+    assert _fractions(tmp_path / "run") == [0.0, 0.0, 0.5, 1.0]
+    assert isinstance(trainer.method, SelfTraining)
+    assert trainer.method.last_replaced == [0, 1]  # the last iteration: both patches
     assert (tmp_path / "run" / "model" / "weights.pt").is_file()
+
+
+def test_progressive_run_with_ema_labels(prepared: Path, tmp_path: Path) -> None:
+    """``pseudo_model: ema``: a step from the first iteration (start = end = 0, final 0.5 ->
+    1 of 2 patches), the EMA copy checkpointed."""
+    trainer = Trainer(_st_cfg(prepared, 2, progressive_start=0.0, progressive_end=0.0,
+                              final_fraction=0.5, pseudo_model="ema"), tmp_path / "run")
+    trainer.run()
+    assert _fractions(tmp_path / "run") == [0.5, 0.5]
+    state = trainer.method.state_dict()
+    assert "teacher" in state and isinstance(trainer.method, SelfTraining)
+    assert trainer.method.teacher is not None
+    student = dict(trainer.model.named_parameters())
+    moved = [n for n, p in trainer.method.teacher.named_parameters()
+             if not torch.equal(p, student[n])]
+    assert moved  # the EMA copy lags the student
