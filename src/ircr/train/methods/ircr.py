@@ -35,7 +35,6 @@ MIAC term, ``miac_boundary_beta: 0`` = MIAC "w/o B", ``match_radius`` = r (Table
 
 from __future__ import annotations
 
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from torch import Tensor
 
 from ircr.config import bounded
@@ -51,6 +49,7 @@ from ircr.postproc.batch import wbis_batch
 from ircr.ssl import matching
 from ircr.ssl.band_maps import batch_band_counts
 from ircr.ssl.diagnostics import save_overlays
+from ircr.ssl.mask_cache import pack, to_patch_frame, unpack
 from ircr.ssl.masks import (
     MaskPipeline,
     MaskSettings,
@@ -144,44 +143,6 @@ class HeldBatch:
 def to_uint8_images(x: Tensor) -> np.ndarray:
     """(N, 3, H, W) float 0..255 tensor -> (N, H, W, 3) uint8 RGB numpy."""
     return x.detach().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_patch_frame(view_map: np.ndarray, src_index: np.ndarray, size: int) -> np.ndarray:
-    """Scatter a view-frame label map back into the un-augmented (size, size) patch frame.
-
-    Args:
-        view_map: (H, W) int label map in the augmented view.
-        src_index: (H, W) int64 flat source index per view pixel (-1 = outside the patch).
-        size: P, the patch side.
-
-    Returns:
-        (P, P) int32 map; patch pixels no view pixel came from (down-scaling gaps) take the
-        value of the nearest covered pixel within 1.5 px, the rest 0.
-    """
-    flat = np.zeros(size * size, dtype=np.int32)
-    flat_cov = np.zeros(size * size, dtype=bool)
-    ok = src_index >= 0
-    flat[src_index[ok]] = view_map[ok]
-    flat_cov[src_index[ok]] = True
-    out = flat.reshape(size, size)
-    covered = flat_cov.reshape(size, size)
-    if covered.any() and not covered.all():
-        dist, (iy, ix) = ndi.distance_transform_edt(~covered, return_indices=True)
-        gap = ~covered & (dist <= 1.5)
-        out[gap] = out[iy[gap], ix[gap]]
-    return out
-
-
-def pack(arr: np.ndarray) -> Tensor:
-    """Compress an int32 label map into a 1-D uint8 tensor (checkpoint-safe)."""
-    raw = zlib.compress(np.ascontiguousarray(arr, dtype=np.int32).tobytes(), 1)
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
-
-
-def unpack(t: Tensor, size: int) -> np.ndarray:
-    """Inverse of :func:`pack` for a (size, size) map."""
-    raw = zlib.decompress(t.numpy().tobytes())
-    return np.frombuffer(raw, dtype=np.int32).reshape(size, size).copy()
 
 
 @register_method("ircr")
