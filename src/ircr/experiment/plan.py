@@ -115,7 +115,15 @@ def n_validations(epochs: int, val_every: int, has_val: bool) -> int:
 
 def _passes(cfg: dict[str, Any]) -> int:
     m = cfg.get("method", {})
-    return int(m.get("rounds", 1)) + 1 if m.get("name") == "self_training" else 1
+    if m.get("name") != "self_training" or _progressive_st(cfg):
+        return 1
+    return int(m.get("rounds", 1)) + 1
+
+
+def _progressive_st(cfg: dict[str, Any]) -> bool:
+    """Self-training in ``mode: progressive``: one run that draws unlabelled batches."""
+    m = cfg.get("method", {})
+    return bool(m.get("name") == "self_training" and m.get("mode") == "progressive")
 
 
 def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
@@ -125,7 +133,10 @@ def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
     from ircr.train.trainer import Trainer, TrainingInterrupted
 
     d = copy.deepcopy(run.config)
-    if d.get("method", {}).get("name") == "self_training":  # its supervised step's rate
+    if _progressive_st(d):  # full-cost steps: pseudo-labels from the first iteration on
+        set_dotted(d, "method.progressive_start", 0.0, "warm-up")
+        set_dotted(d, "method.progressive_end", 0.0, "warm-up")
+    elif d.get("method", {}).get("name") == "self_training":  # its supervised step's rate
         d["method"] = {k: v for k, v in d["method"].items() if method_takes("supervised", k)}
         set_dotted(d, "method.name", "supervised", "warm-up")
     # the method's supervised-only warm-up steps are cheaper: measure full-cost steps
@@ -303,7 +314,7 @@ def _native_ipe(cfg: dict[str, Any], size: SplitSize) -> int:
     from ircr.train.methods import get_method
 
     m = get_method(cfg.get("method", {}).get("name", "supervised"))
-    if m.uses_unlabelled and size.unlabelled:
+    if (m.uses_unlabelled or _progressive_st(cfg)) and size.unlabelled:
         return max(1, size.unlabelled // int(cfg.get("data", {}).get("batch_size_unlabelled", 4)))
     return max(1, size.labelled // int(cfg.get("data", {}).get("batch_size", 4)))
 

@@ -123,6 +123,7 @@ class Trainer:
         self.iteration = 0
         self.epoch = 0
         self._lr = cfg.train.lr  # the last step's lr under train.lr_schedule "poly"
+        self.total = 0  # iterations of the run: set in run() before the first step
         self._acc: dict[str, float] = {}
         self._acc_n = 0
         self._wall_offset = 0.0

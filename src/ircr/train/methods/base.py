@@ -127,7 +127,8 @@ Exactly :class:`TrainerAPI` (a ``typing.Protocol``; the trainer implements it):
 (the network of :meth:`Method.build_model`, on ``device``), ``device``, ``autocast()``
 (context manager: bf16 autocast when AMP is on), ``supervised_loss(outputs, labelled) ->
 (loss, parts)`` (HoVer-Net L_sup on valid pixels; ``parts`` are floats), ``iteration``
-(optimiser steps done), ``epoch``, ``run_dir`` (Path), ``dataset`` (PreparedDataset: images,
+(optimiser steps done), ``total`` (iterations of the whole run, set before the first
+``train_step``), ``epoch``, ``run_dir`` (Path), ``dataset`` (PreparedDataset: images,
 labels, patches), ``split`` (TrainSplit: labelled / unlabelled patch ids, val image names),
 ``wbis_params`` (WBISParams), ``spawn(method, run_dir, overrides) -> SubRun`` (above) and
 ``predict_image(model, name) -> (prob (H, W), hv (2, H, W))`` (sliding-window inference of a
@@ -197,6 +198,8 @@ class TrainerAPI(Protocol):
     @property
     def epoch(self) -> int: ...
     @property
+    def total(self) -> int: ...
+    @property
     def run_dir(self) -> Path: ...
     @property
     def dataset(self) -> PreparedDataset: ...
@@ -240,7 +243,9 @@ class Method:
 
     name: ClassVar[str] = "base"
     options_type: ClassVar[type[Any]] = NoOptions
-    uses_unlabelled: ClassVar[bool] = False
+    # a class attribute; a method whose options decide sets it per instance in __init__
+    # (self_training's progressive mode); plans read the class value
+    uses_unlabelled: bool = False
     uses_instances: ClassVar[bool] = False
 
     def __init__(self, options: Any, trainer: TrainerAPI) -> None:

@@ -17,13 +17,24 @@ mapped into the current view with :func:`~ircr.train.methods.base.map_to_view`. 
 without a cache entry contributes 0 to both consistency terms. The WBIS of the current
 iteration is then off the critical path (its futures are collected at the next iteration).
 
+``mask_source: previous_iteration`` is the paper's timing taken literally per sample (masks
+of iteration k, loss at k + 1, on the same images): the unlabelled batch of iteration k is
+held, and iteration k + 1 forwards it again (the same weak and strong views, so the masks
+need no mapping) together with its own new batch; the loss is computed on the held batch with
+the masks WBIS built from iteration k's detached outputs, and the new batch's outputs build
+the masks of iteration k + 2. One student forward of labelled + 2 unlabelled batches per
+iteration (about 1.5x the compute); the first iteration (and the first after a resume) has no
+masks yet and contributes 0 to both consistency terms.
+
+The teacher's HV clamp (``clamp_teacher_hv``) bounds the consistency target only; the
+teacher's WBIS gets the raw HV unless ``clamp_teacher_hv_masks`` (measured in docs/method.md).
+
 Switches (config only): ``piac: false`` = plain MSE consistency (U ≡ 1), ``miac: false`` = no
 MIAC term, ``miac_boundary_beta: 0`` = MIAC "w/o B", ``match_radius`` = r (Table 4).
 """
 
 from __future__ import annotations
 
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +42,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from torch import Tensor
 
 from ircr.config import bounded
@@ -39,6 +49,7 @@ from ircr.postproc.batch import wbis_batch
 from ircr.ssl import matching
 from ircr.ssl.band_maps import batch_band_counts
 from ircr.ssl.diagnostics import save_overlays
+from ircr.ssl.mask_cache import pack, to_patch_frame, unpack
 from ircr.ssl.masks import (
     MaskPipeline,
     MaskSettings,
@@ -69,7 +80,12 @@ class IrcrOptions(MeanTeacherOptions):
         prior_tau: prior score below which a teacher instance is rejected (U = 0).
         piac_weight: U on kept pixels (w). prior: a prior .npz (None = the packaged one).
         prior_combine: how the five feature densities combine (mean | geometric).
-        mask_source: masks of this iteration (current) or of the previous visit (previous).
+        mask_source: masks of this iteration (current), of the previous visit of the patch
+            (previous) or of the previous iteration on the same held batch
+            (previous_iteration, the paper's k -> k + 1).
+        clamp_teacher_hv_masks: also clamp the HV that feeds the teacher's WBIS (its
+            instances for MIAC / PIAC) when ``clamp_teacher_hv`` is on; false = only the
+            consistency target is clamped (docs/method.md: no measurable difference).
         piac / miac: switch PIAC (false = plain MSE, U = 1) / MIAC (false = no term) off.
         wbis_workers: WBIS worker processes for the masks (0 = in the mask thread).
         mask_pipeline: run the masks as per-image jobs in a worker pool with asynchronous
@@ -86,7 +102,8 @@ class IrcrOptions(MeanTeacherOptions):
     piac_weight: float = 2.0
     prior: Path | None = None
     prior_combine: Literal["mean", "geometric"] = "mean"
-    mask_source: Literal["current", "previous"] = "current"
+    mask_source: Literal["current", "previous", "previous_iteration"] = "current"
+    clamp_teacher_hv_masks: bool = False
     piac: bool = True
     miac: bool = True
     wbis_workers: int = bounded(0, hi=256)  # processes: a typo must not fork thousands
@@ -111,47 +128,21 @@ TeacherSide = TeacherMasks  # teacher maps, rejected ids, scored counts (ssl/mas
 StudentSide = StudentMasks  # student maps, pairs, distances, stacked pair maps
 
 
+@dataclass
+class HeldBatch:
+    """``mask_source: previous_iteration``: an unlabelled batch kept for the next iteration.
+
+    ``views``: its "weak", "strong", "valid", "index" tensors; ``masks``: the future of
+    (teacher side, student instance maps) WBIS builds from this iteration's outputs on it.
+    """
+
+    views: dict[str, Tensor]
+    masks: Future[tuple[TeacherSide, list[np.ndarray]]]
+
+
 def to_uint8_images(x: Tensor) -> np.ndarray:
     """(N, 3, H, W) float 0..255 tensor -> (N, H, W, 3) uint8 RGB numpy."""
     return x.detach().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_patch_frame(view_map: np.ndarray, src_index: np.ndarray, size: int) -> np.ndarray:
-    """Scatter a view-frame label map back into the un-augmented (size, size) patch frame.
-
-    Args:
-        view_map: (H, W) int label map in the augmented view.
-        src_index: (H, W) int64 flat source index per view pixel (-1 = outside the patch).
-        size: P, the patch side.
-
-    Returns:
-        (P, P) int32 map; patch pixels no view pixel came from (down-scaling gaps) take the
-        value of the nearest covered pixel within 1.5 px, the rest 0.
-    """
-    flat = np.zeros(size * size, dtype=np.int32)
-    flat_cov = np.zeros(size * size, dtype=bool)
-    ok = src_index >= 0
-    flat[src_index[ok]] = view_map[ok]
-    flat_cov[src_index[ok]] = True
-    out = flat.reshape(size, size)
-    covered = flat_cov.reshape(size, size)
-    if covered.any() and not covered.all():
-        dist, (iy, ix) = ndi.distance_transform_edt(~covered, return_indices=True)
-        gap = ~covered & (dist <= 1.5)
-        out[gap] = out[iy[gap], ix[gap]]
-    return out
-
-
-def pack(arr: np.ndarray) -> Tensor:
-    """Compress an int32 label map into a 1-D uint8 tensor (checkpoint-safe)."""
-    raw = zlib.compress(np.ascontiguousarray(arr, dtype=np.int32).tobytes(), 1)
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
-
-
-def unpack(t: Tensor, size: int) -> np.ndarray:
-    """Inverse of :func:`pack` for a (size, size) map."""
-    raw = zlib.decompress(t.numpy().tobytes())
-    return np.frombuffer(raw, dtype=np.int32).reshape(size, size).copy()
 
 
 @register_method("ircr")
@@ -174,6 +165,7 @@ class IRCR(MeanTeacher):
                                  np.ndarray]] = []
         self.overlay_items: list[dict[str, object]] = []
         self.masks = self._mask_pipeline()
+        self.held: HeldBatch | None = None  # mask_source: previous_iteration
 
     def _mask_pipeline(self) -> MaskPipeline | None:
         """The pooled mask jobs (``mask_pipeline``; ``current`` masks only), or None."""
@@ -271,13 +263,13 @@ class IRCR(MeanTeacher):
         return loss
 
     def _pipelined_step(self, labelled: dict[str, Tensor], unlabelled: dict[str, Tensor],
-                        ft: Tensor, bt: Tensor, w: float, name: str
+                        ft: Tensor, bt: Tensor, hv_masks: Tensor, w: float, name: str
                         ) -> tuple[Tensor, dict[str, float]]:
         """``current`` masks through the pooled jobs: same values, no stall while they run."""
         assert self.masks is not None
         weak = unlabelled["weak"].detach()
         weak_u8 = weak.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-        job = self.masks.submit_teacher(bt[:, 0], ft[:, 1:], weak_u8)
+        job = self.masks.submit_teacher(bt[:, 0], hv_masks, weak_u8)
         out_l, out_u = self.student_forward(labelled, unlabelled["strong"])
         sup, _ = self.trainer.supervised_loss(out_l, labelled)
         fs, bs = feature_maps(out_u)
@@ -308,7 +300,12 @@ class IRCR(MeanTeacher):
         w = self.unsup_weight()
         name = "piac" if self.options.piac else "mse"
         if w == 0.0:  # supervised warm-up: no teacher forward, no WBIS
+            self.held = None
             return self.warmup_step(labelled, unlabelled["strong"], (name, "miac"))
+        if self.options.mask_source == "previous_iteration" and (self.options.piac
+                                                                 or self.options.miac):
+            return self._held_batch_step(labelled, unlabelled, w, name)
+        self.held = None  # (warm-up / Scheme.1 iterations hold nothing)
         out_t = self.teacher_forward(unlabelled["weak"])
         ft, bt = self.teacher_maps(out_t)
         if not (self.options.piac or self.options.miac):  # Scheme.1: plain MT, no masks needed
@@ -321,9 +318,10 @@ class IRCR(MeanTeacher):
             return sup + weighted, {"sup": float(sup.detach()), "mse": float(cons.detach()),
                                     "miac": 0.0, "unsup_weight": w}
         if self.masks is not None:
-            return self._pipelined_step(labelled, unlabelled, ft, bt, w, name)
+            return self._pipelined_step(labelled, unlabelled, ft, bt, self._mask_hv(out_t, ft),
+                                        w, name)
         weak_np = to_uint8_images(unlabelled["weak"])
-        pt_np, hvt_np = bt[:, 0].cpu().numpy(), ft[:, 1:].cpu().numpy()
+        pt_np, hvt_np = bt[:, 0].cpu().numpy(), self._mask_hv(out_t, ft).cpu().numpy()
         n = int(unlabelled["weak"].shape[0])
         current = self.options.mask_source == "current"
         fut_t = self.pool.submit(self._teacher_side, pt_np, hvt_np, weak_np) if current else None
@@ -347,6 +345,45 @@ class IRCR(MeanTeacher):
             s_side = self._match(t_side.inst, s_inst, active)
         miac = self._miac_term(fs, ft, bs, bt, s_side, sum(active))
         self._keep_overlays(weak_np, t_side, s_side, unlabelled["index"])
+        w_cons, w_miac = self.options.gamma1 * w * cons, self.options.gamma2 * w * miac
+        self.check_balance(sup, {name: w_cons, "miac": w_miac})
+        return sup + w_cons + w_miac, {"sup": float(sup.detach()), name: float(cons.detach()),
+                                       "miac": float(miac.detach()), "unsup_weight": w}
+
+    def _mask_hv(self, out_t: dict[str, Tensor], ft: Tensor) -> Tensor:
+        """(N, 2, H, W) float32 teacher HV for its WBIS: raw unless ``clamp_teacher_hv_masks``."""
+        return ft[:, 1:] if self.options.clamp_teacher_hv_masks else out_t["hv"].float()
+
+    # -- previous iteration (held batch) -----------------------------------------------------
+    def _held_batch_step(self, labelled: dict[str, Tensor], unlabelled: dict[str, Tensor],
+                         w: float, name: str) -> tuple[Tensor, dict[str, float]]:
+        """Loss on iteration k − 1's batch with its masks; this batch's masks for k + 1."""
+        prev = self.held
+        new = {k: unlabelled[k] for k in ("weak", "strong", "valid", "index")}
+        both = [new] if prev is None else [prev.views, new]
+        out_t = self.teacher_forward(torch.cat([v["weak"] for v in both]))
+        ft, bt = self.teacher_maps(out_t)
+        hv_masks = self._mask_hv(out_t, ft)
+        out_l, out_u = self.student_forward(labelled, torch.cat([v["strong"] for v in both]))
+        sup, _ = self.trainer.supervised_loss(out_l, labelled)
+        fs, bs = feature_maps(out_u)
+        m = 0 if prev is None else int(prev.views["weak"].shape[0])
+        fut = self.pool.submit(self._all_masks, bt[m:, 0].cpu().numpy(),
+                               hv_masks[m:].cpu().numpy(), to_uint8_images(new["weak"]),
+                               bs[m:, 0].detach().cpu().numpy(),
+                               fs[m:, 1:].detach().cpu().numpy())
+        self.held = HeldBatch(new, fut)
+        if prev is None:  # nothing built yet: both terms 0 this iteration
+            self.check_balance(sup, {})
+            return sup, {"sup": float(sup.detach()), name: 0.0, "miac": 0.0, "unsup_weight": w}
+        t_side, s_inst = prev.masks.result()
+        active = [True] * m
+        cons = self._cons_term(fs[:m], ft[:m], prev.views["valid"], t_side, active)
+        s_side = self._match(t_side.inst, s_inst, active)
+        miac = self._miac_term(fs[:m], ft[:m], bs[:m], bt[:m], s_side, m)
+        if len(self.overlay_items) < int(self.options.diagnostic_overlays):
+            self._keep_overlays(to_uint8_images(prev.views["weak"]), t_side, s_side,
+                                prev.views["index"])
         w_cons, w_miac = self.options.gamma1 * w * cons, self.options.gamma2 * w * miac
         self.check_balance(sup, {name: w_cons, "miac": w_miac})
         return sup + w_cons + w_miac, {"sup": float(sup.detach()), name: float(cons.detach()),
