@@ -164,8 +164,10 @@ def measure_rate(run: RunSpec, warm_dir: Path, iterations: int) -> Rate:
         n_val = min(n_val, tr.cfg.eval.max_images)
     t1 = time.perf_counter()
     if n_val:  # one validation image, timed and scaled to a whole validation
+        family, postproc = tr.eval_family()
         evaluate_models(tr.method.eval_models(), tr.dataset, tr.split.val_images[:1],
-                        tr.cfg.eval, tr.cfg.postproc, tr.device, amp=tr.amp is not None)
+                        tr.cfg.eval, postproc, tr.device, amp=tr.amp is not None,
+                        family=family)
     t2 = time.perf_counter()
     tr.save()
     t3 = time.perf_counter()

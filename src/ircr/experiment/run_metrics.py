@@ -61,10 +61,11 @@ def metrics_on_test(tr: Any, evaluate: list[str], test_dataset: str | None, test
     out: dict[str, Any] = {"_images": len(names), "_split": label, "_unit": unit}
     rows: dict[str, Any] = {}
     models = {k: v for k, v in tr.method.eval_models().items() if k in evaluate}
+    family, postproc = tr.eval_family()  # a method's own family (pgfanet, cdcl) or HoVer-Net
     for name, model in models.items():
         was = model.training
-        res = _evaluate(model, ds, names, tr.cfg.eval, tr.cfg.postproc, tr.device,
-                        tr.amp is not None, unit)
+        res = _evaluate(model, ds, names, tr.cfg.eval, postproc, tr.device,
+                        tr.amp is not None, unit, family)
         model.train(was)
         out[name], rows[name] = {k: float(v) for k, v in res.mean.items()}, res.per_image
     if not models:

@@ -39,7 +39,7 @@ from ircr.config import set_dotted, to_dict, write_yaml
 from ircr.errors import IrcrError
 from ircr.inference.device import amp_dtype, autocast, select_device
 from ircr.inference.evaluate import evaluate_models, predict_whole
-from ircr.inference.family import DEFAULT_FAMILY, get_family
+from ircr.inference.family import DEFAULT_FAMILY, ModelFamily, get_family
 from ircr.inference.model_folder import save_model_folder
 from ircr.inference.scale import common_mpp
 from ircr.io.atomic import atomic_write, clean_stale_temps
@@ -511,16 +511,21 @@ class Trainer:
         """Whole-image val metrics of every eval model: ``val_<model>_<metric>`` floats."""
         models = self.method.eval_models()
         was = {name: m.training for name, m in models.items()}
-        own = self.method.model_family()  # None: HoVer-Net with cfg.postproc
+        family, postproc = self.eval_family()
         try:
             res = evaluate_models(models, self.dataset, self.split.val_images, self.cfg.eval,
-                                  own.postproc if own else self.cfg.postproc, self.device,
-                                  amp=self.amp, progress=progress,
-                                  family=get_family(own.family) if own else None)
+                                  postproc, self.device, amp=self.amp, progress=progress,
+                                  family=family)
         finally:
             for name, m in models.items():
                 m.train(was[name])
         return {f"val_{name}_{k}": v for name, metrics in res.items() for k, v in metrics.items()}
+
+    def eval_family(self) -> tuple[ModelFamily | None, Any]:
+        """(family, post-processing) of :meth:`Method.eval_models`: the method's own
+        (:meth:`Method.model_family`) or (None = HoVer-Net, ``cfg.postproc``)."""
+        own = self.method.model_family()
+        return (get_family(own.family), own.postproc) if own else (None, self.cfg.postproc)
 
     def _finish(self) -> Path:
         self._finished_schedule = _schedule(to_dict(self.cfg))
