@@ -259,11 +259,13 @@ def evaluate_patches(model: nn.Module, ds: PreparedDataset, names: list[str], cf
 def evaluate_models(models: dict[str, nn.Module], ds: PreparedDataset, names: list[str],
                     cfg: EvalConfig, postproc: Any,
                     device: torch.device | str | None, amp: AmpSetting = False,
-                    progress: bool = False) -> dict[str, dict[str, float]]:
-    """Mean metrics of each named model (validation during training; ``cfg.max_images``)."""
+                    progress: bool = False, family: ModelFamily | None = None
+                    ) -> dict[str, dict[str, float]]:
+    """Mean metrics of each named model (validation during training; ``cfg.max_images``);
+    ``family``: the models' family (default HoVer-Net)."""
     chosen = list(names)[: cfg.max_images] if cfg.max_images else list(names)
     return {name: evaluate_model(m, ds, chosen, cfg, postproc, device, amp,
-                                 progress=progress).mean
+                                 progress=progress, family=family).mean
             for name, m in models.items()}
 
 

@@ -39,6 +39,7 @@ from ircr.config import set_dotted, to_dict, write_yaml
 from ircr.errors import IrcrError
 from ircr.inference.device import amp_dtype, autocast, select_device
 from ircr.inference.evaluate import evaluate_models, predict_whole
+from ircr.inference.family import get_family
 from ircr.inference.model_folder import save_model_folder
 from ircr.inference.scale import common_mpp
 from ircr.io.atomic import atomic_write, clean_stale_temps
@@ -492,10 +493,11 @@ class Trainer:
         """Whole-image val metrics of every eval model: ``val_<model>_<metric>`` floats."""
         models = self.method.eval_models()
         was = {name: m.training for name, m in models.items()}
+        family, _, postproc = self.method.model_family()
         try:
             res = evaluate_models(models, self.dataset, self.split.val_images, self.cfg.eval,
-                                  self.cfg.postproc, self.device, amp=self.amp,
-                                  progress=progress)
+                                  postproc, self.device, amp=self.amp,
+                                  progress=progress, family=get_family(family))
         finally:
             for name, m in models.items():
                 m.train(was[name])
@@ -512,7 +514,8 @@ class Trainer:
         metrics = {k: v for k, v in self.last_row.items() if k.startswith("val_")} or None
         model = copy.deepcopy(self.method.final_model()).cpu().eval()
         out = self.run_dir / "model"
-        save_model_folder(out, model, self.cfg.model, to_dict(self.cfg.postproc),
+        family, model_cfg, postproc = self.method.model_family()
+        save_model_folder(out, model, model_cfg, to_dict(postproc), family=family,
                           mpp=common_mpp(m.get("mpp") for m in self.dataset.images),
                           patch_size=self.cfg.data.patch_size, metrics=metrics,
                           inference={"window": self.cfg.eval.window,

@@ -52,6 +52,9 @@ What a method can do
   contract (``{"np": (N, 2, H, W) logits, "hv": (N, 2, H, W)}``, docs/architecture.md);
   return ``{}`` to skip that validation (and log own diagnostics from :meth:`epoch_end`). The
   model of :meth:`final_model` is written to ``model/`` with ``cfg.model`` as its description.
+  A network of another model family (:mod:`ircr.inference.family`) trained by the per-step
+  loop is named in :meth:`Method.model_family` (family, its model config, its
+  post-processing): validation and the ``model/`` folder then use that family (``cdcl``).
 * **Sub-trainings with their own overrides.** ``trainer.spawn(method, run_dir, overrides)``
   returns a new :class:`~ircr.train.trainer.Trainer` of this config with ``method.name =
   method``, that method's default options and the dotted ``overrides`` (any config key, e.g.
@@ -283,6 +286,14 @@ class Method:
     def final_model(self) -> nn.Module:
         """The model written to the run's ``model/`` folder (paper: the last student)."""
         return self.trainer.model
+
+    def model_family(self) -> tuple[str, Any, Any]:
+        """(family name, model config, post-processing) of the networks of this method: how
+        :meth:`eval_models` are validated and how :meth:`final_model`'s folder describes
+        itself. Default: ``hovernet``, ``cfg.model`` and ``cfg.postproc`` (WBIS); a method
+        with its own network family (``cdcl``) returns that family's config dataclasses."""
+        cfg = self.trainer.cfg
+        return "hovernet", cfg.model, cfg.postproc
 
     # -- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
