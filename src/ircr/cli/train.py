@@ -17,12 +17,12 @@ def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
     p = subparsers.add_parser(
         "train", help="train a model from an experiment config (methods: supervised, "
-                      "mean_teacher, self_training, ircr, bass)",
+                      "mean_teacher, self_training, ircr, bass, cdcl)",
         description="Train one experiment (method in the config: supervised, mean_teacher, "
-                    "self_training, ircr, bass). The run folder gets config.yaml, split.yaml, "
-                    "metrics.csv, checkpoints/last.pt and the final model/ folder (bass: its "
-                    "three stages' folders, docs/bass.md). A rerun into a started run folder "
-                    "needs --resume, for every method.")
+                    "self_training, ircr, bass, cdcl). The run folder gets config.yaml, "
+                    "split.yaml, metrics.csv, checkpoints/last.pt and the final model/ folder "
+                    "(bass: its three stages' folders, docs/bass.md). A rerun into a started "
+                    "run folder needs --resume, for every method.")
     p.add_argument("config", metavar="CONFIG", type=Path, help="experiment YAML (configs/...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=10 or --set "

@@ -5,6 +5,9 @@ block_config (6, 12, 36, 24)`` is exactly ``torchvision.models.densenet161``), a
 decoder of three upsampling blocks, a 2-class semantic classifier and a projector for the dense
 contrastive loss.
 
+torchvision is imported when a network is built (not on import: HoVer-Net paths work without
+it). Input and outputs:
+
 * Input: (N, 3, H, W) float32, values 0..255, RGB, any H, W >= 1 (reflect-padded inside to a
   multiple of 32 and the outputs cropped back); ImageNet mean/std normalisation inside.
 * Encoder features: denseblock1 (stride 4), denseblock2 (stride 8), denseblock3 (stride 16),
@@ -31,8 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import DenseNet
 
+from ircr.compat import torchvision_problem
 from ircr.config import bounded
 from ircr.errors import IrcrError
 
@@ -104,6 +107,11 @@ class DenseEncoder(nn.Module):
 
     def __init__(self, cfg: CDCLNetConfig) -> None:
         super().__init__()
+        problem = torchvision_problem()  # imported here only: HoVer-Net works without it
+        if problem is not None:
+            raise IrcrError(f"CDCL models need torchvision (DenseNet-161): {problem}")
+        from torchvision.models import DenseNet
+
         net = DenseNet(growth_rate=cfg.growth_rate, block_config=tuple(cfg.block_config),
                        num_init_features=cfg.num_init_features, bn_size=cfg.bn_size)
         self.features = net.features  # classifier of the ImageNet net is dropped
