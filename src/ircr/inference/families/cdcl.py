@@ -13,6 +13,7 @@ probability, then connected components.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,18 @@ class SemanticOnly(nn.Module):
         return {"np": logits, "hv": torch.zeros_like(logits)}
 
 
+_WRAPPERS: weakref.WeakKeyDictionary[nn.Module, SemanticOnly] = weakref.WeakKeyDictionary()
+
+
+def semantic_only(net: nn.Module) -> SemanticOnly:
+    """The (cached) :class:`SemanticOnly` of ``net``: one wrapper per network, so a compiled
+    graph (``compile: true``, cached per module) is built once, not once per image."""
+    wrapper = _WRAPPERS.get(net)
+    if wrapper is None:
+        wrapper = _WRAPPERS[net] = SemanticOnly(net)
+    return wrapper
+
+
 @register_family
 class CDCLFamily(ModelFamily):
     """DenseNet-161 U-Net-like semantic network of CDCL (Wu et al., CVPR 2022)."""
@@ -53,7 +66,7 @@ class CDCLFamily(ModelFamily):
     def predict(self, model: nn.Module, image: np.ndarray,
                 setting: InferenceSetting) -> Prediction:
         """Blended sliding-window foreground probability (h, w) float32."""
-        prob, _ = tiled.predict_maps(SemanticOnly(model), image, window=setting.window,
+        prob, _ = tiled.predict_maps(semantic_only(model), image, window=setting.window,
                                      overlap=setting.overlap, batch_size=setting.batch_size,
                                      device=setting.device, amp=setting.amp,
                                      channels_last=setting.channels_last,
