@@ -233,3 +233,35 @@ def test_trains_resumes_writes_folder_evaluates_and_segments(synth: Path,
     tile = np.ascontiguousarray(PreparedDataset(synth).load_image(0))
     seg = load_model(model_dir, device="cpu").segment(tile, mpp=0.25)
     assert seg.inst.shape == tile.shape[:2] and seg.inst.dtype == np.int32
+
+
+def test_ircr_pretrain_target_cdcl_loads_into_the_network(tmp_path: Path) -> None:
+    from ircr.config import apply_overrides
+    from ircr.data.synthetic import make_tile
+    from ircr.models.pretrained import read_pretrain_file
+    from ircr.train.pretrain import Pretrainer
+    from ircr.train.pretrain_config import pretrain_config_from_dict
+
+    over = ["target=cdcl", "densenet.growth_rate=8", "densenet.num_init_features=16",
+            "densenet.block_config=[2,2,2,2]", "heads.hidden=32", "heads.dim=16",
+            "heads.dense_hidden=16", "heads.dense_dim=8", "data.tile=64", "data.pool=4",
+            "data.refresh=4", "data.batch_size=2", "views.size=64", "train.iterations=1",
+            "train.warmup_iterations=0", "train.progress=false", "train.checkpoint_minutes=0",
+            "train.device=cpu"]
+    cfg = pretrain_config_from_dict(apply_overrides({}, over), "test")
+
+    def tiles(k: int) -> np.ndarray:
+        rng = np.random.default_rng(k)
+        return np.stack([make_tile(rng, (64, 64))[0] for _ in range(4)])
+
+    out = Pretrainer(cfg, tmp_path / "pt", tiles).run()
+    _, meta, state = read_pretrain_file(out)
+    assert meta["arch"]["family"] == "cdcl"
+    net = build_cdcl_net(CDCLNetConfig(**{**NARROW, "block_config": [2, 2, 2, 2],
+                                          "pretrained": str(out)}))
+    own = net.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in state.items() if k in own)
+    assert sum(k.startswith("encoder.") for k in own) == len(state)
+    wrong = CDCLNetConfig(**{**NARROW, "block_config": [2, 2, 2, 3]})
+    with pytest.raises(IrcrError, match=r"pretrained for cdcl .* block_config \[2, 2, 2, 2\]"):
+        load_densenet_weights(CDCLNet(wrong), out)

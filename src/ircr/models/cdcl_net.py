@@ -60,8 +60,9 @@ class CDCLNetConfig:
         dropout: dropout2d probability of the classifier (0.3), training mode only.
         proj_dim: projector output dimension (our choice: 128; the paper gives none).
         proj_pool: 2x2 average pool before the projector (embeddings at stride 8).
-        pretrained: local torchvision DenseNet weights file (ImageNet ``densenet161-*.pth``)
-            or a state dict of this network; None = from scratch. Nothing is downloaded.
+        pretrained: local torchvision DenseNet weights file (ImageNet ``densenet161-*.pth``),
+            a state dict of this network, or an ``ircr pretrain`` output (``target: cdcl``);
+            None = from scratch. Nothing is downloaded.
     """
 
     growth_rate: int = bounded(48, 1, 512)
@@ -206,11 +207,13 @@ def _torchvision_to_model(key: str) -> str:
 
 
 def load_densenet_weights(model: CDCLNet, path: str | Path) -> int:
-    """Load encoder weights (torchvision DenseNet layout or this network's own state dict).
+    """Load encoder weights: torchvision DenseNet layout, this network's own state dict, or an
+    ``ircr pretrain`` output of ``target: cdcl`` (folder or its ``encoder.pt``).
 
     Returns the number of tensors loaded. Raises :class:`IrcrError` (naming the file) for a
-    missing/unreadable file, an ``ircr pretrain`` output (those hold HoVer-Net or Mask R-CNN
-    encoders), a tensor whose shape differs, or a file of which no encoder tensor fits.
+    missing/unreadable file, an ``ircr pretrain`` output of another architecture (HoVer-Net,
+    Mask R-CNN, another DenseNet width), a tensor whose shape differs, or a file that lacks
+    encoder tensors.
     """
     from ircr.models.pretrained import (
         check_arch,
@@ -220,10 +223,12 @@ def load_densenet_weights(model: CDCLNet, path: str | Path) -> int:
     )
 
     p = Path(path)
-    if is_pretrain_output(p):
-        f, meta, _ = read_pretrain_file(p)
-        check_arch(f, meta["arch"], model.cfg.arch())  # always refuses: no cdcl pretraining
-    state = read_state_dict(p)
+    if is_pretrain_output(p):  # `ircr pretrain` with target cdcl: same architecture only
+        f, meta, state = read_pretrain_file(p)
+        check_arch(f, meta["arch"], model.cfg.arch())
+        p = f
+    else:
+        state = read_state_dict(p)
     own = model.state_dict()
     wanted = {k for k in own if k.startswith("encoder.")}
     to_load: dict[str, Tensor] = {}
