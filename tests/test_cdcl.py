@@ -265,3 +265,17 @@ def test_ircr_pretrain_target_cdcl_loads_into_the_network(tmp_path: Path) -> Non
     wrong = CDCLNetConfig(**{**NARROW, "block_config": [2, 2, 2, 3]})
     with pytest.raises(IrcrError, match=r"pretrained for cdcl .* block_config \[2, 2, 2, 2\]"):
         load_densenet_weights(CDCLNet(wrong), out)
+
+
+def test_hovernet_pretrained_key_is_refused_and_pretrain_like(synth: Path, tmp_path: Path) -> None:
+    from ircr.cli.pretrain import like_overrides
+    from ircr.train.trainer import Trainer
+
+    data = _config(synth)
+    data["model"] = {"pretrained": str(tmp_path / "w.pth")}
+    with pytest.raises(IrcrError, match=r"'model.pretrained' names HoVer-Net .* set "
+                                        r"method.model.pretrained"):
+        Trainer(experiment_from_dict(data, "cdcl.yaml"), tmp_path / "run")
+    repo = Path(__file__).resolve().parents[1]
+    assert like_overrides(repo / "configs/monuseg/cdcl/cpu/cdcl_r1-8_cpu.yaml") == [
+        "target=cdcl", "densenet.growth_rate=8", "densenet.num_init_features=16"]

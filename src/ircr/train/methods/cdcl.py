@@ -116,6 +116,10 @@ class CDCL(Method):
 
     def build_model(self) -> nn.Module:
         """The CDCL network of ``method.model`` (``cfg.model``, HoVer-Net's, is not used)."""
+        if self.trainer.cfg.model.pretrained:
+            raise IrcrError("config key 'model.pretrained' names HoVer-Net encoder weights; "
+                            "method cdcl builds its own DenseNet network: set "
+                            "method.model.pretrained instead")
         return build_cdcl_net(self.options.model)
 
     def setup(self) -> None:
