@@ -30,13 +30,13 @@ def test_one_paper_depth_step_on_real_patches(prepared: Path, tmp_path: Path) ->
     split = next((prepared / "splits").glob("*.yaml")).stem
     cfg = experiment_from_dict({
         "data": {"dataset": str(prepared), "split": split, "patch_size": 64,
-                 "context_margin": 16, "batch_size": 2, "batch_size_unlabelled": 2,
+                 "context_margin": 16, "batch_size": 1, "batch_size_unlabelled": 2,
                  "workers": 0},
         "train": {"epochs": 1, "max_iterations": 1, "lr": 1e-3, "device": "cpu",
                   "amp": "off", "progress": False, "tensorboard": False, "val_every": 0},
         "method": {"name": "cdcl", "warmup_iterations": 0, "rampup_iterations": 0,
                    "model": {"growth_rate": 8, "num_init_features": 16,
-                             "decoder_channels": [64, 32, 32], "head_channels": 16,
+                             "decoder_channels": [32, 32, 32], "head_channels": 16,
                              "proj_dim": 32}},
         "eval": {"window": 64, "overlap": 16, "batch_size": 4},
     }, "cdcl_real.yaml")
