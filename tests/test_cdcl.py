@@ -142,6 +142,9 @@ def test_densenet_weights_load_and_mismatch(tmp_path: Path) -> None:
     old = {k.replace("denselayer1.norm1.", "denselayer1.norm.1."): v for k, v in state.items()}
     torch.save(old, tmp_path / "densenet.pth")
     net = build_cdcl_net(CDCLNetConfig(**{**NARROW, "pretrained": str(tmp_path / "densenet.pth")}))
+    report = net.pretrained_report
+    assert report is not None and report.layout == "torchvision"
+    assert report.unexpected == ["classifier.bias", "classifier.weight"]
     got = net.state_dict()
     for key in ("features.conv0.weight", "features.denseblock3.denselayer36.conv2.weight",
                 "features.denseblock1.denselayer1.norm1.running_var"):

@@ -38,6 +38,15 @@ from torch import Tensor, nn
 from ircr.compat import torchvision_problem
 from ircr.config import bounded
 from ircr.errors import IrcrError
+from ircr.models.pretrained import (
+    PRETRAIN_FORMAT,
+    PretrainedReport,
+    check_arch,
+    is_pretrain_output,
+    pretrain_detail,
+    read_pretrain_file,
+    read_state_dict,
+)
 
 __all__ = ["CDCLNet", "CDCLNetConfig", "build_cdcl_net", "load_densenet_weights"]
 
@@ -146,6 +155,8 @@ class UpBlock(nn.Module):
 class CDCLNet(nn.Module):
     """DenseNet encoder + U-Net-like decoder + 2-class classifier + projector."""
 
+    pretrained_report: PretrainedReport | None = None  # set when encoder weights were loaded
+
     def __init__(self, cfg: CDCLNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -194,7 +205,7 @@ class CDCLNet(nn.Module):
 
 
 _OLD_LAYER_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\."
-                            r"(?:weight|bias|running_mean|running_var))$")
+                            r"(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def _torchvision_to_model(key: str) -> str:
@@ -206,29 +217,25 @@ def _torchvision_to_model(key: str) -> str:
     return "encoder." + key
 
 
-def load_densenet_weights(model: CDCLNet, path: str | Path) -> int:
+def load_densenet_weights(model: CDCLNet, path: str | Path) -> PretrainedReport:
     """Load encoder weights: torchvision DenseNet layout, this network's own state dict, or an
     ``ircr pretrain`` output of ``target: cdcl`` (folder or its ``encoder.pt``).
 
-    Returns the number of tensors loaded. Raises :class:`IrcrError` (naming the file) for a
-    missing/unreadable file, an ``ircr pretrain`` output of another architecture (HoVer-Net,
-    Mask R-CNN, another DenseNet width), a tensor whose shape differs, or a file that lacks
-    encoder tensors.
+    Returns what was loaded (printed by the trainer). Raises :class:`IrcrError` (naming the
+    file) for a missing/unreadable file, an ``ircr pretrain`` output of another architecture
+    (HoVer-Net, Mask R-CNN, another DenseNet width), a tensor whose shape differs, or a file
+    that lacks encoder tensors.
     """
-    from ircr.models.pretrained import (
-        check_arch,
-        is_pretrain_output,
-        read_pretrain_file,
-        read_state_dict,
-    )
-
     p = Path(path)
+    layout, detail = "torchvision", ""
     if is_pretrain_output(p):  # `ircr pretrain` with target cdcl: same architecture only
         f, meta, state = read_pretrain_file(p)
         check_arch(f, meta["arch"], model.cfg.arch())
-        p = f
+        p, layout, detail = f, PRETRAIN_FORMAT, pretrain_detail(meta)
     else:
         state = read_state_dict(p)
+        if any(k.startswith("encoder.") for k in state):
+            layout = "ircr"
     own = model.state_dict()
     wanted = {k for k in own if k.startswith("encoder.")}
     to_load: dict[str, Tensor] = {}
@@ -247,13 +254,15 @@ def load_densenet_weights(model: CDCLNet, path: str | Path) -> int:
                         f"fit, {len(missing)} missing"
                         + (f", e.g. '{missing[0]}')" if missing else ")"))
     model.load_state_dict(to_load, strict=False)
-    return len(to_load)
+    unexpected = sorted(k for k in state if k not in to_load
+                        and _torchvision_to_model(k) not in to_load)
+    return PretrainedReport(p, layout, sorted(to_load), [], unexpected, detail=detail)
 
 
 def build_cdcl_net(cfg: CDCLNetConfig, load_pretrained: bool = True) -> CDCLNet:
     """The network of ``cfg`` (torchvision init), with ``cfg.pretrained`` loaded when set and
     ``load_pretrained`` (False for model folders: their weights replace every tensor)."""
     model = CDCLNet(cfg)
-    if load_pretrained and cfg.pretrained:
-        load_densenet_weights(model, cfg.pretrained)
+    if load_pretrained and cfg.pretrained:  # the report is printed by the trainer
+        model.pretrained_report = load_densenet_weights(model, cfg.pretrained)
     return model
