@@ -63,6 +63,11 @@ def like_overrides(path: Path) -> list[str]:
         if "tiny_channels" in model:
             out.append(f"tiny_channels={list(model['tiny_channels'])!r}")
         return out
+    if isinstance(method, dict) and method.get("name") == "cdcl":
+        dense = method.get("model") or {}
+        return ["target=cdcl"] + [f"densenet.{k}={dense[k]!r}" for k in
+                                  ("growth_rate", "num_init_features", "bn_size", "block_config")
+                                  if k in dense]
     model = data.get("model") or {}
     return ["target=hovernet"] + [f"model.{k}={model[k]!r}" for k in ("encoder", "width", "blocks")
                                   if k in model]

@@ -17,9 +17,9 @@ def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
     p = subparsers.add_parser(
         "train", help="train a model from an experiment config (methods: supervised, "
-                      "mean_teacher, self_training, ircr, bass, pgfanet)",
+                      "mean_teacher, self_training, ircr, bass, pgfanet, cdcl)",
         description="Train one experiment (method in the config: supervised, mean_teacher, "
-                    "self_training, ircr, bass, pgfanet). The run folder gets config.yaml, "
+                    "self_training, ircr, bass, pgfanet, cdcl). The run folder gets config.yaml, "
                     "split.yaml, metrics.csv, checkpoints/last.pt and the final model/ folder "
                     "(bass: its three stages' folders, docs/bass.md). A rerun into a started "
                     "run folder needs --resume, for every method.")

@@ -9,6 +9,9 @@ The encoder is exactly the one a later training uses, so its weights load 1:1:
   ``resnet18`` or ``tiny``) with ordinary BatchNorm; keys in torchvision layout (``body.*``
   here, saved without the prefix); input normalised with the ImageNet mean/std as the Mask
   R-CNN transform does; output layer4 (stride 32).
+* :class:`DenseNetBody` -- CDCL's DenseNet-161 encoder (``target: cdcl``, architecture in
+  ``densenet:``); keys ``encoder.features.*`` as in :class:`~ircr.models.cdcl_net.CDCLNet`;
+  ImageNet normalisation; output norm5 + ReLU (stride 32).
 
 :class:`PretrainNet` adds a global projector (average pool -> MLP) and a dense projector
 (1x1 convs on the feature map), each followed by a predictor in the online network (BYOL).
@@ -31,7 +34,8 @@ from ircr.models.hovernet import init_weights
 from ircr.models.preact_resnet import Bottleneck, PreactResNet, PreactUnit, ResNetEncoder
 from ircr.models.pretrained import backbone_arch, hovernet_arch
 
-__all__ = ["HeadConfig", "HoVerNetEncoder", "BackboneBody", "PretrainNet", "BACKBONE_CHANNELS"]
+__all__ = ["HeadConfig", "HoVerNetEncoder", "BackboneBody", "DenseNetBody", "PretrainNet",
+           "BACKBONE_CHANNELS"]
 
 #: layer4 channels of the BASS backbone bodies (tiny: its last tiny_channels entry)
 BACKBONE_CHANNELS = {"resnet50": 2048, "resnet18": 512}
@@ -138,6 +142,38 @@ def _conv_mlp(cin: int, hidden: int, out: int) -> nn.Sequential:
                          nn.Conv2d(hidden, out, 1))
 
 
+class DenseNetBody(nn.Module):
+    """CDCL's DenseNet encoder (:class:`~ircr.models.cdcl_net.DenseEncoder`):
+    (N, 3, H, W) 0..255 -> norm5 + ReLU (N, C, H/32, W/32); keys ``encoder.features.*``, those
+    of :class:`~ircr.models.cdcl_net.CDCLNet`."""
+
+    def __init__(self, cfg: Any) -> None:
+        from ircr.models.cdcl_net import IMAGENET_MEAN, IMAGENET_STD, DenseEncoder, encoder_channels
+
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = DenseEncoder(cfg)
+        self.out_channels = encoder_channels(cfg)[3]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: float 0..255, H, W multiples of 32 -> last feature map (stride 32)."""
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return self.encoder((x - mean) / std)[3]
+
+    def arch(self) -> dict[str, Any]:
+        """:meth:`~ircr.models.cdcl_net.CDCLNetConfig.arch` of this encoder."""
+        arch: dict[str, Any] = self.cfg.arch()
+        return arch
+
+    def weights(self) -> dict[str, Tensor]:
+        """State dict with CDCLNet's keys (``encoder.features.*``)."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+
+
 class PretrainNet(nn.Module):
     """Encoder + global and dense projectors (+ predictors when ``predictors``; BYOL online).
 
@@ -145,7 +181,7 @@ class PretrainNet(nn.Module):
     (predictor outputs when ``predictors``, projections otherwise).
     """
 
-    def __init__(self, encoder: HoVerNetEncoder | BackboneBody, heads: HeadConfig,
+    def __init__(self, encoder: HoVerNetEncoder | BackboneBody | DenseNetBody, heads: HeadConfig,
                  predictors: bool = True) -> None:
         super().__init__()
         c = encoder.out_channels

@@ -319,6 +319,8 @@ class IterationData:
             self.set, batch_size=None, sampler=range(start, stop), num_workers=workers,
             pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None,
             prefetch_factor=4 if workers else None, multiprocessing_context=ctx,
-            generator=torch.Generator().manual_seed(0))
+            # its own generator: starting the iteration draws a seed from it, not from torch's
+            # global RNG (that draw after a resume shifted the methods' dropout: not exact)
+            generator=torch.Generator().manual_seed(int(self.cfg.train.seed)))
         for batch in dl:
             yield to_device(batch, device)

@@ -38,7 +38,7 @@ from ircr.inference.device import amp_dtype, autocast, select_device
 from ircr.io.atomic import atomic_write_text
 from ircr.io.torchfile import save_torch
 from ircr.models.pretrained import PRETRAIN_FORMAT, PRETRAIN_WEIGHTS
-from ircr.models.selfsup import BackboneBody, HoVerNetEncoder, PretrainNet
+from ircr.models.selfsup import BackboneBody, DenseNetBody, HoVerNetEncoder, PretrainNet
 from ircr.ssl.byol import byol_loss, cosine_ramp, dense_byol_loss
 from ircr.ssl.ema import ema_update, make_teacher
 from ircr.ssl.views import correspondence, render_views, sample_views
@@ -56,10 +56,12 @@ RUN_ONLY = ("progress", "device", "checkpoint_every", "checkpoint_minutes", "log
             "max_minutes")
 
 
-def build_encoder(cfg: PretrainConfig) -> HoVerNetEncoder | BackboneBody:
+def build_encoder(cfg: PretrainConfig) -> HoVerNetEncoder | BackboneBody | DenseNetBody:
     """The encoder ``cfg.target`` names, random init."""
     if cfg.target == "hovernet":
         return HoVerNetEncoder(cfg.model)
+    if cfg.target == "cdcl":
+        return DenseNetBody(cfg.densenet)
     return BackboneBody(cfg.backbone, cfg.tiny_channels)
 
 
@@ -263,8 +265,8 @@ class Pretrainer:
         self.save()  # the finished state: --resume of a finished run does nothing
         out = self._finish()
         _say(f"done: {self.iteration} iterations in {self.seconds:.0f} s; encoder weights "
-             f"{out / PRETRAIN_WEIGHTS}; use it as model.pretrained (HoVer-Net) or "
-             "method.model.backbone_weights (BASS)")
+             f"{out / PRETRAIN_WEIGHTS}; use it as model.pretrained (HoVer-Net), "
+             "method.model.backbone_weights (BASS) or method.model.pretrained (CDCL)")
         return out
 
     def _after_step(self, bar: Any, loss: float, t0: float, it0: int) -> None:
@@ -309,6 +311,8 @@ class Pretrainer:
         cfg = self.cfg
         what = (f"HoVer-Net {cfg.model.encoder} encoder (width {cfg.model.width:g}, blocks "
                 f"{cfg.model.blocks})" if cfg.target == "hovernet"
+                else f"CDCL DenseNet encoder (growth rate {cfg.densenet.growth_rate}, blocks "
+                f"{cfg.densenet.block_config})" if cfg.target == "cdcl"
                 else f"BASS {cfg.backbone} backbone body")
         n = sum(p.numel() for p in self.online.encoder.parameters())
         amp = "bf16" if self.amp is not None else "off"
@@ -335,7 +339,7 @@ class Pretrainer:
 
     def _finish(self) -> Path:
         enc = self.online.encoder
-        assert isinstance(enc, (HoVerNetEncoder, BackboneBody))
+        assert isinstance(enc, (HoVerNetEncoder, BackboneBody, DenseNetBody))
         weights = enc.weights()
         meta = {"format": PRETRAIN_FORMAT, "version": 1, "arch": enc.arch(),
                 "iterations": self.iteration, "mpp": self.cfg.data.mpp}

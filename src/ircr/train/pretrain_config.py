@@ -1,7 +1,7 @@
 """Config of ``ircr pretrain``: typed YAML, unknown keys are errors, ``--set`` overrides.
 
 ```yaml
-target: hovernet            # or maskrcnn (the BASS backbone body)
+target: hovernet            # or maskrcnn (the BASS backbone body), cdcl (DenseNet: densenet:)
 model: {width: 0.25, blocks: [3, 4, 6, 3], encoder: preact}   # an experiment config's model:
 backbone: resnet50          # target maskrcnn: resnet50 | resnet18 | tiny (+ tiny_channels)
 heads: {hidden: 1024, dim: 256, dense_hidden: 512, dense_dim: 128}
@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from ircr.config import apply_overrides, from_dict, read_yaml
 from ircr.errors import IrcrError
+from ircr.models.cdcl_net import CDCLNetConfig
 from ircr.models.config import ModelConfig
 from ircr.models.selfsup import HeadConfig
 from ircr.ssl.views import ViewConfig
@@ -117,8 +118,9 @@ class PretrainTrain:
 class PretrainConfig:
     """The whole ``ircr pretrain`` config (see the module docstring)."""
 
-    target: Literal["hovernet", "maskrcnn"] = "hovernet"
+    target: Literal["hovernet", "maskrcnn", "cdcl"] = "hovernet"
     model: ModelConfig = field(default_factory=ModelConfig)
+    densenet: CDCLNetConfig = field(default_factory=CDCLNetConfig)  # target cdcl
     backbone: Literal["resnet50", "resnet18", "tiny"] = "resnet50"
     tiny_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     heads: HeadConfig = field(default_factory=HeadConfig)
@@ -134,6 +136,11 @@ class PretrainConfig:
                             f"{8 if self.target == 'hovernet' else 32} for target {self.target}")
         if len(self.tiny_channels) != 4 or min(self.tiny_channels) < 1:
             raise IrcrError(f"{where}: tiny_channels must be 4 positive integers")
+        if self.target == "cdcl":
+            self.densenet.validate(f"{where}: densenet")
+            if self.densenet.pretrained:
+                raise IrcrError(f"{where}: densenet.pretrained is not used by ircr pretrain "
+                                "(it starts from random weights); remove it")
         if self.model.pretrained:
             raise IrcrError(f"{where}: model.pretrained is not used by ircr pretrain "
                             "(it starts from random weights); remove it")

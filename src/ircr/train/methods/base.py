@@ -56,7 +56,7 @@ What a method can do
   outputs, its own post-processing) returns a :class:`FamilyOutput` from
   :meth:`Method.model_family`: the registered family (:mod:`ircr.inference.family`) that
   validates :meth:`eval_models` and the ``model:``/``postproc`` written to ``model/``
-  (``pgfanet``).
+  (``pgfanet``, ``cdcl``).
 * **Sub-trainings with their own overrides.** ``trainer.spawn(method, run_dir, overrides)``
   returns a new :class:`~ircr.train.trainer.Trainer` of this config with ``method.name =
   method``, that method's default options and the dotted ``overrides`` (any config key, e.g.
