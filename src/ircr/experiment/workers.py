@@ -176,6 +176,8 @@ class _Signals:
         self.count += 1
         if self.name is None:
             self.name, self.at = signal.Signals(signum).name, time.monotonic()
+            with contextlib.suppress(OSError):  # readable even if a stray copy of the write
+                self.stop_w.send_bytes(b"stop")  # end (a fork) keeps the pipe from its EOF
             self.stop_w.close()  # every worker, started or starting, sees it (module docstring)
         else:
             self.kill()
