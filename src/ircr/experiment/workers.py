@@ -84,7 +84,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
-    """A worker's stop: later signals (the terminal's Ctrl-C and our forward) are ignored."""
+    """A worker's stop: later signals (the terminal's Ctrl-C and the pipe's) are ignored."""
     for s in _SIGNALS:  # a Python no-op, not SIG_IGN: a signal already pending would raise
         signal.signal(s, _ignore)
     raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -110,8 +110,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def _watch(stop: Any) -> None:
     """In a worker: SIGTERM our main thread once the stop pipe closes or the parent goes away.
 
-    ``stop`` is the read end of the parent's stop pipe; it becomes readable (end of file) when
-    the parent closes its write end (a stop) or dies, and stays so: the thread cannot miss it.
+    ``stop`` is the read end of the parent's stop pipe; it becomes readable (a byte, then end
+    of file) when the parent stops or dies, and stays so: the thread cannot miss it.
     """
     parent = mp.parent_process()
     main = threading.main_thread().ident
