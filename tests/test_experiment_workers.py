@@ -66,11 +66,12 @@ class LostAlways(_Sup):
 
 
 LIGHT = '''
-import json, multiprocessing, os, signal, sys, time
+import json, os, signal, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
-if os.environ.get("I28_SLOW_START") and multiprocessing.parent_process() is not None:
+if os.environ.get("I28_SLOW_START") and "--multiprocessing-fork" in sys.orig_argv:
+    Path(os.environ["I28_SLOW_START"], str(os.getpid())).touch()  # (signals still blocked)
     time.sleep(1.0)  # a worker importing this module (to unpickle run): before its handlers
 
 
@@ -230,15 +231,16 @@ def test_light_stop_inside_a_workers_start_is_not_lost(light: Path, tmp_path: Pa
     to the parent only, so only the stop pipe reaches the worker; group: SIGINT to both, as a
     Ctrl-C) must still stop it, with no traceback. (Before: the parent ignored signals across
     the start, lost this one, and ran both runs to the end.)"""
+    (tmp_path / "pids").mkdir()
     proc = start_light(light, tmp_path, "slow,slow", start_new_session=True,
-                       env_add={"I28_SPAWN_SIGNAL": how, "I28_SLOW_START": "1"})
+                       env_add={"I28_SPAWN_SIGNAL": how, "I28_SLOW_START": str(tmp_path / "pids")})
     stdout, stderr = proc.communicate(timeout=60)
     name = "SIGTERM" if how == "parent" else "SIGINT"
     assert proc.returncode == 130 and f"interrupted by {name}" in stdout, stdout + stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert not (tmp_path / "r1").exists()  # the stop came before the second start
-    pid = tmp_path / "r0" / "pid"  # (the worker may reach its run before the SIGTERM lands)
-    assert not pid.is_file() or not alive(int(pid.read_text()))
+    pids = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+    assert len(pids) == 1 and not alive(pids[0])  # one worker started, and it is gone
 
 
 def test_light_worker_that_does_not_stop_is_killed_after_the_grace_time(
