@@ -100,3 +100,47 @@ def worker(rank: int, world: int, port: int, ds: str, out: str) -> None:
     torch.save({"iteration": cut.iteration}, root / f"stopped_rank{rank}.pt")
     _dump(train(data, root / "cut", resume=True), root / f"resumed_rank{rank}.pt")
     torch.distributed.destroy_process_group()
+
+
+# paper depth (encoder blocks 3-4-6-3, decoder units 8-4), narrow width: as the other
+# paper-depth tests (test_checkpointing.py, test_methods_real.py)
+PAPER_DEPTH = {"width": 0.125, "blocks": [3, 4, 6, 3], "decoder_units": [8, 4]}
+
+
+def paper_depth_cfg(ds: Path, split: str) -> dict[str, Any]:
+    """One IRCR iteration (consistency on from the first step) on 64 px real patches."""
+    return {
+        "data": {"dataset": str(ds), "split": split, "patch_size": 64, "context_margin": 16,
+                 "batch_size": 1, "batch_size_unlabelled": 1, "workers": 0},
+        "model": dict(PAPER_DEPTH),
+        "train": {"epochs": 1, "iterations_per_epoch": 1, "lr": 1e-3, "device": "cpu",
+                  "amp": "off", "progress": False, "tensorboard": False, "val_every": 0,
+                  "lr_steps": [], "deterministic": False},  # (its import of torch._inductor: 10 s)
+        "method": {"name": "ircr", "warmup_iterations": 0, "rampup_iterations": 1},
+    }
+
+
+def paper_depth_step(rank: int, world: int, port: int, ds: str, split: str, out: str) -> None:
+    """One DDP step on one rank; saves start and end weights and the rank's own loss."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    tr = Trainer(experiment_from_dict(paper_depth_cfg(Path(ds), split), "test"),
+                 Path(out) / "run")
+    start = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    own: list[float] = []
+    real = tr.method.train_step
+
+    def step(labelled: Any, unlabelled: Any) -> Any:
+        loss, parts = real(labelled, unlabelled)
+        own.append(float(loss.detach()))
+        return loss, parts
+
+    tr.method.train_step = step  # type: ignore[method-assign]
+    tr.run()
+    teacher = getattr(tr.method, "teacher", None)
+    torch.save({"start": start, "model": tr.model.state_dict(),
+                "teacher": teacher.state_dict() if teacher is not None else {},
+                "own_loss": own, "mean_loss": tr.last_row.get("train_loss"),
+                "iteration": tr.iteration}, Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()

@@ -70,6 +70,10 @@ import json, os, signal, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
+if os.environ.get("I28_SLOW_START") and "--multiprocessing-fork" in sys.orig_argv:
+    Path(os.environ["I28_SLOW_START"], str(os.getpid())).touch()  # (signals still blocked)
+    time.sleep(1.0)  # a worker importing this module (to unpickle run): before its handlers
+
 
 @dataclass
 class Ctx:
@@ -86,6 +90,10 @@ def run(entry, run_dir, ctx):
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "lost_always":
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "stubborn":  # a worker that does not react to its stop
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        time.sleep(120)
     if kind == "slow":
         try:  # short sleeps: like a trainer, back in Python code often (a signal may land
             for _ in range(1200):  # on another thread; the handler runs when main runs Python)
@@ -98,6 +106,25 @@ def run(entry, run_dir, ctx):
     return doc
 
 
+def signal_while_spawning(how):
+    """Signal (the parent, or parent and worker) inside the first worker's Process.start."""
+    import multiprocessing.util as util
+
+    spawn, done = util.spawnv_passfds, []
+
+    def spawn_and_signal(path, args, passfds):
+        pid = spawn(path, args, passfds)
+        if "--multiprocessing-fork" not in args or done:
+            return pid  # the resource tracker, or a later worker
+        done.append(pid)
+        if how == "group":  # a Ctrl-C: the worker, just exec'd, gets it too
+            os.kill(pid, signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT if how == "group" else signal.SIGTERM)
+        return pid
+
+    util.spawnv_passfds = spawn_and_signal
+
+
 def main():
     from ircr.experiment.workers import Task, run_in_processes
 
@@ -105,8 +132,11 @@ def main():
     tasks = [Task({"run_id": f"r{i}", "kind": k, "method": k, "ratio": "1", "split_seed": 0,
                    "train_seed": i}, out / f"r{i}", Ctx(f"[{i + 1}/{len(kinds)}]"))
              for i, k in enumerate(kinds)]
+    if os.environ.get("I28_SPAWN_SIGNAL"):
+        signal_while_spawning(os.environ["I28_SPAWN_SIGNAL"])
     try:
-        res = run_in_processes(tasks, 2, run, lambda s: print(s, flush=True))
+        res = run_in_processes(tasks, 2, run, lambda s: print(s, flush=True),
+                               grace_s=float(os.environ.get("I28_GRACE", "60")))
     except KeyboardInterrupt as exc:
         print(f"interrupted by {exc}", flush=True)
         sys.exit(130)
@@ -122,8 +152,9 @@ def light(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def start_light(root: Path, out: Path, kinds: str, **kw: Any) -> subprocess.Popen[str]:
-    env = dict(os.environ)
+def start_light(root: Path, out: Path, kinds: str, env_add: dict[str, str] | None = None,
+                **kw: Any) -> subprocess.Popen[str]:
+    env = dict(os.environ, **(env_add or {}))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(root),
                                          env.get("PYTHONPATH", "")])
     return subprocess.Popen([sys.executable, "-c", "import i28_light; i28_light.main()",
@@ -183,7 +214,6 @@ def test_light_killed_parent_leaves_no_orphans(light: Path, tmp_path: Path) -> N
     assert all((tmp_path / f"r{i}" / "stopped").is_file() for i in range(2))
 
 
-@pytest.mark.slow  # races the few ms of a worker's start: timed out once under load 4+ (lead)
 def test_light_ctrl_c_while_workers_start(light: Path, tmp_path: Path) -> None:
     proc = start_light(light, tmp_path, "slow,slow", start_new_session=True)
     wait_for(lambda: len(children(proc.pid)) >= 2, 60, proc)  # spawned, still importing
@@ -191,6 +221,61 @@ def test_light_ctrl_c_while_workers_start(light: Path, tmp_path: Path) -> None:
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+
+
+@pytest.mark.parametrize("how", ["parent", "group"])
+def test_light_stop_inside_a_workers_start_is_not_lost(light: Path, tmp_path: Path,
+                                                       how: str) -> None:
+    """The signal comes inside ``Process.start`` (right after the worker's exec) and the worker
+    then spends 1 s unpickling its run before it sets its handlers: the stop (parent: SIGTERM
+    to the parent only, so only the stop pipe reaches the worker; group: SIGINT to both, as a
+    Ctrl-C) must still stop it, with no traceback. (Before: the parent ignored signals across
+    the start, lost this one, and ran both runs to the end.)"""
+    (tmp_path / "pids").mkdir()
+    proc = start_light(light, tmp_path, "slow,slow", start_new_session=True,
+                       env_add={"I28_SPAWN_SIGNAL": how, "I28_SLOW_START": str(tmp_path / "pids")})
+    stdout, stderr = proc.communicate(timeout=60)
+    name = "SIGTERM" if how == "parent" else "SIGINT"
+    assert proc.returncode == 130 and f"interrupted by {name}" in stdout, stdout + stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert not (tmp_path / "r1").exists()  # the stop came before the second start
+    pids = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+    assert len(pids) == 1 and not alive(pids[0])  # one worker started, and it is gone
+
+
+def test_light_worker_that_does_not_stop_is_killed_after_the_grace_time(
+        light: Path, tmp_path: Path) -> None:
+    proc = start_light(light, tmp_path, "stubborn,slow", start_new_session=True,
+                       env_add={"I28_GRACE": "1"})
+    pids = light_pids(tmp_path, 2, proc)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stdout + stderr
+    assert time.monotonic() - t0 < 30  # not the stubborn worker's 120 s
+    assert ("[1/2] r0: did not stop within 1 s of the SIGTERM; killed (its last checkpoint "
+            "stays: the run is reported incomplete)") in stdout
+    assert "r1: did not stop" not in stdout and (tmp_path / "r1" / "stopped").is_file()
+    assert not any(alive(p) for p in pids)
+
+
+@pytest.mark.slow  # ~21 experiments of 1-2 s each
+def test_light_stop_at_many_delays_during_start(light: Path, tmp_path: Path) -> None:
+    """Ctrl-C at 0, 0.05, ..., 1 s after the first child (the resource tracker) appears:
+    through both workers' starts. Every experiment ends with 130, no traceback, no worker."""
+    for i in range(21):
+        out = tmp_path / f"d{i}"
+        proc = start_light(light, out, "slow,slow", start_new_session=True)
+        wait_for(lambda p=proc: len(children(p.pid)) >= 1, 60, proc)
+        time.sleep(0.05 * i)
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"hung: Ctrl-C {0.05 * i:.2f} s after the first spawn") from None
+        assert proc.returncode == 130, (i, stdout + stderr)
+        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, (i, stderr)
 
 
 @pytest.fixture(scope="module")

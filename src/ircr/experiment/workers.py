@@ -4,19 +4,27 @@ Each run gets its own ``spawn`` process (at most ``N`` at a time); its result is
 on disk (``runs/<id>/metrics.json``), so nothing has to come back through a pipe and a dead
 worker can break nothing but its own run.
 
-* **Signals.** A SIGINT or SIGTERM to the experiment is forwarded to every worker as one
-  SIGTERM; a worker's trainer then checkpoints at the next iteration and the worker exits
-  (status :data:`EXIT_STOPPED`). No new run starts; the experiment waits for the workers and
-  raises ``KeyboardInterrupt`` (the runner writes the report of what finished). A second
-  signal kills the workers at once (their last checkpoints stay). Workers are started with
-  SIGINT and SIGTERM ignored (a disposition that survives ``exec``; a blocked mask does not)
-  and install their own handlers once running, so a Ctrl-C while they import torch is a clean
-  stop, not a traceback; a signal it missed while starting is found in a stop file the
-  parent writes before forwarding. (A signal sent to a process may land on any of its
-  threads, e.g. a BLAS pool's; Python then runs the handler when the main thread next runs
-  Python code: a trainer does so every iteration.)
-* **No orphans.** A worker watches its parent; when the parent dies (even ``kill -9``) the
-  worker sends itself SIGTERM: checkpoint and exit.
+* **Signals.** A SIGINT or SIGTERM to the experiment stops every worker: the parent closes
+  the write end of a *stop pipe* whose read end every worker holds, and a thread in each
+  worker, started once the worker's own handlers are set, waits on that pipe and then sends
+  SIGTERM to its worker's main thread. A closed pipe stays closed, so a stop cannot be missed,
+  whenever it comes (before a worker started, while it imports torch, while it trains). The
+  worker's trainer then checkpoints at the next iteration and the worker exits (status
+  :data:`EXIT_STOPPED`). No new run starts; the experiment waits for the workers and raises
+  ``KeyboardInterrupt`` (the runner writes the report of what finished). A worker still
+  running ``grace_s`` (:data:`STOP_GRACE_S`) after the stop is killed (its last checkpoint
+  stays; the report shows the run incomplete); a second signal kills the workers at once.
+* **Start.** The parent blocks SIGINT and SIGTERM in its main thread while it starts a worker
+  (a blocked signal stays pending, nothing is lost); the worker inherits that mask through
+  ``exec``, so a terminal's Ctrl-C that reaches it while it starts Python and imports torch
+  waits, and runs its handler once the handlers are set: a clean stop, not a traceback.
+  (Python's resource tracker, started by the first ``Process.start``, unblocks both signals
+  after its own start; it is started before the mask is set. The earlier design ignored the
+  signals in the parent across the start instead: a signal in those milliseconds was lost,
+  and the experiment ran on.)
+* **No orphans.** A worker's thread also watches its parent; when the parent dies (even
+  ``kill -9``, which also closes the stop pipe) the worker stops the same way: checkpoint and
+  exit.
 * **Lost workers.** A worker that dies without writing ``metrics.json`` (killed, out of
   memory) is started again once (its run resumes from its last checkpoint); lost a second
   time, its run is recorded as ``failed`` and the other runs go on.
@@ -30,14 +38,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,7 @@ from ircr.experiment.status import run_status, write_json_atomic
 EXIT_STOPPED = 130  # a worker stopped by a signal (after its trainer's checkpoint)
 EXIT_ERROR = 2  # a worker whose run could not even start (one-line error in error.txt)
 RETRIES = 1  # a lost worker is started again this many times
+STOP_GRACE_S = 300.0  # after a stop, a worker still running this long is killed
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 RunFn = Callable[[dict[str, Any], Path, Any], dict[str, Any]]
@@ -75,7 +84,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
-    """A worker's stop: later signals (the terminal's Ctrl-C and our forward) are ignored."""
+    """A worker's stop: later signals (the terminal's Ctrl-C and the pipe's) are ignored."""
     for s in _SIGNALS:  # a Python no-op, not SIG_IGN: a signal already pending would raise
         signal.signal(s, _ignore)
     raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -98,38 +107,50 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _watch_parent() -> None:
-    """In a worker: SIGTERM ourselves when the parent process goes away."""
-    parent = mp.parent_process()
-    if parent is None:
-        return
+def _watch(stop: Any) -> None:
+    """In a worker: SIGTERM our main thread once the stop pipe closes or the parent goes away.
 
+    ``stop`` is the read end of the parent's stop pipe; it becomes readable (a byte, then end
+    of file) when the parent stops or dies, and stays so: the thread cannot miss it.
+    """
+    parent = mp.parent_process()
     main = threading.main_thread().ident
     assert main is not None
+    objects = [stop] + ([parent.sentinel] if parent is not None else [])
 
     def watch() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # (born blocked already)
-        wait([parent.sentinel])
+        wait(objects)
         signal.pthread_kill(main, signal.SIGTERM)  # to the main thread: wakes a blocking call
 
-    threading.Thread(target=watch, daemon=True, name="ircr-parent-watch").start()
+    threading.Thread(target=watch, daemon=True, name="ircr-stop-watch").start()
 
 
-def _child(run: RunFn, entry: dict[str, Any], run_dir: str, ctx: Any, stop_file: str) -> None:
-    """Worker body: signal set-up, the run, and an exit status the parent understands."""
+def _quiet() -> None:
+    """Turn our handlers into Python no-ops (not SIG_IGN: a pending signal would raise)."""
+    for s in _SIGNALS:
+        signal.signal(s, _ignore)
+
+
+def _child(run: RunFn, entry: dict[str, Any], run_dir: str, ctx: Any, stop: Any) -> None:
+    """Worker body: signal set-up, the run, and an exit status the parent understands.
+
+    SIGINT and SIGTERM are blocked since the worker's birth (:func:`_start`); a signal that
+    came while it started is pending and runs :func:`_interrupt_once` at the unblock.
+    """
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # the watch thread inherits the mask
-    for s in _SIGNALS:  # ignored since birth; the trainer's StopRequest replaces these later
+    for s in _SIGNALS:  # the trainer's StopRequest replaces these while it trains
         signal.signal(s, _interrupt_once)
-    _watch_parent()
+    _watch(stop)  # after the handlers: its SIGTERM always finds one
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        if Path(stop_file).exists():  # the stop came while signals were still ignored
-            raise KeyboardInterrupt("stopped while starting")
         run(entry, Path(run_dir), ctx)
+        _quiet()  # the run is over: a late stop changes nothing
     except KeyboardInterrupt:
         sys.stdout.flush()
         os._exit(EXIT_STOPPED)
     except Exception as exc:  # noqa: BLE001 - the run could not start: one line, not a traceback
+        _quiet()
         msg = str(exc) if isinstance(exc, IrcrError) else f"{type(exc).__name__}: {exc}"
         print(f"ircr: error: {msg}", file=sys.stderr, flush=True)
         with contextlib.suppress(OSError):
@@ -139,33 +160,49 @@ def _child(run: RunFn, entry: dict[str, Any], run_dir: str, ctx: Any, stop_file:
 
 
 class _Signals:
-    """Parent-side handlers: the first signal stops politely, the second kills the workers."""
+    """Parent-side handlers: the first signal closes the stop pipe, the second kills workers."""
 
-    def __init__(self, running: dict[Any, Task], log: Callable[[str], None],
-                 stop_file: Path) -> None:
-        self.running, self.log, self.stop_file = running, log, stop_file
+    def __init__(self, running: dict[Any, Task], log: Callable[[str], None], stop_w: Any,
+                 grace_s: float) -> None:
+        self.running, self.log, self.stop_w, self.grace_s = running, log, stop_w, grace_s
         self.name: str | None = None
         self.count = 0
+        self.at = 0.0  # time.monotonic() of the first signal
         self.said = False
+        self.killed = False
         self._old: dict[int, Any] = {}
 
     def handle(self, signum: int, frame: Any) -> None:
         self.count += 1
-        self.name = self.name or signal.Signals(signum).name
-        hard = self.count > 1
-        with contextlib.suppress(OSError):
-            self.stop_file.touch()  # before the forward: a worker still starting reads it
+        if self.name is None:
+            self.name, self.at = signal.Signals(signum).name, time.monotonic()
+            with contextlib.suppress(OSError):  # readable even if a stray copy of the write
+                self.stop_w.send_bytes(b"stop")  # end (a fork) keeps the pipe from its EOF
+            self.stop_w.close()  # every worker, started or starting, sees it (module docstring)
+        else:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL every running worker (their last checkpoints stay)."""
+        self.killed = True
         for proc in list(self.running):
             with contextlib.suppress(OSError):
                 if proc.pid:
-                    os.kill(proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
+                    os.kill(proc.pid, signal.SIGKILL)
 
-    def report(self) -> None:
-        """Say once (outside the handler: printing there can re-enter stdout) what happens."""
+    def tick(self) -> None:
+        """Outside the handler: say once what happens; kill workers past the grace time."""
         if self.count and not self.said:
             self.said = True
             self.log(f"{self.name}: asking {len(self.running)} running worker(s) to checkpoint "
-                     "and stop (again to kill them at once)")
+                     f"and stop (again to kill them at once; killed after {self.grace_s:g} s)")
+        if self.name and self.running and not self.killed \
+                and time.monotonic() - self.at > self.grace_s:
+            for task in self.running.values():
+                self.log(f"{task.ctx.index} {task.entry['run_id']}: did not stop within "
+                         f"{self.grace_s:g} s of the {self.name}; killed (its last checkpoint "
+                         "stays: the run is reported incomplete)")
+            self.kill()
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
@@ -178,20 +215,20 @@ class _Signals:
             signal.signal(s, old)
 
 
-def _start(task: Task, run: RunFn, stop_file: Path) -> Any:
-    """Start a worker with SIGINT/SIGTERM ignored until its handlers are set (docstring)."""
+def _start(task: Task, run: RunFn, stop: Any) -> Any:
+    """Start a worker with SIGINT/SIGTERM blocked until its handlers are set (docstring)."""
     proc = mp.get_context("spawn").Process(
-        target=_child, args=(run, task.entry, str(task.run_dir), task.ctx, str(stop_file)),
+        target=_child, args=(run, task.entry, str(task.run_dir), task.ctx, stop),
         name=f"ircr-run-{task.entry['run_id']}")
     if threading.current_thread() is not threading.main_thread():
         proc.start()
         return proc
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
-    try:  # a few ms in which a signal to this process is lost (the fork + exec)
+    resource_tracker.ensure_running()  # its start (first time) unblocks SIGINT/SIGTERM
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:  # a signal to us now is pending, not lost; our handler runs at the unblock
         proc.start()
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
     return proc
 
 
@@ -235,36 +272,39 @@ def _record_failed(task: Task, msg: str) -> dict[str, Any]:
     return doc
 
 
-def run_in_processes(tasks: list[Task], jobs: int, run: RunFn,
-                     log: Callable[[str], None]) -> list[dict[str, Any]]:
+def run_in_processes(tasks: list[Task], jobs: int, run: RunFn, log: Callable[[str], None],
+                     grace_s: float = STOP_GRACE_S) -> list[dict[str, Any]]:
     """Run the tasks in at most ``jobs`` worker processes (module docstring).
 
+    ``grace_s``: after a stop, seconds a worker may take to checkpoint before it is killed.
+
     Raises:
-        KeyboardInterrupt: after a SIGINT/SIGTERM, once every worker has stopped.
+        KeyboardInterrupt: after a SIGINT/SIGTERM, once every worker has ended.
     """
     queue: deque[Task] = deque(tasks)
     running: dict[Any, Task] = {}
     results: list[dict[str, Any]] = []
-    stop_dir = Path(tempfile.mkdtemp(prefix="ircr-experiment-"))
+    stop_r, stop_w = mp.get_context("spawn").Pipe(duplex=False)
     try:
-        with _Signals(running, log, stop_dir / "stop") as sig:
-            _loop(queue, running, results, jobs, run, log, sig)
+        with _Signals(running, log, stop_w, grace_s) as sig:
+            _loop(queue, running, results, jobs, run, log, sig, stop_r)
     finally:
-        shutil.rmtree(stop_dir, ignore_errors=True)
+        stop_r.close()
+        stop_w.close()
     if sig.name is not None:
         raise KeyboardInterrupt(sig.name)
     return results
 
 
 def _loop(queue: deque[Task], running: dict[Any, Task], results: list[dict[str, Any]],
-          jobs: int, run: RunFn, log: Callable[[str], None], sig: _Signals) -> None:
+          jobs: int, run: RunFn, log: Callable[[str], None], sig: _Signals, stop: Any) -> None:
     """Start workers while there is room and no stop, collect them as they end."""
     while (queue and sig.name is None) or running:
         while queue and sig.name is None and len(running) < jobs:
             task = queue.popleft()
-            running[_start(task, run, sig.stop_file)] = task
+            running[_start(task, run, stop)] = task
         ready = wait([p.sentinel for p in running], timeout=0.5)
-        sig.report()
+        sig.tick()
         for proc in [p for p in running if p.sentinel in ready]:
             proc.join()
             task = running.pop(proc)

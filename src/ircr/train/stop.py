@@ -34,8 +34,10 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt("aborted without a checkpoint (second Ctrl-C)")
+        if self.requested is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt("aborted without a checkpoint (second Ctrl-C)")
+            return  # a SIGTERM after the first request (an experiment's stop): said already
         self.requested = name
         print(f"\nircr train: {name} received; saving a checkpoint after the current iteration "
               "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
