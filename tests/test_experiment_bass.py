@@ -162,11 +162,10 @@ def test_bass_table1_protocol_has_the_papers_split_sizes() -> None:
         assert run.config["method"]["paint"]["dilate"] == 1
 
 
-@pytest.mark.slow
 def test_every_row_of_the_table2_protocol_runs(synth: Path, tmp_path: Path) -> None:
     """Issue 25 point 6: the rows of configs/protocols/monuseg_table2.yaml (their methods,
-    configs and overrides) on synthetic data, a few iterations each, one report. Slow (~1 min):
-    test_bass_row_trains_and_tests_student_and_teacher_per_patch covers the BASS mechanism."""
+    configs and overrides) on synthetic data, a few iterations each, one report (~25 s): the
+    six IRCR Table-2 rows (CDCL and PG-FANet tested with their own families) and BASS."""
     torch.set_num_threads(1)
     shipped = yaml.safe_load((REPO / "configs/protocols/monuseg_table2.yaml").read_text())
     methods = []
@@ -181,6 +180,15 @@ def test_every_row_of_the_table2_protocol_runs(synth: Path, tmp_path: Path) -> N
                                 "method.paint": {"score_threshold": 0.05}}
         if row["name"] == "self_training":
             row["overrides"] = {**row.get("overrides", {}), "method.rounds": 1}
+        if row.get("method", row["name"]) == "cdcl":  # narrow and shallow: a pipeline check
+            row["overrides"] = {**row.get("overrides", {}), "method.model": {
+                "growth_rate": 8, "num_init_features": 16, "block_config": [1, 1, 1, 1],
+                "decoder_channels": [32, 16, 16], "head_channels": 16, "proj_dim": 16},
+                "data.patch_size": 64, "data.batch_size": 2, "data.batch_size_unlabelled": 2}
+        if row.get("method", row["name"]) == "pgfanet":
+            row["overrides"] = {**row.get("overrides", {}), "method.net.width": 0.125,
+                                "data.patch_size": 64, "data.batch_size": 2,
+                                "data.batch_size_unlabelled": 2}
         methods.append(row)
     proto = write_protocol(tmp_path / "p.yaml", synth, methods=methods, test_unit="image")
     run_experiment(proto, tmp_path / "out", progress_every=0, log=lambda s: None)
@@ -190,4 +198,10 @@ def test_every_row_of_the_table2_protocol_runs(synth: Path, tmp_path: Path) -> N
         doc = json.loads((tmp_path / "out" / "runs" / r["run_id"] / "metrics.json").read_text())
         assert doc["status"] == "done", (r["run_id"], doc.get("error"))
         assert "aji" in doc["test"]["student"]
+        family = {"cdcl": "cdcl", "pgfanet": "pgfanet", "bass": "maskrcnn"}.get(r["method"])
+        if family in ("cdcl", "pgfanet"):  # student and teacher, scored by their family
+            assert "aji" in doc["test"]["teacher"]
+            meta = yaml.safe_load((tmp_path / "out" / "runs" / r["run_id"] / "model"
+                                   / "model.yaml").read_text())
+            assert meta["family"] == family
     assert "## Significance" in (tmp_path / "out" / "report.md").read_text()
