@@ -16,7 +16,8 @@ import torch
 from ircr.data.prepare import prepare_dataset
 from ircr.errors import IrcrError
 from ircr.train.config import experiment_from_dict
-from ircr.train.trainer import Trainer, poly_lr
+from ircr.train.lr_schedule import poly_lr
+from ircr.train.trainer import Trainer
 
 torch.set_num_threads(2)
 NARROW = {"width": 0.125}  # ResNet-34 depth (3-4-6-3) twice, 1/8 of the channels

@@ -45,8 +45,9 @@ from ircr.ssl.views import correspondence, render_views, sample_views
 from ircr.train import run_text
 from ircr.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from ircr.train.pretrain_config import PretrainConfig, pretrain_config_from_dict
+from ircr.train.seeding import seed_everything
 from ircr.train.stop import CheckpointClock, StopRequest, TrainingStopped
-from ircr.train.trainer import TrainingInterrupted, seed_everything
+from ircr.train.trainer import TrainingInterrupted
 
 __all__ = ["Pretrainer", "build_encoder", "lr_at"]
 

@@ -22,9 +22,7 @@ equals an uninterrupted one (bit-exact in deterministic CPU mode, with any numbe
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -39,9 +37,7 @@ from ircr.config import set_dotted, to_dict, write_yaml
 from ircr.errors import IrcrError
 from ircr.inference.device import amp_dtype, autocast, select_device
 from ircr.inference.evaluate import evaluate_models, predict_whole
-from ircr.inference.family import DEFAULT_FAMILY, ModelFamily, get_family
-from ircr.inference.model_folder import save_model_folder
-from ircr.inference.scale import common_mpp
+from ircr.inference.family import ModelFamily, get_family
 from ircr.io.atomic import atomic_write, clean_stale_temps
 from ircr.io.lock import FolderLock
 from ircr.io.paths import ensure_dir
@@ -58,40 +54,15 @@ from ircr.train.checkpoint import (
 from ircr.train.config import ExperimentConfig, experiment_from_dict
 from ircr.train.init_weights import load_init_weights
 from ircr.train.logging import MetricsLogger, NullLogger
+from ircr.train.lr_schedule import finished_schedule, lr_at_epoch, poly_lr
 from ircr.train.methods import Method, get_method
+from ircr.train.model_output import write_model_folder
+from ircr.train.seeding import seed_everything
 from ircr.train.stop import CheckpointClock, StopRequest, TrainingStopped
 
 
 class TrainingInterrupted(Exception):
     """Raised by the ``stop_after`` hook (tests of resume) after the given iteration."""
-
-
-def lr_at_epoch(base: float, steps: list[int], gamma: float, epoch: int) -> float:
-    """Step schedule: ``base * gamma ** #(steps <= epoch)`` (epoch is 0-based)."""
-    return base * gamma ** sum(1 for s in steps if epoch >= s)
-
-
-def poly_lr(base: float, iteration: int, total: int, warmup: float, power: float) -> float:
-    """``train.lr_schedule: poly`` at 0-based ``iteration`` of ``total``: linear warm-up
-    ``base·(i+1)/W`` for i < W = floor(warmup·total), then ``base·(1 − i/total)^power``."""
-    w = int(warmup * total)
-    if iteration < w:
-        return base * (iteration + 1) / w
-    return base * max(0.0, 1.0 - iteration / max(total, 1)) ** power
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed python/numpy/torch and set (non-)deterministic backends."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.cudnn.deterministic = deterministic
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 class Trainer:
@@ -317,7 +288,7 @@ class Trainer:
         self.last_row = dict(state.get("last_row") or {})
         self._saved_iteration = self.iteration
         if state.get("finished"):
-            self._finished_schedule = _schedule(state.get("config") or {})
+            self._finished_schedule = finished_schedule(state.get("config") or {})
         ranks = state.get("rank_rng") or [state["rng"]]
         restore_rng(ranks[self.dist.rank])
 
@@ -338,7 +309,7 @@ class Trainer:
 
     def _run(self) -> Path:
         out = self.run_dir / "model"
-        if (self._finished_schedule == _schedule(to_dict(self.cfg))
+        if (self._finished_schedule == finished_schedule(to_dict(self.cfg))
                 and (out / "model.yaml").is_file()):
             self.already_finished = True
             self.logger.close()
@@ -528,38 +499,11 @@ class Trainer:
         return (get_family(own.family), own.postproc) if own else (None, self.cfg.postproc)
 
     def _finish(self) -> Path:
-        self._finished_schedule = _schedule(to_dict(self.cfg))
+        self._finished_schedule = finished_schedule(to_dict(self.cfg))
         self.save()
         out = self.run_dir / "model"
-        distributed.on_main(self.dist, self._write_model_folder)  # the others wait
+        distributed.on_main(self.dist, lambda: write_model_folder(self))  # the others wait
         return out
-
-    def _write_model_folder(self) -> None:
-        metrics = {k: v for k, v in self.last_row.items() if k.startswith("val_")} or None
-        model = copy.deepcopy(self.method.final_model()).cpu().eval()
-        out = self.run_dir / "model"
-        own = self.method.model_family()
-        save_model_folder(out, model, own.model if own else self.cfg.model,
-                          to_dict(own.postproc if own else self.cfg.postproc),
-                          family=own.family if own else DEFAULT_FAMILY,
-                          mpp=common_mpp(m.get("mpp") for m in self.dataset.images),
-                          patch_size=self.cfg.data.patch_size, metrics=metrics,
-                          inference={"window": self.cfg.eval.window,
-                                     "overlap": self.cfg.eval.overlap,
-                                     "batch_size": self.cfg.eval.batch_size}, extra={
-                              "method": self.cfg.method.name,
-                              "train": {"dataset": str(self.cfg.data.dataset),
-                                        "split": self.split.name,
-                                        "iterations": self.iteration,
-                                        "epochs": self.cfg.train.epochs,
-                                        "autocast": _autocast_name(self.amp),
-                                        "run_dir": str(self.run_dir)}})
-
-
-def _autocast_name(dtype: torch.dtype | None) -> str:
-    """What training ran in: ``off`` (float32) or the autocast dtype (``bfloat16``)."""
-    return "off" if dtype is None else str(dtype).removeprefix("torch.")
-
 
 def _check_distributable(cfg: ExperimentConfig, where: str) -> None:
     """One-line errors for what torchrun cannot train (methods with their own loop)."""
@@ -570,9 +514,3 @@ def _check_distributable(cfg: ExperimentConfig, where: str) -> None:
     if getattr(cfg.method.options, "mask_source", None) == "previous":
         raise IrcrError(f"{where}: method.mask_source 'previous' is not supported under "
                         "torchrun (its mask cache is per process); use 'current'")
-
-
-def _schedule(config: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a config that fix where training ends (to recognise a finished run)."""
-    train = config.get("train") or {}
-    return {k: train.get(k) for k in ("epochs", "iterations_per_epoch", "max_iterations")}
