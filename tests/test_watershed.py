@@ -9,6 +9,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from ircr import compat
+from ircr.config import from_dict
 from ircr.data.targets import hover_targets
 from ircr.engine.tiling import Tile, stitch_image
 from ircr.errors import IrcrError
@@ -211,6 +212,8 @@ def test_fixed_unit_by_hand() -> None:
     assert out[:, 4:6].min() == 1.0 and out[:, 0].max() == 0.5  # clipped; flat = 0.5
     with pytest.raises(IrcrError, match="postproc.gradient_range"):
         WBISParams(gradient_range="slide").effective()  # type: ignore[arg-type]
+    with pytest.raises(IrcrError, match="m/postproc.yaml: config key 'gradient_range'"):
+        from_dict(WBISParams, {"gradient_range": "slide"}, where="m/postproc.yaml")
 
 
 def test_fixed_range_instances_do_not_depend_on_the_tiling() -> None:

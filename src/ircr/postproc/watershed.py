@@ -152,10 +152,11 @@ def fixed_unit(sobel: np.ndarray, ksize: int) -> np.ndarray:
 
     HV is trained toward [-1, 1], i.e. ``(hv + 1) / 2`` in [0, 1], whose Sobel response is
     ``sobel / 2``; that is scaled so that plus/minus half the unit-step response
-    ``K = sobel_step_response(ksize)`` spans [0, 1] (``0.5 + sobel / (2 K)``, clipped): on
-    real tiles the per-tile extremes that min-max uses lie at 0.33-0.49 K (docs/benchmarks.md),
-    so the fixed range keeps about the same marker threshold, and the 0.5 level is
-    ``sobel == 0`` under both rules when the extremes are symmetric.
+    ``K = sobel_step_response(ksize)`` spans [0, 1] (``0.5 + sobel / (2 K)``, clipped): with
+    the packaged model the per-tile extremes that min-max used lie at 0.34-0.46 K on real
+    MoNuSeg tiles (docs/benchmarks.md), so the fixed range keeps about the same marker
+    threshold, and the 0.5 level is ``sobel == 0`` under both rules when the extremes are
+    symmetric. Input (H, W) float64, output (H, W) float32.
     """
     k = sobel_step_response(ksize)
     out = np.multiply(sobel, 0.5 / k, dtype=np.float64)
