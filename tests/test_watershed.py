@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from ircr import compat
+from ircr.config import from_dict
 from ircr.data.targets import hover_targets
+from ircr.engine.tiling import Tile, stitch_image
 from ircr.errors import IrcrError
 from ircr.metrics import instance_metrics
 from ircr.postproc import WBISParams, wbis, wbis_batch, wbis_reference
@@ -96,7 +99,8 @@ def test_fill_holes_equals_scipy() -> None:
 @pytest.mark.parametrize(
     "params",
     [None, WBISParams(scale=0.5), WBISParams(threshold=0.3, marker_threshold=0.5),
-     WBISParams(min_size=40, marker_min_size=25, open_ksize=3, ksize=11)],
+     WBISParams(min_size=40, marker_min_size=25, open_ksize=3, ksize=11),
+     WBISParams(gradient_range="fixed"), WBISParams(gradient_range="fixed", scale=0.5)],
 )
 def test_fast_equals_reference_on_synthetic(params: WBISParams | None) -> None:
     rng = np.random.default_rng(1)
@@ -184,3 +188,49 @@ def test_flood_without_skimage_raw_flood(monkeypatch: pytest.MonkeyPatch) -> Non
             done += 1
             assert np.array_equal(out, ref)
     assert done >= 5
+
+
+def test_sobel_step_response_by_hand() -> None:
+    # ksize 3: derivative [-1, 0, 1] (positive taps 1) x smoothing [1, 2, 1] (sum 4)
+    assert W.sobel_step_response(3) == 4.0
+    # ksize 5: derivative [-1, -2, 0, 2, 1] (positive taps 3) x [1, 4, 6, 4, 1] (sum 16)
+    assert W.sobel_step_response(5) == 48.0
+    assert W.sobel_step_response(1) == 1.0  # OpenCV's unsmoothed [-1, 0, 1]
+    # ksize 25 (the packaged model): C(23, 11) = 1,352,078 times 2^24
+    assert W.sobel_step_response(25) == 1352078.0 * 2**24
+
+
+def test_fixed_unit_by_hand() -> None:
+    # HV x = 0.1 * column: ksize 3 Sobel = (x[c+1] - x[c-1]) * (1 + 2 + 1) = 0.8 inside;
+    # fixed unit 0.5 + 0.8 / (2 * 4) = 0.6. A -1 -> +1 jump gives 2 * 4 = 8 -> 1.5, clipped 1.
+    ramp = np.tile(0.1 * np.arange(10, dtype=np.float32), (6, 1))
+    out = W.fixed_unit(cv2.Sobel(ramp, cv2.CV_64F, 1, 0, ksize=3), 3)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 1:-1], 0.6, rtol=1e-6)
+    step = np.where(np.arange(10) < 5, -1.0, 1.0).astype(np.float32)[None].repeat(6, 0)
+    out = W.fixed_unit(cv2.Sobel(step, cv2.CV_64F, 1, 0, ksize=3), 3)
+    assert out[:, 4:6].min() == 1.0 and out[:, 0].max() == 0.5  # clipped; flat = 0.5
+    with pytest.raises(IrcrError, match="postproc.gradient_range"):
+        WBISParams(gradient_range="slide").effective()  # type: ignore[arg-type]
+    with pytest.raises(IrcrError, match="m/postproc.yaml: config key 'gradient_range'"):
+        from_dict(WBISParams, {"gradient_range": "slide"}, where="m/postproc.yaml")
+
+
+def test_fixed_range_instances_do_not_depend_on_the_tiling() -> None:
+    """Whole map vs 3 x 3 stitched tiles of it: identical with fixed ranges."""
+    rng = np.random.default_rng(3)
+    cs = [(int(rng.integers(8, 232)), int(rng.integers(8, 232)), int(rng.integers(5, 10)))
+          for _ in range(70)]
+    prob, hv = _noisy(rng, _discs((240, 240), cs), sigma=0.05)
+    hv[:, :60, :60] *= 0.5  # a weaker corner: min-max ranges differ from tile to tile
+    p = WBISParams(gradient_range="fixed")
+    whole = wbis(prob, hv, p)
+
+    def window(t: Tile) -> np.ndarray:
+        y0, x0, y1, x1 = t.read
+        return wbis(prob[y0:y1, x0:x1].copy(), hv[:, y0:y1, x0:x1].copy(), p)
+
+    stitched, _ = stitch_image(240, 240, window, 80, 40)
+    assert whole.max() > 40
+    assert stitched.max() == whole.max()
+    assert instance_metrics(whole, stitched).aji == 1.0
