@@ -272,14 +272,16 @@ def test_gradient_bounds_from_yaml() -> None:
         from_dict(WBISParams, {"gradient_low": "low"}, where="m/postproc.yaml")
 
 
-def test_fixed_range_instances_do_not_depend_on_the_tiling() -> None:
+@pytest.mark.parametrize("bounds", [{}, {"gradient_low": (-0.394, -0.386),
+                                         "gradient_high": (0.385, 0.384)}])
+def test_fixed_range_instances_do_not_depend_on_the_tiling(bounds: dict) -> None:
     """Whole map vs 3 x 3 stitched tiles of it: identical with fixed ranges."""
     rng = np.random.default_rng(3)
     cs = [(int(rng.integers(8, 232)), int(rng.integers(8, 232)), int(rng.integers(5, 10)))
           for _ in range(70)]
     prob, hv = _noisy(rng, _discs((240, 240), cs), sigma=0.05)
     hv[:, :60, :60] *= 0.5  # a weaker corner: min-max ranges differ from tile to tile
-    p = WBISParams(gradient_range="fixed")
+    p = WBISParams(gradient_range="fixed", **bounds)
     whole = wbis(prob, hv, p)
 
     def window(t: Tile) -> np.ndarray:
