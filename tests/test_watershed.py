@@ -100,7 +100,8 @@ def test_fill_holes_equals_scipy() -> None:
     "params",
     [None, WBISParams(scale=0.5), WBISParams(threshold=0.3, marker_threshold=0.5),
      WBISParams(min_size=40, marker_min_size=25, open_ksize=3, ksize=11),
-     WBISParams(gradient_range="fixed"), WBISParams(gradient_range="fixed", scale=0.5)],
+     WBISParams(gradient_range="fixed"), WBISParams(gradient_range="fixed", scale=0.5),
+     WBISParams(gradient_range="fixed", gradient_low=(-0.3, -0.4), gradient_high=(0.4, 0.5))],
 )
 def test_fast_equals_reference_on_synthetic(params: WBISParams | None) -> None:
     rng = np.random.default_rng(1)
@@ -216,14 +217,71 @@ def test_fixed_unit_by_hand() -> None:
         from_dict(WBISParams, {"gradient_range": "slide"}, where="m/postproc.yaml")
 
 
-def test_fixed_range_instances_do_not_depend_on_the_tiling() -> None:
+def test_fixed_unit_bounds_by_hand() -> None:
+    # the ramp of test_fixed_unit_by_hand: Sobel / (2 K) = 0.8 / 8 = 0.1 K inside
+    ramp = np.tile(0.1 * np.arange(10, dtype=np.float32), (6, 1))
+    sob = cv2.Sobel(ramp, cv2.CV_64F, 1, 0, ksize=3)
+    # (0.1 - 0.05) / (0.25 - 0.05) = 0.25; (0.1 + 0.15) / (0.25 + 0.15) = 0.625
+    np.testing.assert_allclose(W.fixed_unit(sob, 3, 0.05, 0.25)[:, 1:-1], 0.25, rtol=1e-6)
+    np.testing.assert_allclose(W.fixed_unit(sob, 3, -0.15, 0.25)[:, 1:-1], 0.625, rtol=1e-6)
+    flat = np.zeros((6, 10))  # 0 K: (0 - 0.05) / 0.2 < 0 -> clipped to 0
+    assert W.fixed_unit(flat, 3, 0.05, 0.25).max() == 0.0
+    assert np.array_equal(W.fixed_unit(sob, 3), W.fixed_unit(sob, 3, -0.5, 0.5))
+
+
+def _hv_disc(r: int) -> tuple[np.ndarray, np.ndarray]:
+    """One disc of radius r in a 40 x 40 map, HV = offset / r (x along columns, y rows)."""
+    yy, xx = np.mgrid[:40, :40].astype(np.float32) - 20
+    inside = (xx**2 + yy**2 <= r * r).astype(np.float32)
+    return inside, np.stack([xx / r, yy / r]) * inside
+
+
+def test_gradient_bounds_move_the_marker_cut() -> None:
+    # inside the disc Sobel(HV) / (2 K) = (2 / r) * 4 / 8 = 1 / r = 0.1 K (ksize 3, r 10).
+    # Cut (marker_threshold 0.5) at the bounds' midpoint: 0.05 K < 0.1 -> E = 1 - 0.625 <
+    # 0.5, a marker, one nucleus; 0.15 K > 0.1 -> E = 1 - 0.25 >= 0.5, no marker, none.
+    prob, hv = _hv_disc(10)
+    base = {"gradient_range": "fixed", "ksize": 3, "marker_threshold": 0.5}
+    low = WBISParams(**base, gradient_low=(-0.15, -0.15), gradient_high=(0.25, 0.25))
+    high = WBISParams(**base, gradient_low=(0.05, 0.05), gradient_high=(0.25, 0.25))
+    for fn in (wbis, wbis_reference):
+        assert fn(prob, hv, low).max() == 1
+        assert fn(prob, hv, high).max() == 0
+    # per channel: a cut above 0.1 K in y alone removes the marker too (E = max over x, y)
+    y_only = WBISParams(**base, gradient_low=(-0.15, 0.05), gradient_high=(0.25, 0.25))
+    assert wbis(prob, hv, y_only).max() == 0
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"gradient_low": (0.1,)}, "postproc.gradient_low: must be two numbers"),
+    ({"gradient_high": (0.5, 1.5)}, "postproc.gradient_high: must be two numbers"),
+    ({"gradient_low": (float("nan"), 0.0)}, "postproc.gradient_low: must be two numbers"),
+    ({"gradient_low": (0.2, 0.0), "gradient_high": (0.1, 0.5)}, "below gradient_high"),
+])
+def test_gradient_bounds_are_validated(values: dict, match: str) -> None:
+    with pytest.raises(IrcrError, match=match):
+        WBISParams(gradient_range="fixed", **values).effective()
+
+
+def test_gradient_bounds_from_yaml() -> None:
+    p = from_dict(WBISParams, {"gradient_range": "fixed", "gradient_low": [-0.2, -0.3],
+                               "gradient_high": [0.3, 0.4]}, where="m/postproc.yaml")
+    assert p.effective().bounds() == ((-0.2, 0.3), (-0.3, 0.4))
+    assert WBISParams().bounds() is None  # tile: min-max, the bounds are unused
+    with pytest.raises(IrcrError, match="m/postproc.yaml: config key 'gradient_low'"):
+        from_dict(WBISParams, {"gradient_low": "low"}, where="m/postproc.yaml")
+
+
+@pytest.mark.parametrize("bounds", [{}, {"gradient_low": (-0.394, -0.386),
+                                         "gradient_high": (0.385, 0.384)}])
+def test_fixed_range_instances_do_not_depend_on_the_tiling(bounds: dict) -> None:
     """Whole map vs 3 x 3 stitched tiles of it: identical with fixed ranges."""
     rng = np.random.default_rng(3)
     cs = [(int(rng.integers(8, 232)), int(rng.integers(8, 232)), int(rng.integers(5, 10)))
           for _ in range(70)]
     prob, hv = _noisy(rng, _discs((240, 240), cs), sigma=0.05)
     hv[:, :60, :60] *= 0.5  # a weaker corner: min-max ranges differ from tile to tile
-    p = WBISParams(gradient_range="fixed")
+    p = WBISParams(gradient_range="fixed", **bounds)
     whole = wbis(prob, hv, p)
 
     def window(t: Tile) -> np.ndarray:

@@ -9,10 +9,11 @@
 3. Sobel (ksize ``ksize``, float64, reflect-101 border): d/dx of x, d/dy of y.
 4. ``S' = 1 - minmax(S)`` (float32); ``E = max(Sx', Sy')`` inside B, 0 outside.
    With ``gradient_range: fixed`` steps 2-4 use fixed ranges instead (:func:`fixed_unit`):
-   ``S' = 1 - clip(0.5 + Sobel(x) / (2 K), 0, 1)`` with ``K`` the Sobel response of a unit
-   step (:func:`sobel_step_response`), so a pixel's energy depends only on the HV values
-   within ``ksize // 2`` px and not on the extent of the map (slide tiles; see
-   docs/benchmarks.md, "stitching").
+   ``S' = 1 - clip((Sobel(x) / (2 K) - lo) / (hi - lo), 0, 1)`` with ``K`` the Sobel response
+   of a unit step (:func:`sobel_step_response`) and ``lo``/``hi`` the channel's
+   ``gradient_low``/``gradient_high`` (default -0.5/0.5), so a pixel's energy depends only on
+   the HV values within ``ksize // 2`` px and not on the extent of the map (slide tiles; see
+   docs/benchmarks.md, "Slide tiles give the same instances").
 5. Elevation ``D = -GaussianBlur((1 - E) * B, 3x3, sigma 0)`` (float64).
 6. Markers: ``(B - (E >= marker_threshold)) >= 0``, fill holes, opening with an elliptical
    ``open_ksize`` kernel, 4-connected labels, drop components < ``marker_min_size`` pixels.
@@ -55,6 +56,8 @@ from skimage.segmentation import watershed
 from ircr import compat
 from ircr.config import bounded
 from ircr.errors import IrcrError
+from ircr.postproc.gradient_range import check_bounds, fixed_unit
+from ircr.postproc.gradient_range import sobel_step_response as sobel_step_response  # re-export
 
 _FOUR = ndi.generate_binary_structure(2, 1)
 
@@ -71,6 +74,9 @@ class WBISParams:
     call, as HoVer-Net does (reference spec §4), so an instance can change with the extent of
     the map it is cut from; ``"fixed"`` uses fixed ranges (:func:`fixed_unit`), so a map
     segmented whole or in overlapping tiles gives the same instances.
+    ``gradient_low``/``gradient_high`` (x, y; used by ``fixed`` only): the Sobel response of
+    ``(HV + 1) / 2``, in units of ``K``, mapped to 0 and 1 (min-max would map the map's own
+    extremes there; ``scripts/calibrate_gradient_range.py`` measures typical ones).
     """
 
     threshold: float = bounded(0.5, 0, 1)
@@ -81,6 +87,8 @@ class WBISParams:
     open_ksize: int = bounded(5, 1, 255)
     scale: float = bounded(1.0, 0, 100, lo_open=True)
     gradient_range: Literal["tile", "fixed"] = "tile"
+    gradient_low: tuple[float, ...] = (-0.5, -0.5)
+    gradient_high: tuple[float, ...] = (0.5, 0.5)
 
     def effective(self) -> WBISParams:
         """Return a copy with ``ksize``/``marker_min_size`` scaled and values validated."""
@@ -106,8 +114,16 @@ class WBISParams:
         if self.gradient_range not in ("tile", "fixed"):
             raise IrcrError(f"postproc.gradient_range: must be 'tile' or 'fixed', got "
                             f"{self.gradient_range!r}")
+        check_bounds(self.gradient_low, self.gradient_high)
         return WBISParams(self.threshold, self.min_size, ksize, self.marker_threshold,
-                          mms, self.open_ksize, 1.0, self.gradient_range)
+                          mms, self.open_ksize, 1.0, self.gradient_range,
+                          tuple(self.gradient_low), tuple(self.gradient_high))
+
+    def bounds(self) -> tuple[tuple[float, float], ...] | None:
+        """``((lo_x, hi_x), (lo_y, hi_y))`` for ``fixed``; None for ``tile`` (min-max)."""
+        if self.gradient_range != "fixed":
+            return None
+        return tuple(zip(self.gradient_low, self.gradient_high))
 
 
 def check_inputs(prob: np.ndarray, hv: np.ndarray, name: str = "wbis") -> None:
@@ -131,37 +147,6 @@ def _minmax01(a: np.ndarray) -> np.ndarray:
     """``cv2.normalize(a, None, 0, 1, NORM_MINMAX, CV_32F)``: min-max to [0, 1] as float32."""
     out = cv2.normalize(a, None, 0, 1, cv2.NORM_MINMAX, cv2.CV_32F)  # type: ignore[call-overload]
     return np.asarray(out)
-
-
-def sobel_step_response(ksize: int) -> float:
-    """Largest ``|cv2.Sobel|`` (first derivative, aperture ``ksize``) of a map in [0, 1].
-
-    It is the response to a unit step across the derivative direction: the derivative
-    kernel is a binomial row of order ``ksize - 2`` convolved with [-1, 1], whose running sum
-    peaks at the middle binomial coefficient ``C(ksize - 2, (ksize - 3) // 2)``, times the
-    sum of the smoothing binomial row of order ``ksize - 1``, ``2 ** (ksize - 1)``.
-    ``ksize`` 1 is OpenCV's unsmoothed [-1, 0, 1] (response 1).
-    """
-    if ksize == 1:
-        return 1.0
-    return float(math.comb(ksize - 2, (ksize - 3) // 2) * 2 ** (ksize - 1))
-
-
-def fixed_unit(sobel: np.ndarray, ksize: int) -> np.ndarray:
-    """Sobel response of a raw HV channel -> [0, 1] float32, by fixed ranges (no min-max).
-
-    HV is trained toward [-1, 1], i.e. ``(hv + 1) / 2`` in [0, 1], whose Sobel response is
-    ``sobel / 2``; that is scaled so that plus/minus half the unit-step response
-    ``K = sobel_step_response(ksize)`` spans [0, 1] (``0.5 + sobel / (2 K)``, clipped): with
-    the packaged model the per-tile extremes that min-max used lie at 0.34-0.46 K on real
-    MoNuSeg tiles (docs/benchmarks.md), so the fixed range keeps about the same marker
-    threshold, and the 0.5 level is ``sobel == 0`` under both rules when the extremes are
-    symmetric. Input (H, W) float64, output (H, W) float32.
-    """
-    k = sobel_step_response(ksize)
-    out = np.multiply(sobel, 0.5 / k, dtype=np.float64)
-    np.add(out, 0.5, out=out)
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32)
 
 
 def _remove_small(lab: np.ndarray, min_size: int) -> np.ndarray:
@@ -188,11 +173,12 @@ def wbis_reference(prob: np.ndarray, hv: np.ndarray,
     blb = _remove_small(blb, p.min_size)
     blb = (blb > 0).astype(np.int32)
 
+    bx, by = p.bounds() or ((0.0, 0.0), (0.0, 0.0))
     if p.gradient_range == "fixed":
         sx = 1 - fixed_unit(cv2.Sobel(hv[0].astype(np.float32), cv2.CV_64F, 1, 0,
-                                      ksize=p.ksize), p.ksize)
+                                      ksize=p.ksize), p.ksize, *bx)
         sy = 1 - fixed_unit(cv2.Sobel(hv[1].astype(np.float32), cv2.CV_64F, 0, 1,
-                                      ksize=p.ksize), p.ksize)
+                                      ksize=p.ksize), p.ksize, *by)
     else:
         hx = _minmax01(hv[0].astype(np.float32))
         hy = _minmax01(hv[1].astype(np.float32))
@@ -245,18 +231,21 @@ def _foreground(prob: np.ndarray, p: WBISParams) -> tuple[np.ndarray, np.ndarray
     return fg, lab, n
 
 
-def _energy(hv: np.ndarray, ksize: int, fixed: bool = False) -> np.ndarray:
+def _energy(hv: np.ndarray, ksize: int,
+            bounds: tuple[tuple[float, float], ...] | None = None) -> np.ndarray:
     """Steps 2-5: the energy E (H, W) float32, equal to the spec's E inside B.
 
     Outside B the spec's E is 0 and it is only ever used multiplied by B, so it is left as
     is. ``max(1 - a, 1 - b) == 1 - min(a, b)`` exactly in float32 (rounding is monotone).
-    ``fixed``: the ``gradient_range: fixed`` rule (:func:`fixed_unit`), no min-max.
+    ``bounds``: per channel (low, high) of the ``gradient_range: fixed`` rule
+    (:func:`fixed_unit`), no min-max; None: min-max.
     """
     nrm = []
     for ch, (dx, dy) in ((0, (1, 0)), (1, (0, 1))):
         src = hv[ch] if hv.dtype == np.float32 else hv[ch].astype(np.float32)
-        if fixed:
-            nrm.append(fixed_unit(cv2.Sobel(src, cv2.CV_64F, dx, dy, ksize=ksize), ksize))
+        if bounds is not None:
+            nrm.append(fixed_unit(cv2.Sobel(src, cv2.CV_64F, dx, dy, ksize=ksize), ksize,
+                                  *bounds[ch]))
             continue
         n = _minmax01(src)
         s = cv2.Sobel(n, cv2.CV_64F, dx, dy, ksize=ksize)
@@ -483,7 +472,7 @@ def wbis(prob: np.ndarray, hv: np.ndarray, params: WBISParams | None = None) -> 
     check_inputs(prob, hv)
     p = (params or WBISParams()).effective()
     blb, blab, nb = _foreground(prob, p)
-    energy = _energy(hv, p.ksize, p.gradient_range == "fixed")
+    energy = _energy(hv, p.ksize, p.bounds())
     dpad = _elevation(energy, blb)
     dist = dpad[1:-1, 1:-1]
     markers, nm = _marker_labels(energy, blb, p)
