@@ -160,8 +160,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ircr.train.config import ExperimentConfig
     from ircr.train.loaders import TrainSplit
 
-__all__ = ["ExtraLabelled", "FamilyOutput", "Method", "NoOptions", "SubRun", "TrainerAPI",
-           "map_to_view"]
+__all__ = ["ExtraLabelled", "FamilyOutput", "Method", "NoOptions", "SubRun", "TeacherMethod",
+           "TrainerAPI", "map_to_view"]
 
 
 @dataclass(frozen=True)
@@ -336,6 +336,26 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+class TeacherMethod(Method):
+    """A method with one EMA teacher network ``self.teacher`` (set in ``__init__``): validates
+    the student and the teacher, and checkpoints the teacher's weights and buffers."""
+
+    teacher: nn.Module
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Validate the student and the teacher."""
+        return {"student": self.trainer.model, "teacher": self.teacher}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The teacher's weights and buffers."""
+        return {"teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the teacher."""
+        if "teacher" in state:
+            self.teacher.load_state_dict(state["teacher"])
 
 
 def map_to_view(cached: Tensor, src_index: Tensor, fill: float = 0.0) -> Tensor:

@@ -55,7 +55,7 @@ from ircr.ssl.cdcl_loss import (
 from ircr.ssl.ema import ema_update, make_teacher
 from ircr.ssl.ramp import consistency_weight
 from ircr.train.methods import register_method
-from ircr.train.methods.base import FamilyOutput, Method
+from ircr.train.methods.base import FamilyOutput, TeacherMethod
 
 LOG_KEYS = ("sup", "cons", "ent", "contrast", "conf_frac", "anchor_patches", "unsup_weight")
 
@@ -107,7 +107,7 @@ class CDCLOptions:
 
 
 @register_method("cdcl")
-class CDCL(Method):
+class CDCL(TeacherMethod):
     """EMA teacher, pseudo-label CE, entropy minimisation, cross-patch dense contrast."""
 
     options_type = CDCLOptions
@@ -188,17 +188,12 @@ class CDCL(Method):
                    min(1.0 - 1.0 / (step + 1), self.options.ema_alpha))
 
     # -- models and state --------------------------------------------------------------------
-    def eval_models(self) -> dict[str, nn.Module]:
-        """Validate the student and the teacher (``cdcl`` family: connected components)."""
-        return {"student": self.trainer.model, "teacher": self.teacher}
-
     def state_dict(self) -> dict[str, Any]:
         """The teacher and the memory bank's entries (exact resume)."""
-        return {"teacher": self.teacher.state_dict(), "bank": self.bank.state_dict()}
+        return {**super().state_dict(), "bank": self.bank.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the teacher and the memory bank."""
-        if "teacher" in state:
-            self.teacher.load_state_dict(state["teacher"])
+        super().load_state_dict(state)
         bank = state.get("bank") or {}
         self.bank.load_state_dict({k: v.to(self.trainer.device) for k, v in bank.items()})

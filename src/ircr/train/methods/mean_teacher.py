@@ -18,7 +18,6 @@ warns when the weighted unsupervised terms run away and logs ``teacher_max_abs``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +28,7 @@ from ircr.ssl.ema import ema_update, make_teacher
 from ircr.ssl.guard import ConsistencyGuard
 from ircr.ssl.ramp import consistency_weight
 from ircr.train.methods import register_method
-from ircr.train.methods.base import Method
+from ircr.train.methods.base import TeacherMethod
 
 
 @dataclass
@@ -99,7 +98,7 @@ def split_output(out: dict[str, Tensor], n: int) -> tuple[dict[str, Tensor], dic
 
 
 @register_method("mean_teacher")
-class MeanTeacher(Method):
+class MeanTeacher(TeacherMethod):
     """EMA teacher + plain MSE consistency on F = concat(NP prob, HV)."""
 
     options_type = MeanTeacherOptions
@@ -190,15 +189,3 @@ class MeanTeacher(Method):
         out.update(self.guard.epoch_values())
         return out
 
-    def eval_models(self) -> dict[str, nn.Module]:
-        """Validate both the student and the teacher."""
-        return {"student": self.trainer.model, "teacher": self.teacher}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The teacher's weights and buffers."""
-        return {"teacher": self.teacher.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the teacher."""
-        if "teacher" in state:
-            self.teacher.load_state_dict(state["teacher"])

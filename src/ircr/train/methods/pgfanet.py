@@ -24,7 +24,6 @@ Every loss term is restricted to the batch's valid (non-padding) pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +41,7 @@ from ircr.ssl.pgfanet_losses import (
 )
 from ircr.ssl.ramp import consistency_weight
 from ircr.train.methods import register_method
-from ircr.train.methods.base import FamilyOutput, Method
+from ircr.train.methods.base import FamilyOutput, TeacherMethod
 
 
 @dataclass
@@ -95,7 +94,7 @@ class PGFANetOptions:
 
 
 @register_method("pgfanet")
-class PGFANetMethod(Method):
+class PGFANetMethod(TeacherMethod):
     """Mean teacher with PG-FANet's losses and perturbations (module docstring)."""
 
     options_type = PGFANetOptions
@@ -178,15 +177,3 @@ class PGFANetMethod(Method):
         ema_update(self.teacher, self.trainer.model,
                    min(self.options.ema_alpha, (s + 1) / (s + 10)))
 
-    def eval_models(self) -> dict[str, nn.Module]:
-        """Validate the student and the teacher (``pgfanet`` family)."""
-        return {"student": self.trainer.model, "teacher": self.teacher}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The teacher's weights and buffers."""
-        return {"teacher": self.teacher.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the teacher."""
-        if "teacher" in state:
-            self.teacher.load_state_dict(state["teacher"])
