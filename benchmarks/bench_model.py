@@ -5,6 +5,8 @@ Usage::
     python benchmarks/bench_model.py                      # CPU, and CUDA when present
     python benchmarks/bench_model.py --device cuda --iters 20
     python benchmarks/bench_model.py --device cpu --iters 2 --width 0.25
+    python benchmarks/bench_model.py --device cpu --lite --batch 8 --size 128 --threads 2 \
+        --memory-format both     # the packaged model's training step, NCHW vs channels_last
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device
 (forward; forward + backward for a training step), so the achieved TFLOP/s are exact-count
@@ -26,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ircr.losses import hovernet_loss
 from ircr.models import HoVerNet, ModelConfig, build_model
+from ircr.train.memory_format import apply_channels_last
 
 
 def count_flops(cfg: ModelConfig, batch: int, size: int) -> tuple[int, int]:
@@ -64,10 +67,14 @@ def _time(step: Callable[[], object], iters: int, device: torch.device) -> float
     return (time.perf_counter() - start) / iters
 
 
-def bench_device(cfg: ModelConfig, device: torch.device, batch: int, size: int, iters: int) -> dict:
-    """Measure forward and training-step speed and peak memory on one device."""
+def bench_device(cfg: ModelConfig, device: torch.device, batch: int, size: int, iters: int,
+                 channels_last: bool = False) -> dict:
+    """Measure forward and training-step speed and peak memory on one device
+    (``channels_last``: the network as ``train.channels_last`` runs it)."""
     torch.manual_seed(0)
     model = build_model(cfg, load_pretrained=False).to(device)
+    if channels_last:
+        apply_channels_last(model)
     x = torch.rand(batch, 3, size, size, device=device) * 255
     np_t = (torch.rand(batch, size, size, device=device) > 0.7).long()
     hv_t = torch.rand(batch, 2, size, size, device=device) * 2 - 1
@@ -115,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    ap.add_argument("--lite", action="store_true",
+                    help="the packaged model's network (width 0.25, blocks 2-2-2-2, decoder 4-2)")
+    ap.add_argument("--memory-format", choices=("nchw", "channels_last", "both"), default="nchw")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,26 +132,32 @@ def main(argv: list[str] | None = None) -> int:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:
         devices = [args.device]
-    cfg = ModelConfig(width=args.width)
+    cfg = (ModelConfig(width=0.25, blocks=[2, 2, 2, 2], decoder_units=[4, 2]) if args.lite
+           else ModelConfig(width=args.width))
+    formats = ["nchw", "channels_last"] if args.memory_format == "both" else [args.memory_format]
     n_params = sum(p.numel() for p in HoVerNet(cfg).parameters())
     fwd_flops, train_flops = count_flops(cfg, args.batch, args.size)
-    print(f"HoVer-Net width {args.width}: {n_params / 1e6:.2f} M parameters, "
+    print(f"HoVer-Net width {cfg.width}, blocks {cfg.blocks}, decoder {cfg.decoder_units}: "
+          f"{n_params / 1e6:.2f} M parameters, "
           f"{fwd_flops / args.batch / 1e12:.4f} TFLOP per {args.size}x{args.size} forward, "
           f"{train_flops / args.batch / 1e12:.4f} TFLOP per patch fwd+bwd; "
           f"batch {args.batch}, {args.iters} timed iterations; torch {torch.__version__}")
     print()
-    print("| device | pass | it/s | patches/s | ms/it | TFLOP/s | peak memory MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| device | layout | pass | it/s | patches/s | ms/it | TFLOP/s | peak memory MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in devices:
         device = torch.device(name)
-        r = bench_device(cfg, device, args.batch, args.size, args.iters)
-        label = device_name(device)
-        for pass_name, t, flops, mem in (
-            ("forward", r["t_fwd"], fwd_flops, r["mem_fwd"]),
-            ("train step", r["t_train"], train_flops, r["mem_train"]),
-        ):
-            print(f"| {label} | {pass_name} | {1 / t:.3f} | {args.batch / t:.2f} | "
-                  f"{t * 1e3:.0f} | {flops / t / 1e12:.3f} | {mem:.0f} |")
+        for layout in formats:
+            r = bench_device(cfg, device, args.batch, args.size, args.iters,
+                             channels_last=layout == "channels_last")
+            label = device_name(device)
+            for pass_name, t, flops, mem in (
+                ("forward", r["t_fwd"], fwd_flops, r["mem_fwd"]),
+                ("train step", r["t_train"], train_flops, r["mem_train"]),
+            ):
+                print(f"| {label} | {layout} | {pass_name} | {1 / t:.3f} | "
+                      f"{args.batch / t:.2f} | {t * 1e3:.0f} | {flops / t / 1e12:.3f} | "
+                      f"{mem:.0f} |")
     return 0
 
 

@@ -5,8 +5,9 @@ Two steps:
 ``select RUN OUT``
     Model selection on the validation images: the epoch checkpoint (``RUN/checkpoints/
     epoch_NNNN.pt``) with the best validation AJI in ``RUN/metrics.csv`` becomes a model folder
-    ``OUT`` (fp32), with the sliding-window setting it was validated with (window 256,
-    overlap 64) and the training record.
+    ``OUT`` (fp32), with the shipped inference setting (one fitted 1088 px window per tile,
+    overlap 64, batch 1: docs/benchmarks.md), WBIS ``gradient_range: fixed`` (slide tiles give
+    the same instances) and the training record.
 
 ``package SELECTED EVAL_TUNED DEST``
     Writes the shipped folder ``DEST`` (``src/ircr/resources/models/default``): weights stored
@@ -32,7 +33,8 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-INFERENCE = {"window": 256, "overlap": 64, "batch_size": 8}
+INFERENCE = {"window": 1088, "overlap": 64, "batch_size": 1}
+SHIPPED_WBIS = {"gradient_range": "fixed"}  # tuned and shipped with this rule
 LICENCE = ("CC BY-NC-SA 4.0 (the weights derive from the MoNuSeg 2018 training data, "
            "licensed CC BY-NC-SA 4.0: non-commercial use, share alike, attribution); "
            "the ircr code itself is Apache-2.0")
@@ -72,8 +74,11 @@ def select(run: Path, out: Path) -> None:
     extra = {"method": cfg.method.name,
              "train": {"dataset": "MoNuSeg 2018 train (30 images)", "split": cfg.data.split,
                        "selected_epoch": epoch, "iterations": iterations,
-                       "epochs": cfg.train.epochs, "selection": "best validation AJI"}}
-    _save(out, model.eval(), cfg.model, to_dict(cfg.postproc), patch_size=cfg.data.patch_size,
+                       "epochs": cfg.train.epochs, "batch_size": cfg.data.batch_size,
+                       "lr_schedule": cfg.train.lr_schedule,
+                       "selection": "best validation AJI"}}
+    postproc = {**to_dict(cfg.postproc), **SHIPPED_WBIS}
+    _save(out, model.eval(), cfg.model, postproc, patch_size=cfg.data.patch_size,
           metrics={"validation_default_wbis": metrics}, extra=extra)
     print(f"selected epoch {epoch} (iteration {iterations}, val AJI {metrics['aji']:.4f}) "
           f"-> {out}")
@@ -98,8 +103,9 @@ def _mean(path: Path) -> tuple[dict[str, float], list[str]]:
     return means, [str(r["image"]) for r in doc["per_image"]]
 
 
-def package(selected: Path, eval_tuned: Path, dest: Path) -> None:
-    """Write the shipped model folder ``dest`` from the selected, tuned folder."""
+def package(selected: Path, eval_tuned: Path, dest: Path, cpm15: Path | None = None) -> None:
+    """Write the shipped model folder ``dest`` from the selected, tuned folder (``cpm15``:
+    the ``ircr evaluate`` output of the tuned folder on CPM-15, recorded in the card)."""
     from ircr.inference.model_folder import load_model_folder
 
     loaded = load_model_folder(selected)
@@ -119,16 +125,29 @@ def package(selected: Path, eval_tuned: Path, dest: Path) -> None:
         "licence": LICENCE,
         "method": f"{meta.get('method')} (one seed; selected epoch "
                   f"{meta['train']['selected_epoch']}, {meta['train']['iterations']} iterations "
-                  "of batch 4 on 128 px patches, 2 CPU cores)",
+                  f"of batch {meta['train'].get('batch_size', 4)} on {loaded.patch_size} px "
+                  "patches, 2 CPU cores)",
         "training_command": COMMAND,
         "validation": {"images": images, "default_wbis": default, "tuned_wbis": tuned,
-                       "note": f"mean over the {len(images)} validation images; the tuned "
-                               "thresholds were chosen on these same images (optimistic)"},
+                       "note": f"mean over the {len(images)} validation images; default_wbis: "
+                               "the training run's validation of the selected epoch (default "
+                               "thresholds, gradient_range tile, 256 px windows); tuned_wbis: "
+                               "ircr evaluate with the shipped postproc.yaml (gradient_range "
+                               "fixed) and inference window, thresholds chosen on these same "
+                               "images (optimistic)"},
     }
+    metrics = {"validation_default_wbis": default, "validation_tuned_wbis": tuned}
+    if cpm15 is not None:
+        scores, names = _mean(cpm15 / "metrics.json")
+        card["independent_check"] = {
+            "cpm15": scores,
+            "note": f"CPM-15 (MICCAI 2015 challenge, mean over its {len(names)} tiles at 20x and "
+                    "40x), "
+                    "scored with the shipped postproc.yaml; never used for selection or tuning"}
+        metrics["cpm15_tuned_wbis"] = scores
     extra = {k: v for k, v in meta.items() if k not in (
         "ircr_version", "created", "model", "mpp", "patch_size", "files", "inference")}
     extra["card"] = card
-    metrics = {"validation_default_wbis": default, "validation_tuned_wbis": tuned}
     if dest.exists():
         shutil.rmtree(dest)
     _save(dest, half, loaded.model_cfg, loaded.postproc, patch_size=loaded.patch_size,
@@ -148,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("package")
     for name in ("selected", "eval_tuned", "dest"):
         p.add_argument(name, type=Path)
+    p.add_argument("--cpm15", type=Path, default=None,
+                   help="ircr evaluate output of the selected model on CPM-15")
     args = ap.parse_args(argv)
     if args.step == "select":
         select(args.run, args.out)
     else:
-        package(args.selected, args.eval_tuned, args.dest)
+        package(args.selected, args.eval_tuned, args.dest, args.cpm15)
     return 0
 
 

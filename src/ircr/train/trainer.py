@@ -55,6 +55,7 @@ from ircr.train.config import ExperimentConfig, experiment_from_dict
 from ircr.train.init_weights import load_init_weights
 from ircr.train.logging import MetricsLogger, NullLogger
 from ircr.train.lr_schedule import finished_schedule, lr_at_epoch, poly_lr
+from ircr.train.memory_format import apply_channels_last
 from ircr.train.methods import Method, get_method
 from ircr.train.model_output import write_model_folder
 from ircr.train.seeding import seed_everything
@@ -136,6 +137,8 @@ class Trainer:
         self.wbis_params = cfg.postproc
         self.method: Method = method_cls(cfg.method.options, self)
         self.model: nn.Module = self.method.build_model().to(self.device)
+        if cfg.train.channels_last:
+            apply_channels_last(self.model)
         if cfg.train.init_weights is not None and not (self.resume and last.is_file()):
             load_init_weights(self.model, cfg.train.init_weights)  # before the EMA teacher
         if self.dist.active:
