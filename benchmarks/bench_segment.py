@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from peak_memory import peak_rss_mib
 
 
 def make_model(kind: str, folder: Path, steps: int = 80) -> None:
@@ -117,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     summary = seg.process(args.slide, args.out, tissue=True)
     wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
+    rss = peak_rss_mib()  # this process's own VmHWM (not the parent's: peak_memory.py)
     from ircr.io.wsi import open_slide
 
     with open_slide(args.slide) as slide:

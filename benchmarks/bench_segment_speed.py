@@ -15,7 +15,8 @@ run through the streaming slide pipeline (``process``: tissue mask, tiles, all o
 AJI old vs new: per real tile (old path's map as reference). Peak RSS: a fresh subprocess
 segments a ``--rss-size`` x ``--rss-size`` synthetic pyramidal TIFF (glass with a block of
 real tissue, ``--rss-tissue`` px; memory does not grow with the tissue area: one label band,
-one tile in flight) with the new path; its ``ru_maxrss`` is the figure.
+one tile in flight) with the new path; its own ``VmHWM`` is the figure (``peak_memory.py``:
+``ru_maxrss`` of a child reports the parent's peak when that is larger).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from peak_memory import peak_rss_mib
 
 GLASS = (243, 241, 246)
 OLD = {"window": 256, "overlap": 64, "batch_size": 8, "tile": 1024}
@@ -147,7 +149,7 @@ def rss_worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     summary = seg.process(args.slide, args.out)
     print(json.dumps({"wall": time.perf_counter() - t0,
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mib": peak_rss_mib(),
                       "tiles": summary.get("tiles"), "n_nuclei": summary.get("n_nuclei")}))
 
 
@@ -177,6 +179,8 @@ def main() -> None:
     ap.add_argument("--rss-tissue", type=int, default=1700, help="tissue block side px")
     ap.add_argument("--rss-path", choices=("old", "new"), default="new",
                     help="path whose peak RSS is measured (new)")
+    ap.add_argument("--rss-only", action="store_true",
+                    help="only the peak-RSS run (no side-by-side timing)")
     ap.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -190,6 +194,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     tiles = real_tiles(args.data, args.tiles)
+    if args.rss_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            _print_rss(args, peak_rss(args, tiles, Path(tmp)))
+        return
     segs = {k: load(k) for k in ("old", "new")}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -220,12 +228,16 @@ def main() -> None:
         print(f"| {name} | {o['wall']:.2f} ({o['cpu']:.2f}) | {n['wall']:.2f} ({n['cpu']:.2f}) "
               f"| {o['wall'] / n['wall']:.2f}x ({o['cpu'] / n['cpu']:.2f}x) | {aji} | {counts} |")
     if rss is not None:
-        if "error" in rss:
-            print(f"peak RSS {args.rss_size}²: failed: {rss['error']}")
-        else:
-            print(f"peak RSS, {args.rss_size}² slide region, {args.rss_path} path: "
-                  f"{rss['peak_rss_mib']:.0f} MiB ({rss['tiles']['processed']} tissue tiles, "
-                  f"{rss['n_nuclei']} nuclei, {rss['wall']:.0f} s)")
+        _print_rss(args, rss)
+
+
+def _print_rss(args: argparse.Namespace, rss: dict[str, Any]) -> None:
+    if "error" in rss:
+        print(f"peak RSS {args.rss_size}²: failed: {rss['error']}")
+    else:
+        print(f"peak RSS, {args.rss_size}² slide region, {args.rss_path} path: "
+              f"{rss['peak_rss_mib']:.0f} MiB ({rss['tiles']['processed']} tissue tiles, "
+              f"{rss['n_nuclei']} nuclei, {rss['wall']:.0f} s; torch threads {args.threads})")
 
 
 if __name__ == "__main__":
