@@ -146,7 +146,8 @@ def package(selected: Path, eval_tuned: Path, dest: Path, cpm15: Path | None = N
                     "scored with the shipped postproc.yaml; never used for selection or tuning"}
         metrics["cpm15_tuned_wbis"] = scores
     extra = {k: v for k, v in meta.items() if k not in (
-        "ircr_version", "created", "model", "mpp", "patch_size", "files", "inference")}
+        "ircr_version", "created", "family", "model", "mpp", "patch_size", "files",
+        "inference")}
     extra["card"] = card
     if dest.exists():
         shutil.rmtree(dest)

@@ -55,7 +55,8 @@ ircr evaluate "$WORK/selected" "$WORK/prepared" --split "$SPLIT" --out "$WORK/ev
 CPM="${CPM15_ROOT:-$(dirname "$(dirname "$DATA")")/CPM15/train}"
 EXTRA=()
 if [ -d "$CPM" ]; then
-  [ -f "$WORK/cpm15/dataset.json" ] || ircr data prepare cpm15 "$CPM" -o "$WORK/cpm15" --patch 256
+  [ -f "$WORK/cpm15/dataset.json" ] || ircr data prepare cpm15 "$CPM" -o "$WORK/cpm15" --patch 256 \
+    --option fix_known_swaps=true
   rm -rf "$WORK/eval_cpm15"
   ircr evaluate "$WORK/selected" "$WORK/cpm15" --split all --out "$WORK/eval_cpm15" \
     --device cpu --no-progress
