@@ -151,10 +151,16 @@ def test_folder_records_and_loads_the_family(folder: Path) -> None:
         load_model_folder(folder)
 
 
-def test_folders_without_family_are_hovernet() -> None:
-    default = resolve_model(None)
-    assert "family" not in yaml.safe_load((default / "model.yaml").read_text())
-    assert load_model_folder(default).family.name == "hovernet"
+def test_folders_without_family_are_hovernet(tmp_path: Path) -> None:
+    """A folder written before families existed (no ``family`` key) loads as HoVer-Net."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(resolve_model(None), old)
+    meta = yaml.safe_load((old / "model.yaml").read_text(encoding="utf-8"))
+    meta.pop("family", None)
+    (old / "model.yaml").write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+    assert load_model_folder(old).family.name == "hovernet"
 
 
 def test_segment_tile_and_slide_go_through_the_family(folder: Path, tmp_path: Path) -> None:
