@@ -38,6 +38,18 @@ def monuseg_root(shared_data: Path) -> Path:
     return shared_data / "MoNuSeg2018" / "train"
 
 
+def run_data_prepare(*argv: str) -> None:
+    """Run ``ircr data prepare ARGV...`` through its CLI handler (asserts exit status 0)."""
+    import argparse
+
+    from ircr.cli import data as data_cli
+
+    parser = argparse.ArgumentParser(prog="ircr")
+    data_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", "prepare", *argv])
+    assert args.func(args) == 0
+
+
 @pytest.fixture(scope="session")
 def cpm15_root(shared_data: Path) -> Path:
     """CPM-15 training folder (images/, labels_txt/)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_data_prepare
 from ircr.data.prepare import add_split
 from ircr.models import build_model
 from ircr.models.config import ModelConfig
@@ -45,16 +46,9 @@ def test_channels_last_network_gives_the_same_maps() -> None:
 
 @pytest.fixture(scope="module")
 def prepared(monuseg_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import argparse
-
-    from ircr.cli import data as data_cli
-
     out = tmp_path_factory.mktemp("monuseg_cl") / "prepared"
-    parser = argparse.ArgumentParser(prog="ircr")
-    data_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["data", "prepare", "monuseg", str(monuseg_root), "-o", str(out),
-                              "--patch", "64", "--limit", "2", "--ratio", "1/4"])
-    assert args.func(args) == 0
+    run_data_prepare("monuseg", str(monuseg_root), "-o", str(out), "--patch", "64",
+                     "--limit", "2", "--ratio", "1/4")
     add_split(out, "1/4", seed=0, val_fraction=0.0)
     return out
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from ircr.cli import data as data_cli
+from conftest import run_data_prepare
 from ircr.train.config import experiment_from_dict, method_takes
 from ircr.train.trainer import Trainer, TrainingInterrupted
 
@@ -24,14 +24,8 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="module")
 def prepared(monuseg_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("monuseg") / "prepared"
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="ircr")
-    data_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["data", "prepare", "monuseg", str(monuseg_root), "-o", str(out),
-                              "--patch", "64", "--limit", "3", "--ratio", "1/4",
-                              "--val-fraction", "0.34"])
-    assert args.func(args) == 0  # the `ircr data prepare` handler
+    run_data_prepare("monuseg", str(monuseg_root), "-o", str(out), "--patch", "64",
+                     "--limit", "3", "--ratio", "1/4", "--val-fraction", "0.34")
     from ircr.data.prepare import add_split
 
     add_split(out, "1/4", seed=0, val_fraction=0.0)  # same patches, no validation image
