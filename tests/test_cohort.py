@@ -141,7 +141,8 @@ def test_cluster_equals_serial_with_a_killed_worker_and_a_broken_input(
                          load_options={"device": "cpu"}, log=killer)
     assert killer.killed is not None
     status = {r["image"]: r["status"] for r in res.rows}
-    assert status == {**{f"{s}.tif": "done" for s in STEMS}, "broken.png": "failed"}
+    assert status == {**{f"{s}.tif": "done" for s in STEMS}, "broken.png": "failed"}, \
+        res.failed
     assert res.failed[0][0] == "broken.png" and "broken.png" in res.failed[0][1]
     assert any(line.startswith("[5/5]") for line in killer.lines)
     for stem in STEMS:  # identical to the serial run
@@ -153,6 +154,34 @@ def test_cluster_equals_serial_with_a_killed_worker_and_a_broken_input(
     assert got["broken.png"]["status"] == "failed" and got.pop("broken.png")["error"]
     assert got == ref and nuclei_lines(out) == nuclei_lines(serial)
     assert json.loads((out / "ircr_summary.json").read_text())["failed"] == 1
+
+
+def test_a_task_run_again_after_its_worker_died_replaces_its_partial_outputs(
+        inputs: Path, serial: Path, tmp_path: Path) -> None:
+    """A worker killed while writing leaves some of the input's files; the scheduler runs
+    the task again elsewhere, and that attempt must finish (CI once saw it fail with
+    'output exists'), giving the serial run's outputs."""
+    from ircr.engine.cohort import SegmentJob, segment_task
+    from ircr.engine.outputs import output_names
+    from ircr.engine.segmenter import load_model
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_labels.tif").write_bytes(b"half of a file from the killed attempt")
+    job = SegmentJob(out, tuple(output_names()), mpp=0.25)
+    seg = load_model(device="cpu")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = segment_task(seg, (CohortInput(inputs / "a.tif"), job))
+    finally:
+        torch.set_num_threads(n)
+    assert res["summary"]["n_nuclei"] > 0
+    assert np.array_equal(tifffile.imread(out / "a_labels.tif"),
+                          tifffile.imread(serial / "a_labels.tif"))
+    with pytest.raises(IrcrError, match="output exists"):  # the driver still refuses
+        segment_cohort([inputs / "a.tif"], out, mpp=0.25, load_options={"device": "cpu"},
+                       log=lambda line: None)
 
 
 def test_skip_done_rerun_on_the_scheduler_does_no_work(

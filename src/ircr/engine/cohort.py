@@ -136,13 +136,18 @@ def model_setup(model: str | Path | None, options: dict[str, Any]) -> WorkerSetu
 
 
 def segment_task(seg: Any, task: tuple[CohortInput, SegmentJob]) -> dict[str, Any]:
-    """Segment one input on a worker: its summary dict plus the warnings raised."""
+    """Segment one input on a worker: its summary dict plus the warnings raised.
+
+    The driver refused existing outputs before submitting (:func:`_done_before`), so files
+    found here were written by this job: an earlier attempt of this task whose worker died
+    mid-way (the scheduler runs it again). They are replaced, not an error.
+    """
     item, job = task
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = seg.process(item.path, job.out / item.sub, outputs=list(job.outputs),
                               mpp=job.mpp, tissue=job.tissue, progress=False,
-                              overwrite=job.overwrite, skip_done=job.skip_done,
+                              overwrite=True, skip_done=job.skip_done,
                               clean_temps=False, force=job.force)
     return {"summary": summary, "warnings": sorted({str(w.message) for w in caught})}
 
