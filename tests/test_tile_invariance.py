@@ -32,6 +32,6 @@ def test_one_tile_and_2x2_tiles_give_the_same_instances(monuseg_root: Path) -> N
     whole = one.segment(img, mpp=0.25)
     tiled = four.segment(img, mpp=0.25)
     assert whole.stats["tiles"] == 1 and tiled.stats["tiles"] == 4
-    assert len(whole) > 100  # a real, nucleus-dense crop
+    assert len(whole) > 60  # a real, nucleus-dense crop (87 annotated nuclei touch it)
     assert len(tiled) == len(whole)
     assert instance_metrics(whole.inst, tiled.inst).aji >= 0.99
