@@ -8,6 +8,10 @@ setting before issue 23). New path: the packaged folder's ``inference:`` setting
 px window per image up to 1024 px; slides in 512 px tiles, one 768 px window each). Both
 run in this process, alternating old/new per repeat on the same inputs (the machine may be
 shared: medians of wall time and of ``time.process_time``), with ``--threads`` torch threads (2).
+``--compiled`` adds a third path: the new setting with ``compile=True`` (``ircr segment
+--compile``: inductor, frozen weights, one static graph per window shape on CPU); each input
+is run once through it before the timing (compilation; its wall time is printed as "first
+call"), so its figures are the steady state of a folder or slide with that window shape.
 
 Inputs: real MoNuSeg 2018 tiles (1000x1000 at 0.25 µm/px, ``--data``); a "small slide": a
 pyramidal TIFF made on the fly from a mosaic of those tiles (``--slide-size`` px square),
@@ -42,9 +46,11 @@ OLD = {"window": 256, "overlap": 64, "batch_size": 8, "tile": 1024}
 
 
 def load(kind: str) -> Any:
-    """The packaged default model on the CPU, old or new path."""
+    """The packaged default model on the CPU: old, new or compiled (new + compile) path."""
     import ircr
 
+    if kind == "compiled":
+        return ircr.load_model(None, device="cpu", compile=True)
     return ircr.load_model(None, device="cpu", **(OLD if kind == "old" else {}))
 
 
@@ -117,26 +123,32 @@ def timed(fn: Any, arg: Any) -> tuple[Any, float, float]:
 
 def side_by_side(segs: dict[str, Any], jobs: list[tuple[str, float, Any]],
                  repeats: int) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
-    """Each job (name, megapixels, fn(seg)) ``repeats`` times, old/new alternating.
+    """Each job (name, megapixels, fn(seg)) ``repeats`` times per path, the order rotating.
 
-    Returns {job: {path: {"wall": median s/MP, "cpu": median CPU s/MP}}} and the last
-    results {(job, path): result}.
+    Returns {job: {path: {"wall": median s/MP, "cpu": median CPU s/MP[, "first": s]}}} and
+    the last results {(job, path): result}. A "compiled" path is warmed up on each job first.
     """
     table: dict[str, dict[str, dict[str, float]]] = {}
     last: dict = {}
+    kinds = list(segs)
     for name, mp, fn in jobs:
-        walls: dict[str, list[float]] = {"old": [], "new": []}
-        cpus: dict[str, list[float]] = {"old": [], "new": []}
+        first = {}
+        if "compiled" in segs:
+            first["compiled"] = timed(fn, segs["compiled"])[1]
+        walls: dict[str, list[float]] = {k: [] for k in kinds}
+        cpus: dict[str, list[float]] = {k: [] for k in kinds}
         for r in range(repeats):
-            for kind in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
                 res, wall, cpu = timed(fn, segs[kind])
                 walls[kind].append(wall / mp)
                 cpus[kind].append(cpu / mp)
                 last[(name, kind)] = res
         table[name] = {k: {"wall": statistics.median(walls[k]),
-                           "cpu": statistics.median(cpus[k])} for k in walls}
-        print(f"  {name}: old {table[name]['old']['wall']:.2f} s/MP, new "
-              f"{table[name]['new']['wall']:.2f} s/MP", file=sys.stderr, flush=True)
+                           "cpu": statistics.median(cpus[k])} for k in kinds}
+        for k, v in first.items():
+            table[name][k]["first"] = v
+        print(f"  {name}: " + ", ".join(f"{k} {table[name][k]['wall']:.2f} s/MP"
+                                        for k in kinds), file=sys.stderr, flush=True)
     return table, last
 
 
@@ -179,6 +191,8 @@ def main() -> None:
     ap.add_argument("--rss-tissue", type=int, default=1700, help="tissue block side px")
     ap.add_argument("--rss-path", choices=("old", "new"), default="new",
                     help="path whose peak RSS is measured (new)")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time the new path with compile=True (inductor, frozen)")
     ap.add_argument("--rss-only", action="store_true",
                     help="only the peak-RSS run (no side-by-side timing)")
     ap.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
@@ -198,7 +212,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             _print_rss(args, peak_rss(args, tiles, Path(tmp)))
         return
-    segs = {k: load(k) for k in ("old", "new")}
+    segs = {k: load(k) for k in ("old", "new") + (("compiled",) if args.compiled else ())}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         jobs: list[tuple[str, float, Any]] = [
@@ -214,21 +228,29 @@ def main() -> None:
         rss = peak_rss(args, tiles, root) if args.rss_size else None
     load_avg = " / ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
     print(f"torch threads {args.threads}; repeats {args.repeats}; load average now {load_avg}")
-    print("| input | old s/MP (CPU s/MP) | new s/MP (CPU s/MP) | speed-up wall (CPU) | "
-          "AJI old vs new | nuclei old / new |")
-    print("|---|---|---|---|---|---|")
-    for name, row in table.items():
-        o, n = row["old"], row["new"]
-        a, b = last[(name, "old")], last[(name, "new")]
-        if hasattr(a, "inst"):
-            aji = f"{instance_metrics(a.inst, b.inst).aji:.3f}"
-            counts = f"{len(a)} / {len(b)}"
-        else:
-            aji, counts = "-", f"{a['n_nuclei']} / {b['n_nuclei']}"
-        print(f"| {name} | {o['wall']:.2f} ({o['cpu']:.2f}) | {n['wall']:.2f} ({n['cpu']:.2f}) "
-              f"| {o['wall'] / n['wall']:.2f}x ({o['cpu'] / n['cpu']:.2f}x) | {aji} | {counts} |")
+    _print_table(table, last, instance_metrics)
     if rss is not None:
         _print_rss(args, rss)
+
+
+def _print_table(table: dict[str, dict[str, dict[str, float]]], last: dict,
+                 instance_metrics: Any) -> None:
+    """One row per input and path: s/MP wall (CPU), speed-up against old, AJI vs old."""
+    print("| input | path | s/MP wall (CPU) | speed-up vs old wall (CPU) | AJI vs old | "
+          "nuclei | first call s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, row in table.items():
+        o, a = row["old"], last[(name, "old")]
+        for kind, t in row.items():
+            b = last[(name, kind)]
+            if hasattr(a, "inst"):
+                aji, count = f"{instance_metrics(a.inst, b.inst).aji:.3f}", len(b)
+            else:
+                aji, count = "-", b["n_nuclei"]
+            first = f"{t['first']:.1f}" if "first" in t else "-"
+            print(f"| {name} | {kind} | {t['wall']:.2f} ({t['cpu']:.2f}) | "
+                  f"{o['wall'] / t['wall']:.2f}x ({o['cpu'] / t['cpu']:.2f}x) | {aji} | "
+                  f"{count} | {first} |")
 
 
 def _print_rss(args: argparse.Namespace, rss: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ seeds), the 20x / 40x breakdown and the IRCR diagnostics (matched pairs per imag
 teacher nuclei the prior rejects, from metrics.csv).
 
 Usage: OMP_NUM_THREADS=1 python scripts/measure_adapt.py [--work DIR] [--iterations N]
-           [--seeds S] [--smoke]
+           [--seeds S] [--rows abcdef] [--smoke]
   --smoke: 2 iterations, 1 seed, 4 tiles, 2 eval images: checks the pipeline in ~minutes.
 Needs: pip install torchstain (row c; MIT, numpy only). Rerun to resume: finished steps are
 skipped (each writes its metrics.json last).
@@ -152,7 +152,8 @@ def adapt(work: Path, row: str, paths: dict[str, Path], n: int, seed: int, tiles
         resume = ["--resume"] if (run / "adapt.json").is_file() else []
         ircr("adapt", "default", str(paths["targets"]), "-o", str(run), "--iterations", str(n),
              "--seed", str(seed), "--labelled", str(paths["monuseg"]), "--labelled-split",
-             "ratio_1_seed0", "--device", "cpu", "--no-progress", *tiles, *extra, *resume)
+             "ratio_1_seed0", "--device", "cpu", "--no-progress", "--set",
+             "train.channels_last=true", *tiles, *extra, *resume)
     return run / "model"
 
 
@@ -185,6 +186,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/ircr_measure_adapt"))
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--rows", default="abcdef", help="rows to run and print (abcdef)")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     n, seeds, eval_names = a.iterations, list(range(a.seeds)), EVAL
@@ -195,11 +197,12 @@ def main() -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     paths = prepare(a.work, eval_names)
     ev = a.work / "eval"
-    docs: dict[str, list[dict]] = {
-        "(a) default model as is": [evaluate("default", paths["eval"], ev / "a")],
-        "(c) Macenko to MoNuSeg, model as is": [evaluate(
-            "default", stain_normalised(a.work, paths["eval"], paths["monuseg"]), ev / "c")],
-    }
+    docs: dict[str, list[dict]] = {}
+    if "a" in a.rows:
+        docs["(a) default model as is"] = [evaluate("default", paths["eval"], ev / "a")]
+    if "c" in a.rows:
+        docs["(c) Macenko to MoNuSeg, model as is"] = [evaluate(
+            "default", stain_normalised(a.work, paths["eval"], paths["monuseg"]), ev / "c")]
     paper = ["--set", "method.warmup_iterations=0", "--set", "method.rampup_iterations=0",
              "--set", "method.clamp_teacher_hv=false"]
     specs = [("(b) supervised fine-tuning on MoNuSeg", "b", None),
@@ -208,6 +211,8 @@ def main() -> int:
              ("(f) adapt: IRCR, paper start", "f", paper)]
     diag: dict[str, list[dict[str, float]]] = {}
     for title, row, extra in specs:
+        if row not in a.rows:
+            continue
         docs[title] = []
         for s in seeds:
             model = finetune(a.work, paths["monuseg"], n, s) if extra is None else \
