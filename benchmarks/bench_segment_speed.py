@@ -132,9 +132,7 @@ def side_by_side(segs: dict[str, Any], jobs: list[tuple[str, float, Any]],
     last: dict = {}
     kinds = list(segs)
     for name, mp, fn in jobs:
-        first = {}
-        if "compiled" in segs:
-            first["compiled"] = timed(fn, segs["compiled"])[1]
+        warm_up = timed(fn, segs["compiled"])[1] if "compiled" in segs else None
         walls: dict[str, list[float]] = {k: [] for k in kinds}
         cpus: dict[str, list[float]] = {k: [] for k in kinds}
         for r in range(repeats):
@@ -145,8 +143,8 @@ def side_by_side(segs: dict[str, Any], jobs: list[tuple[str, float, Any]],
                 last[(name, kind)] = res
         table[name] = {k: {"wall": statistics.median(walls[k]),
                            "cpu": statistics.median(cpus[k])} for k in kinds}
-        for k, v in first.items():
-            table[name][k]["first"] = v
+        if warm_up is not None:
+            table[name]["compiled"]["first"] = warm_up
         print(f"  {name}: " + ", ".join(f"{k} {table[name][k]['wall']:.2f} s/MP"
                                         for k in kinds), file=sys.stderr, flush=True)
     return table, last
@@ -204,8 +202,6 @@ def main() -> None:
         return
     import torch
 
-    from ircr.metrics import instance_metrics
-
     torch.set_num_threads(args.threads)
     tiles = real_tiles(args.data, args.tiles)
     if args.rss_only:
@@ -228,14 +224,15 @@ def main() -> None:
         rss = peak_rss(args, tiles, root) if args.rss_size else None
     load_avg = " / ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
     print(f"torch threads {args.threads}; repeats {args.repeats}; load average now {load_avg}")
-    _print_table(table, last, instance_metrics)
+    _print_table(table, last)
     if rss is not None:
         _print_rss(args, rss)
 
 
-def _print_table(table: dict[str, dict[str, dict[str, float]]], last: dict,
-                 instance_metrics: Any) -> None:
+def _print_table(table: dict[str, dict[str, dict[str, float]]], last: dict) -> None:
     """One row per input and path: s/MP wall (CPU), speed-up against old, AJI vs old."""
+    from ircr.metrics import instance_metrics
+
     print("| input | path | s/MP wall (CPU) | speed-up vs old wall (CPU) | AJI vs old | "
           "nuclei | first call s |")
     print("|---|---|---|---|---|---|---|")

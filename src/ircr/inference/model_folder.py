@@ -184,8 +184,9 @@ def save_model_folder(
         "files": files,
         **to_dict(extra),
     }
-    atomic_write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False))
-    atomic_write_text(out / MODEL_YAML, yaml.safe_dump(meta, sort_keys=False))
+    atomic_write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False,
+                                                          allow_unicode=True))
+    atomic_write_text(out / MODEL_YAML, yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
     return out
 
 
@@ -311,5 +312,6 @@ def write_postproc(folder: str | Path, postproc: dict[str, Any],
     out = Path(folder)
     for name, text in (extra_files or {}).items():
         atomic_write_text(out / name, text)
-    atomic_write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False))
+    atomic_write_text(out / POSTPROC_YAML, yaml.safe_dump(to_dict(postproc), sort_keys=False,
+                                                          allow_unicode=True))
     return out / POSTPROC_YAML
