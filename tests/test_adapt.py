@@ -122,6 +122,8 @@ def test_adapt_end_to_end_from_the_packaged_model_never_opens_target_labels(
     assert len(meta["adapt"]["skipped_targets"]) == 3
     assert meta["adapt"]["iterations"] == 4 and meta["adapt"]["labelled"] is None
     assert "adapted" in meta["card"]["description"]
+    # on CPU the adaptation trains in NHWC, as the default model did (oneDNN's faster path)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["channels_last"] is True
     changed = [k for k, v in got.model.state_dict().items()
                if v.is_floating_point() and not torch.equal(v, src.model.state_dict()[k])]
     assert changed, "adaptation did not change the weights"

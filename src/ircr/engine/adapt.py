@@ -36,6 +36,7 @@ from ircr.engine.adapt_data import (
 )
 from ircr.engine.packaged import is_packaged_folder, resolve_model
 from ircr.errors import IrcrError
+from ircr.inference.device import select_device
 from ircr.inference.model_folder import MODEL_YAML, LoadedModel, load_model_folder
 from ircr.io.atomic import atomic_write_text
 from ircr.io.paths import ensure_dir
@@ -204,6 +205,9 @@ def training_config(req: AdaptRequest, loaded: LoadedModel, data: AdaptData,
         method["prior"] = prior
     model_cfg = to_dict(loaded.model_cfg)
     model_cfg["pretrained"] = None
+    # NHWC weights and batches: oneDNN's faster convolutions on CPU (1.43x the lite training
+    # step, docs/benchmarks.md); CUDA/MPS keep the default layout.
+    channels_last = select_device(req.device).type == "cpu"
     cfg: dict[str, Any] = {
         "data": {"dataset": str(data.path), "split": str(data.split),
                  "patch_size": data.patch_size, "batch_size": 4 if labelled else 0,
@@ -213,6 +217,7 @@ def training_config(req: AdaptRequest, loaded: LoadedModel, data: AdaptData,
                   "max_iterations": req.iterations, "lr_steps": [], "seed": req.seed,
                   "deterministic": True, "val_every": 0, "device": req.device,
                   "progress": req.progress, "tensorboard": False,
+                  "channels_last": channels_last,
                   "init_weights": str(loaded.folder / "weights.pt")},
         "method": method,
         "postproc": to_dict(loaded.postproc),
