@@ -71,6 +71,28 @@ def test_tile_grid_partitions_the_image() -> None:
     assert len(tiles) == 3 * 4
 
 
+@pytest.mark.parametrize("size", [(250, 310), (120, 310), (90, 100)])
+def test_uniform_network_windows_share_one_shape_and_hold_the_read(size) -> None:
+    """uniform=True: the same cores and reads, plus one network-window shape for all tiles
+    (min(size, tile + 2 margin) per axis), each inside the image and holding its read."""
+    h, w = size
+    plain = tile_grid(h, w, 100, 16)
+    tiles = tile_grid(h, w, 100, 16, uniform=True)
+    assert [(t.core, t.read) for t in tiles] == [(t.core, t.read) for t in plain]
+    assert all(t.net is None and t.network_window == t.read for t in plain)
+    shapes = {(t.net[2] - t.net[0], t.net[3] - t.net[1]) for t in tiles}
+    assert shapes == {(min(h, 132), min(w, 132))}
+    for t in tiles:
+        ny0, nx0, ny1, nx1 = t.net
+        ry0, rx0, ry1, rx1 = t.read
+        assert 0 <= ny0 <= ry0 and ry1 <= ny1 <= h and 0 <= nx0 <= rx0 and rx1 <= nx1 <= w
+    # a 310 px row: cores at 0, 100, 200, 300; the last (10 px) reads [284, 310) and its
+    # network window is the last 132 px, [178, 310) (hand computation)
+    if w == 310:
+        last = tiles[3]
+        assert last.read[1::2] == (284, 310) and last.net[1::2] == (178, 310)
+
+
 def test_first_pixels_is_raster_first() -> None:
     inst = np.array([[0, 0, 2, 2],
                      [0, 1, 2, 0],

@@ -86,6 +86,7 @@ class TileSegmenter(Protocol):
     workers: int
     prior: Any
     model_mpp: float | None
+    compile: bool  # the network is compiled: slide tiles then share one window shape
 
     def predict(self, window: np.ndarray) -> Prediction:
         """Network part for one (h, w, 3) uint8 window (main thread)."""
@@ -167,8 +168,8 @@ class _Geometry:
         self.max_px = max_object_px(self.proc_mpp)
 
     def read(self, slide: Slide, t: Tile) -> np.ndarray:
-        """(h, w, 3) uint8 read window of tile ``t`` at the processing resolution."""
-        y0, x0, y1, x1 = t.read
+        """(h, w, 3) uint8 network window of tile ``t`` at the processing resolution."""
+        y0, x0, y1, x1 = t.network_window
         lw, lh = self.level_size
         lx0, ly0 = int(math.floor(x0 * self.f)), int(math.floor(y0 * self.f))
         lx1 = min(lw, max(lx0 + 1, int(math.ceil(x1 * self.f))))
@@ -195,8 +196,9 @@ def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: lis
         t1 = time.perf_counter()
         y0, x0 = t.read[:2]
         core = (t.core[0] - y0, t.core[1] - x0, t.core[2] - y0, t.core[3] - x0)
-        local, dropped = drop_oversized(seg.postprocess(pred), geo.max_px, core)
-        return pred.prob, local, t1 - t0, time.perf_counter() - t1, dropped
+        cut = _in_read(t)
+        local, dropped = drop_oversized(seg.postprocess(pred)[cut], geo.max_px, core)
+        return pred.prob[cut], local, t1 - t0, time.perf_counter() - t1, dropped
 
     def collect(fut: Future[Any]) -> tuple[np.ndarray, np.ndarray]:
         prob, local, wait, dt, dropped = fut.result()
@@ -216,13 +218,20 @@ def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: lis
             t0 = time.perf_counter()
             later = seg.predict_later(window)
             times["network"] += time.perf_counter() - t0
-            pending.append((t, window, pool.submit(post, t, later)))
+            pending.append((t, window[_in_read(t)], pool.submit(post, t, later)))
             while pending and (len(pending) > workers or pending[0][2].done()):
                 pt, pw, fut = pending.popleft()
                 yield (pt, pw, *collect(fut))
         while pending:
             pt, pw, fut = pending.popleft()
             yield (pt, pw, *collect(fut))
+
+
+def _in_read(t: Tile) -> tuple[slice, slice]:
+    """The tile's read window inside its network window (both boxes in image pixels)."""
+    ny, nx = t.network_window[:2]
+    y0, x0, y1, x1 = t.read
+    return slice(y0 - ny, y1 - ny), slice(x0 - nx, x1 - nx)
 
 
 def _measure(seg: TileSegmenter, res: TileResult, t: Tile, window: np.ndarray,
@@ -307,7 +316,9 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
             thumb, tscale = slide.thumbnail(THUMB_SIZE)
             check_brightfield(str(path), dark_reason(thumb), force)
             mask = tissue_mask(thumb) if use_tissue else np.ones(thumb.shape[:2], bool)
-        tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin)
+        # a compiled network builds one graph per window shape: give every tile one shape
+        tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin,
+                          uniform=seg.compile)
         todo = [t for t in tiles if region_has_tissue(mask, tscale * geo.s, *t.core)]
         if log:
             log(f"{path}: {w0}x{h0} px, {_um(in_mpp)} µm/px ({src}); read with "

@@ -46,22 +46,40 @@ Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), end-exclusive
 
 @dataclass(frozen=True)
 class Tile:
-    """One tile: its grid position, core box and read window (both (y0, x0, y1, x1))."""
+    """One tile: its grid position, core box and read window (both (y0, x0, y1, x1)).
+
+    ``net``: the window the network runs on, containing ``read`` (None: ``read`` itself); its
+    maps are post-processed whole and the instance map is then cut to ``read`` for stitching.
+    """
 
     row: int
     col: int
     core: Box
     read: Box
+    net: Box | None = None
+
+    @property
+    def network_window(self) -> Box:
+        """The box the network sees: ``net``, else ``read``."""
+        return self.net if self.net is not None else self.read
 
 
-def tile_grid(height: int, width: int, tile: int, margin: int) -> list[Tile]:
+def tile_grid(height: int, width: int, tile: int, margin: int,
+              uniform: bool = False) -> list[Tile]:
     """Tiles covering an image of ``height`` x ``width`` in raster (row-major) order.
+
+    ``uniform``: every tile also gets a network window (``Tile.net``) of one shape,
+    ``min(size, tile + 2 * margin)`` per axis: its read window slid inside the image where
+    the core grown by the margin is clipped, so border and last tiles see more real context
+    instead of a smaller window. A compiled network then builds one graph for all tiles of all
+    slides of at least that size. Read windows, and so the stitching, are unchanged.
 
     Raises:
         IrcrError: tile < 1 or margin < 0.
     """
     if tile < 1 or margin < 0:
         raise IrcrError(f"tiling: tile ({tile}) must be >= 1 and margin ({margin}) >= 0")
+    nh, nw = min(height, tile + 2 * margin), min(width, tile + 2 * margin)
     tiles = []
     for r, y0 in enumerate(range(0, height, tile)):
         y1 = min(y0 + tile, height)
@@ -69,7 +87,11 @@ def tile_grid(height: int, width: int, tile: int, margin: int) -> list[Tile]:
             x1 = min(x0 + tile, width)
             read = (max(0, y0 - margin), max(0, x0 - margin),
                     min(height, y1 + margin), min(width, x1 + margin))
-            tiles.append(Tile(r, c, (y0, x0, y1, x1), read))
+            net = None
+            if uniform:
+                ny, nx = min(read[0], height - nh), min(read[1], width - nw)
+                net = (ny, nx, ny + nh, nx + nw)
+            tiles.append(Tile(r, c, (y0, x0, y1, x1), read, net))
     return tiles
 
 
