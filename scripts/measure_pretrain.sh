@@ -15,6 +15,11 @@
 #
 # Usage: scripts/measure_pretrain.sh [WORK_DIR]        (default experiments/pretrain_measure)
 #   NETS="lite narrow"  networks to measure;  SEEDS="0 1 2" split seeds (train seed = 10 + s)
+#   PT_ITERATIONS=N     pretraining iterations (default: the config's; the card records them)
+#   METHODS="..."       rows of the experiment (default: supervised supervised_pretrained
+#                       mean_teacher_pretrained ircr_pretrained)
+#   JOBS=N              runs in parallel (ircr experiment --jobs; default 1). Each run then gets
+#                       OMP_NUM_THREADS threads (default 1), so JOBS=2 fills 2 cores
 #   SMOKE=1             tiny settings (a few iterations, 1 seed, lite only) to check the
 #                       pipeline in a few minutes; its numbers mean nothing
 #   IRCR_SHARED_DATA    folder with MoNuSeg2018/ and CPM15/ (default ../shared/data)
@@ -29,14 +34,23 @@ SMOKE="${SMOKE:-0}"
 NETS="${NETS:-lite narrow}"
 SEEDS="${SEEDS:-0 1 2}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+METHODS="${METHODS:-supervised supervised_pretrained mean_teacher_pretrained ircr_pretrained}"
+JOBS="${JOBS:-1}"
 IRCR=(python -m ircr)
 PT_SET=()
+if [ -n "${PT_ITERATIONS:-}" ]; then PT_SET=(--set "train.iterations=$PT_ITERATIONS"); fi
 if [ "$SMOKE" = 1 ]; then
   NETS="lite"; SEEDS="0"
   PT_SET=(--set train.iterations=3 --set data.pool=8 --set data.batch_size=4
           --set data.tile=64 --set views.size=64 --set train.log_every=1)
 fi
 log() { echo "measure_pretrain: $*" >&2; }
+for m in $METHODS; do
+  case "$m" in
+    supervised|supervised_pretrained|mean_teacher_pretrained|ircr_pretrained|self_training_pretrained) ;;
+    *) log "unknown method row '$m' in METHODS"; exit 2 ;;
+  esac
+done
 
 # ---- 1. data -------------------------------------------------------------------------------
 prepare() {  # NAME ROOT OUT PATCH [OPTIONS...]
@@ -74,6 +88,18 @@ for net in $NETS; do
 done
 
 # ---- 3. experiments ------------------------------------------------------------------------
+method_rows() {  # PRETRAINED_DIR -> the protocol's method list (METHODS)
+  local m
+  for m in $METHODS; do
+    case "$m" in
+      supervised) echo "  - name: supervised" ;;
+      *_pretrained)
+        echo "  - name: $m"
+        echo "    method: ${m%_pretrained}"
+        echo "    overrides: {model.pretrained: $1}" ;;
+    esac
+  done
+}
 write_protocol() {  # NET -> protocol file
   local net=$1 p; p=$(net_patch "$net")
   local pt="$WORK/pretrain_$net" file="$WORK/protocol_$net.yaml"
@@ -94,16 +120,7 @@ ratios: ["1/8"]
 split_seeds: [$seeds]
 train_seeds: [$train_seeds]
 methods:
-  - name: supervised
-  - name: supervised_pretrained
-    method: supervised
-    overrides: {model.pretrained: $pt}
-  - name: mean_teacher_pretrained
-    method: mean_teacher
-    overrides: {model.pretrained: $pt}
-  - name: ircr_pretrained
-    method: ircr
-    overrides: {model.pretrained: $pt}
+$(method_rows "$pt")
 evaluate: [student, teacher]
 budget_epochs: $epochs
 iterations: $its
@@ -127,7 +144,7 @@ EOF
 for net in $NETS; do
   proto=$(write_protocol "$net")
   log "experiment $net: $proto"
-  "${IRCR[@]}" experiment "$proto" --out "$WORK/exp_$net"
+  "${IRCR[@]}" experiment "$proto" --out "$WORK/exp_$net" --jobs "$JOBS" --no-progress
 done
 
 # ---- 4. summary ----------------------------------------------------------------------------
