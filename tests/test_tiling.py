@@ -79,7 +79,7 @@ def test_uniform_network_windows_share_one_shape_and_hold_the_read(size) -> None
     plain = tile_grid(h, w, 100, 16)
     tiles = tile_grid(h, w, 100, 16, uniform=True)
     assert [(t.core, t.read) for t in tiles] == [(t.core, t.read) for t in plain]
-    assert all(t.net is None and t.network_window == t.read for t in plain)
+    assert all(t.net == t.read for t in plain)
     shapes = {(t.net[2] - t.net[0], t.net[3] - t.net[1]) for t in tiles}
     assert shapes == {(min(h, 132), min(w, 132))}
     for t in tiles:

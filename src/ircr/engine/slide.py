@@ -169,7 +169,7 @@ class _Geometry:
 
     def read(self, slide: Slide, t: Tile) -> np.ndarray:
         """(h, w, 3) uint8 network window of tile ``t`` at the processing resolution."""
-        y0, x0, y1, x1 = t.network_window
+        y0, x0, y1, x1 = t.net
         lw, lh = self.level_size
         lx0, ly0 = int(math.floor(x0 * self.f)), int(math.floor(y0 * self.f))
         lx1 = min(lw, max(lx0 + 1, int(math.ceil(x1 * self.f))))
@@ -229,7 +229,7 @@ def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: lis
 
 def _in_read(t: Tile) -> tuple[slice, slice]:
     """The tile's read window inside its network window (both boxes in image pixels)."""
-    ny, nx = t.network_window[:2]
+    ny, nx = t.net[:2]
     y0, x0, y1, x1 = t.read
     return slice(y0 - ny, y1 - ny), slice(x0 - nx, x1 - nx)
 

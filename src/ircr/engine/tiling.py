@@ -48,20 +48,16 @@ Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), end-exclusive
 class Tile:
     """One tile: its grid position, core box and read window (both (y0, x0, y1, x1)).
 
-    ``net``: the window the network runs on, containing ``read`` (None: ``read`` itself); its
-    maps are post-processed whole and the instance map is then cut to ``read`` for stitching.
+    ``net``: the window the network runs on, containing ``read`` (equal to it unless the grid is
+    ``uniform``); its maps are post-processed whole and the instance map is then cut to
+    ``read`` for stitching.
     """
 
     row: int
     col: int
     core: Box
     read: Box
-    net: Box | None = None
-
-    @property
-    def network_window(self) -> Box:
-        """The box the network sees: ``net``, else ``read``."""
-        return self.net if self.net is not None else self.read
+    net: Box
 
 
 def tile_grid(height: int, width: int, tile: int, margin: int,
@@ -87,7 +83,7 @@ def tile_grid(height: int, width: int, tile: int, margin: int,
             x1 = min(x0 + tile, width)
             read = (max(0, y0 - margin), max(0, x0 - margin),
                     min(height, y1 + margin), min(width, x1 + margin))
-            net = None
+            net = read
             if uniform:
                 ny, nx = min(read[0], height - nh), min(read[1], width - nw)
                 net = (ny, nx, ny + nh, nx + nw)
