@@ -19,6 +19,11 @@ the per-input task seconds, and the scheduler overhead per task, measured two wa
 wall minus the busiest worker's task seconds, per task; and the round trip of a no-op task
 (submit -> result, mean of 20). Run it on an otherwise idle machine with at least
 ``--workers`` cores: on a shared, loaded machine the speed-up says little.
+
+Then the machine's own ceiling (``parallel_ceiling.py``): how much faster ``--workers``
+single-threaded processes run side by side than one, on the same network and on plain
+workloads, so the speed-up can be read against what the cores allow (``--ceiling-seconds 0``
+skips it).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark scripts
+from parallel_ceiling import ceiling, table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "MoNuSeg2018" / "train"
@@ -153,6 +161,8 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=1000, help="input size in px (default 1000)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="no-op round trips: 3 instead of 20")
+    ap.add_argument("--ceiling-seconds", type=float, default=8.0,
+                    help="counting time per workload of the machine's ceiling (0: skip it)")
     ap.add_argument("--serial-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -200,6 +210,10 @@ def main() -> None:
           f"includes the workers' model load) and {rt * 1000:.1f} ms (no-op task round trip)")
     if nuclei != serial["nuclei"]:
         sys.exit(f"bench_cohort: nuclei differ: serial {serial['nuclei']}, dask {nuclei}")
+    if args.ceiling_seconds > 0:
+        print(f"\nThis machine's ceiling: {args.workers} single-threaded processes side by side "
+              f"vs 1 alone (parallel_ceiling.py, {args.ceiling_seconds:g} s each)\n")
+        print(table(ceiling(args.workers, args.ceiling_seconds), args.workers))
 
 
 if __name__ == "__main__":

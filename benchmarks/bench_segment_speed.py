@@ -151,7 +151,7 @@ def side_by_side(segs: dict[str, Any], jobs: list[tuple[str, float, Any]],
 
 
 def rss_worker(args: argparse.Namespace) -> None:
-    """Subprocess: segment the big slide with the new path; print a JSON line."""
+    """Subprocess: segment the big slide with ``--rss-path``; print a JSON line."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -187,8 +187,8 @@ def main() -> None:
     ap.add_argument("--slide-size", type=int, default=2048, help="small slide side px (0: none)")
     ap.add_argument("--rss-size", type=int, default=20000, help="RSS slide side px (0: none)")
     ap.add_argument("--rss-tissue", type=int, default=1700, help="tissue block side px")
-    ap.add_argument("--rss-path", choices=("old", "new"), default="new",
-                    help="path whose peak RSS is measured (new)")
+    ap.add_argument("--rss-path", choices=("old", "new", "compiled"), default="new",
+                    help="path whose peak RSS is measured (new; compiled: includes compiling)")
     ap.add_argument("--compiled", action="store_true",
                     help="also time the new path with compile=True (inductor, frozen)")
     ap.add_argument("--rss-only", action="store_true",

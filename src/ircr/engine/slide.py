@@ -189,14 +189,13 @@ def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: lis
         t0 = time.perf_counter()
         return geo.read(slide, t), time.perf_counter() - t0
 
-    def post(t: Tile, later: Callable[[], Prediction]) -> tuple[np.ndarray, np.ndarray,
-                                                                 float, float, int]:
+    def post(t: Tile, cut: tuple[slice, slice], later: Callable[[], Prediction]
+             ) -> tuple[np.ndarray, np.ndarray, float, float, int]:
         t0 = time.perf_counter()
         pred = later()  # waits for the device (the main thread queues the next window)
         t1 = time.perf_counter()
         y0, x0 = t.read[:2]
         core = (t.core[0] - y0, t.core[1] - x0, t.core[2] - y0, t.core[3] - x0)
-        cut = _in_read(t)
         local, dropped = drop_oversized(seg.postprocess(pred)[cut], geo.max_px, core)
         return pred.prob[cut], local, t1 - t0, time.perf_counter() - t1, dropped
 
@@ -218,7 +217,8 @@ def _tiles_in_flight(seg: TileSegmenter, slide: Slide, geo: _Geometry, todo: lis
             t0 = time.perf_counter()
             later = seg.predict_later(window)
             times["network"] += time.perf_counter() - t0
-            pending.append((t, window[_in_read(t)], pool.submit(post, t, later)))
+            cut = _in_read(t)
+            pending.append((t, window[cut], pool.submit(post, t, cut, later)))
             while pending and (len(pending) > workers or pending[0][2].done()):
                 pt, pw, fut = pending.popleft()
                 yield (pt, pw, *collect(fut))
