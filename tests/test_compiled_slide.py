@@ -63,3 +63,47 @@ def test_compiled_slide_runs_one_window_shape_with_the_same_nuclei(
     assert dice > 0.99
     ids = np.unique(got[got > 0])
     assert np.array_equal(ids, np.arange(1, comp["n_nuclei"] + 1))  # stitched ids stay dense
+
+
+@pytest.mark.parametrize(("threshold", "expect"), [(0.1, True), (1.0, False)])
+def test_auto_compiles_slides_with_enough_tissue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 threshold: float, expect: bool) -> None:
+    # compile="auto" (the CLI default): the 300 x 430 slide's tiles cover 0.129 MP; with the
+    # threshold below that the slide runs compiled in one window shape, above it eagerly
+    torch.set_num_threads(1)
+    calls: list[Any] = []
+    monkeypatch.setattr("ircr.inference.predict.compiled",
+                        lambda model: calls.append(model) or model)
+    monkeypatch.setattr("ircr.engine.segmenter.AUTO_COMPILE_MP", threshold)
+    slide = tmp_path / "slide.tif"
+    make_slide(slide, 0.25, 7, shape=(300, 430), region=(16, 24, 268, 390))
+    seg = dark_segmenter()
+    seg.compile_mode = "auto"
+    shapes: set[tuple[int, int]] = set()
+    predict = seg.predict_later
+
+    def spy(window: np.ndarray) -> Any:
+        shapes.add(window.shape[:2])
+        return predict(window)
+
+    monkeypatch.setattr(seg, "predict_later", spy)
+    seg.process(slide, tmp_path / "out", tissue=False)
+    assert bool(calls) is expect
+    assert (shapes == {(128, 128)}) is expect
+    assert seg.compile is False  # restored after the slide: in-memory images stay eager
+
+
+def test_compile_modes_and_cli_flags() -> None:
+    from ircr.cli.main import build_parser
+    from ircr.engine.segmenter import compile_mode
+    from ircr.errors import IrcrError
+
+    assert [compile_mode(v) for v in (True, False, "auto")] == ["on", "off", "auto"]
+    with pytest.raises(IrcrError, match="compile: expected one of off, on, auto"):
+        compile_mode("sometimes")
+    parse = build_parser().parse_args
+    base = ["segment", "in.tif", "-o", "out"]
+    assert parse(base).compile == "auto"
+    assert parse([*base, "--compile"]).compile == "on"
+    assert parse(["segment", "--compile", "in.tif", "-o", "out"]).inputs == ["in.tif"]
+    assert parse([*base, "--no-compile"]).compile == "off"

@@ -67,10 +67,14 @@ def register(subparsers: Any) -> None:
     add_device(p)
     add_inference(p)
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network (CPU: ~2.3x faster per megapixel after a "
-                        "compile of ~45 s per window shape, for folders and slides; falls back "
-                        "to eager with a message where it cannot compile)")
+    p.add_argument("--compile", dest="compile", action="store_const", const="on",
+                   default="auto",
+                   help="torch.compile the network for every input (CPU: ~2.3x faster per "
+                        "megapixel after a compile of ~45 s per window shape; falls back to "
+                        "eager with a message where it cannot compile). Default: compiled on "
+                        "CPU for slides with at least 64 MP of tissue, eager otherwise")
+    p.add_argument("--no-compile", dest="compile", action="store_const", const="off",
+                   help="never compile (the eager network for every input)")
     p.add_argument("--tile", type=int, default=None, metavar="PX",
                    help="stitching tile core in px at the model's resolution (default 1024; "
                         "on slides, with the default model's 1088 px window, 512: one "

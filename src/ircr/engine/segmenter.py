@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,23 @@ DEFAULT_TILE = 1024
 # 20,000 x 20,000 px slide region under 2 GB with the packaged model (issue 23; a 1088 px
 # window per slide tile peaked at 2.7 GB)
 SLIDE_WINDOW = 768
+# compile="auto": a slide with at least this many megapixels of tissue tiles (cores, at the
+# model's resolution) is segmented by the compiled network on CPU. Measured on the 2-core VM
+# (docs/benchmarks.md): the compile costs ~47 s once per process and saves ~3.5 s/MP on
+# slides (9.3 -> 5.8 s/MP), so it pays from ~13 MP; 64 MP (4 mm² of tissue at 0.25 µm/px)
+# keeps a clear margin on slower machines.
+AUTO_COMPILE_MP = 64.0
+COMPILE_MODES = ("off", "on", "auto")
+
+
+def compile_mode(value: bool | str) -> str:
+    """``off`` / ``on`` / ``auto`` from a bool or one of those names."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in COMPILE_MODES:
+        raise IrcrError(f"compile: expected one of {', '.join(COMPILE_MODES)} or a bool, "
+                        f"got {value!r}")
+    return value
 
 
 def default_tile(window: int, overlap: int, margin: int, slide: bool = False) -> int:
@@ -96,8 +114,10 @@ class NucleusSegmenter:
         workers: post-processing threads overlapping the network on whole slides.
         family: the model family (None = HoVer-Net).
         compile: run the network through ``torch.compile`` (one-line message and eager
-            fallback when compiling fails). The network runs in channels_last memory format
-            on CUDA.
+            fallback when compiling fails): True/"on", False/"off", or "auto" (compiled on
+            CPU for slides with at least ``AUTO_COMPILE_MP`` megapixels of tissue, eager for
+            everything else; :meth:`compiling_for`). The network runs in channels_last
+            memory format on CUDA.
     """
 
     def __init__(self, model: nn.Module, postproc: Any, model_mpp: float | None = None,
@@ -106,7 +126,7 @@ class NucleusSegmenter:
                  tile: int | None = None,
                  margin: int | None = None, prior: Any = None, name: str = "",
                  meta: dict[str, Any] | None = None, workers: int = 2,
-                 family: ModelFamily | None = None, compile: bool = False) -> None:
+                 family: ModelFamily | None = None, compile: bool | str = False) -> None:
         if batch_size < 1:
             raise IrcrError(f"--batch-size: must be >= 1, got {batch_size}")
         self.family = family or get_family()
@@ -116,7 +136,8 @@ class NucleusSegmenter:
         self.model_mpp = model_mpp
         self.batch_size, self.amp = int(batch_size), bool(amp)
         self.window, self.overlap = int(window), int(overlap)
-        self.compile = bool(compile)
+        self.compile_mode = compile_mode(compile)
+        self.compile = self.compile_mode == "on"
         self.channels_last = self.device.type == "cuda"
         if margin is None:
             margin = int(math.ceil(24.0 / (model_mpp or 0.25) / 8.0) * 8)
@@ -142,7 +163,8 @@ class NucleusSegmenter:
         mpp = f"{self.model_mpp:g} µm/px" if self.model_mpp else "unknown mpp"
         return (f"device {describe_device(self.device)}; window {self.window} / overlap "
                 f"{self.overlap} px, batch size {self.batch_size}; AMP {amp}"
-                f"{'; compiled' if self.compile else ''}; model at {mpp}; "
+                f"{'; compiled' if self.compile else ''}"
+                f"{'; compile auto' if self.compile_mode == 'auto' else ''}; model at {mpp}; "
                 f"tile {self.tile} (slides {self.slide_tile}) + margin {self.margin} px")
 
     # ---- the shared per-window engine --------------------------------------------------------
@@ -151,6 +173,21 @@ class NucleusSegmenter:
         return InferenceSetting(window=self.window, overlap=self.overlap,
                                 batch_size=self.batch_size, device=self.device, amp=self.amp,
                                 channels_last=self.channels_last, compile=self.compile)
+
+    @contextmanager
+    def compiling_for(self, megapixels: float) -> Iterator[bool]:
+        """Within the block, compile (or not) for a slide of ``megapixels`` of tissue tiles.
+
+        ``auto``: compiled on CPU when ``megapixels >= AUTO_COMPILE_MP``; ``on`` / ``off``:
+        as set. Yields whether the network is compiled; the setting is restored after.
+        """
+        before = self.compile
+        if self.compile_mode == "auto":
+            self.compile = self.device.type == "cpu" and megapixels >= AUTO_COMPILE_MP
+        try:
+            yield self.compile
+        finally:
+            self.compile = before
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Network part for a (h, w, 3) uint8 window: ``prob`` (h, w) + family maps."""
@@ -331,7 +368,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
                batch_size: int | None = None, amp: bool = False, tile: int | None = None,
                margin: int | None = None, prior: str | Path | None = None,
                workers: int = 2, window: int | None = None,
-               overlap: int | None = None, compile: bool = False) -> NucleusSegmenter:
+               overlap: int | None = None, compile: bool | str = False) -> NucleusSegmenter:
     """Load a model folder (weights.pt, model.yaml, postproc.yaml[, prior.npz]).
 
     Args:
@@ -347,7 +384,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         prior: prior .npz for the ``prior_score`` column; default: the folder's prior.npz,
             else the package's default prior.
         workers: post-processing threads for whole slides.
-        compile: ``torch.compile`` the network (eager fallback with a message on failure).
+        compile: ``torch.compile`` the network (eager fallback with a message on failure):
+            True/"on", False/"off", or "auto" (slides with enough tissue, on CPU).
 
     Raises:
         IrcrError: the folder or one of its files is missing or corrupt.

@@ -35,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,6 +88,10 @@ class TileSegmenter(Protocol):
     prior: Any
     model_mpp: float | None
     compile: bool  # the network is compiled: slide tiles then share one window shape
+
+    def compiling_for(self, megapixels: float) -> AbstractContextManager[bool]:
+        """Compile (or not) for a slide of ``megapixels`` of tissue tiles; yields which."""
+        ...
 
     def predict(self, window: np.ndarray) -> Prediction:
         """Network part for one (h, w, 3) uint8 window (main thread)."""
@@ -285,6 +290,18 @@ class _Sinks:
             s.abort()
 
 
+def _plan(seg: TileSegmenter, geo: _Geometry, mask: np.ndarray, tscale: float,
+          uniform: bool) -> tuple[list[Tile], list[Tile]]:
+    """The slide's tile grid and its tiles with tissue (uniform: one network window shape)."""
+    tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin, uniform=uniform)
+    return tiles, [t for t in tiles if region_has_tissue(mask, tscale * geo.s, *t.core)]
+
+
+def _megapixels(tiles: Sequence[Tile]) -> float:
+    """Megapixels of the tiles' cores (at the model's resolution)."""
+    return sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1]) for t in tiles) * 1e-6
+
+
 def _um(value: float | None) -> str:
     """A pixel size for messages: 4 significant digits (0.24999999999999997 -> 0.25)."""
     return "unknown" if value is None else f"{value:.4g}"
@@ -306,7 +323,7 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
     keep_freed_memory(False)  # bounded RSS over speed for slides (docs/benchmarks.md)
     timer = Timer()
     t_start = time.perf_counter()
-    with open_slide(path, mpp=mpp) as slide:
+    with open_slide(path, mpp=mpp) as slide, ExitStack() as stack:
         in_mpp, src = resolve_mpp(str(path), slide.mpp, mpp, seg.model_mpp, slide=True)
         geo = _Geometry(slide, in_mpp, seg.model_mpp)
         w0, h0 = slide.dimensions
@@ -316,15 +333,16 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
             thumb, tscale = slide.thumbnail(THUMB_SIZE)
             check_brightfield(str(path), dark_reason(thumb), force)
             mask = tissue_mask(thumb) if use_tissue else np.ones(thumb.shape[:2], bool)
-        # a compiled network builds one graph per window shape: give every tile one shape
-        tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin,
-                          uniform=seg.compile)
-        todo = [t for t in tiles if region_has_tissue(mask, tscale * geo.s, *t.core)]
+        tiles, todo = _plan(seg, geo, mask, tscale, uniform=False)
+        compiled = stack.enter_context(seg.compiling_for(_megapixels(todo)))
+        if compiled:  # one graph per window shape: give every tile one shape
+            tiles, todo = _plan(seg, geo, mask, tscale, uniform=True)
         if log:
             log(f"{path}: {w0}x{h0} px, {_um(in_mpp)} µm/px ({src}); read with "
                 f"{slide.backend}; level {geo.level}, processing {geo.width}x{geo.height} px "
                 f"at {_um(geo.proc_mpp)} µm/px; tissue {mask.mean():.0%} of the thumbnail; "
-                f"{len(todo)}/{len(tiles)} tiles")
+                f"{len(todo)}/{len(tiles)} tiles ({_megapixels(todo):.0f} MP)"
+                + ("; compiled network" if compiled else ""))
         stitcher = Stitcher(geo.height, geo.width, seg.slide_tile, seg.margin,
                             streaming=True)
         sinks = _Sinks(formats, files, SlideFrame(geo.height, geo.width, geo.proc_mpp, thumb,
@@ -375,8 +393,7 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
         processing_size=(geo.width, geo.height), processing_mpp=geo.proc_mpp,
         tissue_mm2=(float(mask.sum()) / tscale**2 * mm2_per_px0) if mm2_per_px0 else None,
         reader=slide.backend, n_tiles=len(tiles), n_processed=len(todo),
-        processed_megapixels=sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1])
-                                 for t in todo) * 1e-6,
+        processed_megapixels=_megapixels(todo),
         n_nuclei=count, n_in_tissue=in_tissue, dropped_oversized=dropped,
         stitching=stitcher.stats.as_dict(),
         timings={**times, **timer.totals}, total_s=total)
