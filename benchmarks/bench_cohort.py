@@ -106,9 +106,11 @@ def warm_imports() -> None:
 
 def serial_child(args: argparse.Namespace) -> None:
     """The serial measurement, in this (child) process with one torch thread."""
+    import cv2
     import torch
 
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # as the workers (WorkerInit): single-threaded OpenCV too
     warm_imports()
     inputs = [Path(p) for p in json.loads(args.serial_child)]
     print(json.dumps(run_cohort(inputs, Path(args.out))))

@@ -46,7 +46,7 @@ INSTALL_HINT = ('needs Dask distributed: pip install "dask[distributed]" '
 
 
 class WorkerInit(WorkerPlugin):  # type: ignore[misc,valid-type]
-    """Runs on every worker when it joins: torch threads, then the state of ``setup``.
+    """Runs on every worker when it joins: torch and OpenCV threads, then ``setup``'s state.
 
     A failing setup is not raised here (it would only reach the worker's log): each task
     then builds the state again and reports the reason as its error. Idempotent: the name
@@ -59,11 +59,17 @@ class WorkerInit(WorkerPlugin):  # type: ignore[misc,valid-type]
         self.recipe, self.threads = setup, threads
 
     def setup(self, worker: Any) -> None:
-        """Set torch's threads and build the state (the model) once in this worker."""
+        """Set the threads and build the state (the model) once in this worker.
+
+        OpenCV (WBIS) keeps its own pool of one thread per core; capped too, so N workers of
+        ``threads`` each use N x ``threads`` cores, not more.
+        """
         if self.threads:
+            import cv2
             import torch
 
             torch.set_num_threads(self.threads)
+            cv2.setNumThreads(self.threads)
         try:
             worker_state(self.recipe)
         except Exception:  # noqa: BLE001 - reported per task by run_task
