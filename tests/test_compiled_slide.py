@@ -23,10 +23,8 @@ from test_segment import make_slide
 from test_segment_faults import dark_segmenter
 
 
-def _run(slide: Path, out: Path, compile: bool, monkeypatch: pytest.MonkeyPatch
-         ) -> tuple[dict[str, Any], np.ndarray, set[tuple[int, int]]]:
-    seg = dark_segmenter()
-    seg.compile = compile
+def _window_shapes(seg: Any, monkeypatch: pytest.MonkeyPatch) -> set[tuple[int, int]]:
+    """The set that collects the shape of every network window ``seg`` is given."""
     shapes: set[tuple[int, int]] = set()
     predict = seg.predict_later
 
@@ -35,6 +33,14 @@ def _run(slide: Path, out: Path, compile: bool, monkeypatch: pytest.MonkeyPatch
         return predict(window)
 
     monkeypatch.setattr(seg, "predict_later", spy)
+    return shapes
+
+
+def _run(slide: Path, out: Path, compile: bool, monkeypatch: pytest.MonkeyPatch
+         ) -> tuple[dict[str, Any], np.ndarray, set[tuple[int, int]]]:
+    seg = dark_segmenter()
+    seg.compile = compile
+    shapes = _window_shapes(seg, monkeypatch)
     summary = seg.process(slide, out, tissue=False)
     return summary, tifffile.imread(out / "slide_labels.tif"), shapes
 
@@ -79,14 +85,7 @@ def test_auto_compiles_slides_with_enough_tissue(tmp_path: Path, monkeypatch: py
     make_slide(slide, 0.25, 7, shape=(300, 430), region=(16, 24, 268, 390))
     seg = dark_segmenter()
     seg.compile_mode = "auto"
-    shapes: set[tuple[int, int]] = set()
-    predict = seg.predict_later
-
-    def spy(window: np.ndarray) -> Any:
-        shapes.add(window.shape[:2])
-        return predict(window)
-
-    monkeypatch.setattr(seg, "predict_later", spy)
+    shapes = _window_shapes(seg, monkeypatch)
     seg.process(slide, tmp_path / "out", tissue=False)
     assert bool(calls) is expect
     assert (shapes == {(128, 128)}) is expect

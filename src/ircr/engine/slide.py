@@ -290,13 +290,6 @@ class _Sinks:
             s.abort()
 
 
-def _plan(seg: TileSegmenter, geo: _Geometry, mask: np.ndarray, tscale: float,
-          uniform: bool) -> tuple[list[Tile], list[Tile]]:
-    """The slide's tile grid and its tiles with tissue (uniform: one network window shape)."""
-    tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin, uniform=uniform)
-    return tiles, [t for t in tiles if region_has_tissue(mask, tscale * geo.s, *t.core)]
-
-
 def _megapixels(tiles: Sequence[Tile]) -> float:
     """Megapixels of the tiles' cores (at the model's resolution)."""
     return sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1]) for t in tiles) * 1e-6
@@ -333,10 +326,14 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
             thumb, tscale = slide.thumbnail(THUMB_SIZE)
             check_brightfield(str(path), dark_reason(thumb), force)
             mask = tissue_mask(thumb) if use_tissue else np.ones(thumb.shape[:2], bool)
-        tiles, todo = _plan(seg, geo, mask, tscale, uniform=False)
-        compiled = stack.enter_context(seg.compiling_for(_megapixels(todo)))
-        if compiled:  # one graph per window shape: give every tile one shape
-            tiles, todo = _plan(seg, geo, mask, tscale, uniform=True)
+        tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin)
+        keep = [i for i, t in enumerate(tiles)
+                if region_has_tissue(mask, tscale * geo.s, *t.core)]
+        compiled = stack.enter_context(
+            seg.compiling_for(_megapixels([tiles[i] for i in keep])))
+        if compiled:  # one graph per window shape: the same tiles, one network window shape
+            tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin, uniform=True)
+        todo = [tiles[i] for i in keep]
         if log:
             log(f"{path}: {w0}x{h0} px, {_um(in_mpp)} µm/px ({src}); read with "
                 f"{slide.backend}; level {geo.level}, processing {geo.width}x{geo.height} px "
