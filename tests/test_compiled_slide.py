@@ -23,16 +23,20 @@ from test_segment import make_slide
 from test_segment_faults import dark_segmenter
 
 
-def _window_shapes(seg: Any, monkeypatch: pytest.MonkeyPatch) -> set[tuple[int, int]]:
-    """The set that collects the shape of every network window ``seg`` is given."""
+def _window_shapes(seg: Any, monkeypatch: pytest.MonkeyPatch,
+                   compiled: set[bool] | None = None) -> set[tuple[int, int]]:
+    """The set that collects the shape of every network window ``seg``'s family is given
+    (and into ``compiled`` whether each call's setting asked for the compiled network)."""
     shapes: set[tuple[int, int]] = set()
-    predict = seg.predict_later
+    predict = seg.family.predict_later
 
-    def spy(window: np.ndarray) -> Any:
+    def spy(model: Any, window: np.ndarray, setting: Any) -> Any:
         shapes.add(window.shape[:2])
-        return predict(window)
+        if compiled is not None:
+            compiled.add(setting.compile)
+        return predict(model, window, setting)
 
-    monkeypatch.setattr(seg, "predict_later", spy)
+    monkeypatch.setattr(seg.family, "predict_later", spy)
     return shapes
 
 
@@ -85,11 +89,27 @@ def test_auto_compiles_slides_with_enough_tissue(tmp_path: Path, monkeypatch: py
     make_slide(slide, 0.25, 7, shape=(300, 430), region=(16, 24, 268, 390))
     seg = dark_segmenter()
     seg.compile_mode = "auto"
-    shapes = _window_shapes(seg, monkeypatch)
+    settings: set[bool] = set()
+    shapes = _window_shapes(seg, monkeypatch, settings)
     seg.process(slide, tmp_path / "out", tissue=False)
     assert bool(calls) is expect
     assert (shapes == {(128, 128)}) is expect
-    assert seg.compile is False  # restored after the slide: in-memory images stay eager
+    assert settings == {expect}
+    # the slide ran on a compiled view: the segmenter itself never changed, so in-memory
+    # images stay eager and other threads' slides never see this slide's setting
+    assert seg.compile is False
+
+
+def test_for_slide_never_changes_the_segmenter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ircr.engine.segmenter.AUTO_COMPILE_MP", 1.0)
+    seg = dark_segmenter()
+    assert seg.for_slide(5.0) is seg and seg.for_slide(0.5) is seg  # "off": itself
+    seg.compile_mode = "auto"
+    big, small = seg.for_slide(5.0), seg.for_slide(0.5)
+    assert (big.compile, small.compile, seg.compile) == (True, False, False)
+    assert big.model is seg.model and big.family is seg.family  # shares the network
+    seg.compile_mode, seg.compile = "on", True
+    assert seg.for_slide(0.5) is seg and seg.compile is True
 
 
 def test_compile_modes_and_cli_flags() -> None:

@@ -15,11 +15,11 @@ are stitched with the responsible-tile rule of :mod:`ircr.engine.tiling`.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ class NucleusSegmenter:
         compile: run the network through ``torch.compile`` (one-line message and eager
             fallback when compiling fails): True/"on", False/"off", or "auto" (compiled on
             CPU for slides with at least ``AUTO_COMPILE_MP`` megapixels of tissue, eager for
-            everything else; :meth:`compiling_for`). The network runs in channels_last
+            everything else; :meth:`for_slide`). The network runs in channels_last
             memory format on CUDA.
     """
 
@@ -174,20 +174,19 @@ class NucleusSegmenter:
                                 batch_size=self.batch_size, device=self.device, amp=self.amp,
                                 channels_last=self.channels_last, compile=self.compile)
 
-    @contextmanager
-    def compiling_for(self, megapixels: float) -> Iterator[bool]:
-        """Within the block, compile (or not) for a slide of ``megapixels`` of tissue tiles.
+    def for_slide(self, megapixels: float) -> NucleusSegmenter:
+        """The segmenter that runs a slide of ``megapixels`` of tissue tiles.
 
-        ``auto``: compiled on CPU when ``megapixels >= AUTO_COMPILE_MP``; ``on`` / ``off``:
-        as set. Yields whether the network is compiled; the setting is restored after.
+        ``compile`` ``auto``: a shallow copy, compiled on CPU when ``megapixels >=
+        AUTO_COMPILE_MP``, eager otherwise (it shares the model and its compiled graphs);
+        ``on`` / ``off``: this segmenter. ``self`` is never changed, so slides run by
+        several threads of one process (a Dask worker) do not see each other's setting.
         """
-        before = self.compile
-        if self.compile_mode == "auto":
-            self.compile = self.device.type == "cpu" and megapixels >= AUTO_COMPILE_MP
-        try:
-            yield self.compile
-        finally:
-            self.compile = before
+        if self.compile_mode != "auto":
+            return self
+        view = copy.copy(self)
+        view.compile = self.device.type == "cpu" and megapixels >= AUTO_COMPILE_MP
+        return view
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Network part for a (h, w, 3) uint8 window: ``prob`` (h, w) + family maps."""

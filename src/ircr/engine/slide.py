@@ -35,7 +35,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,8 +88,8 @@ class TileSegmenter(Protocol):
     model_mpp: float | None
     compile: bool  # the network is compiled: slide tiles then share one window shape
 
-    def compiling_for(self, megapixels: float) -> AbstractContextManager[bool]:
-        """Compile (or not) for a slide of ``megapixels`` of tissue tiles; yields which."""
+    def for_slide(self, megapixels: float) -> TileSegmenter:
+        """The segmenter (self or a variant) for a slide of ``megapixels`` of tissue tiles."""
         ...
 
     def predict(self, window: np.ndarray) -> Prediction:
@@ -316,7 +315,7 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
     keep_freed_memory(False)  # bounded RSS over speed for slides (docs/benchmarks.md)
     timer = Timer()
     t_start = time.perf_counter()
-    with open_slide(path, mpp=mpp) as slide, ExitStack() as stack:
+    with open_slide(path, mpp=mpp) as slide:
         in_mpp, src = resolve_mpp(str(path), slide.mpp, mpp, seg.model_mpp, slide=True)
         geo = _Geometry(slide, in_mpp, seg.model_mpp)
         w0, h0 = slide.dimensions
@@ -329,8 +328,8 @@ def run_slide(seg: TileSegmenter, path: Path, formats: Sequence[OutputFormat],
         tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin)
         keep = [i for i, t in enumerate(tiles)
                 if region_has_tissue(mask, tscale * geo.s, *t.core)]
-        compiled = stack.enter_context(
-            seg.compiling_for(_megapixels([tiles[i] for i in keep])))
+        seg = seg.for_slide(_megapixels([tiles[i] for i in keep]))
+        compiled = seg.compile
         if compiled:  # one graph per window shape: the same tiles, one network window shape
             tiles = tile_grid(geo.height, geo.width, seg.slide_tile, seg.margin, uniform=True)
         todo = [tiles[i] for i in keep]
