@@ -45,13 +45,16 @@ GLASS = (243, 241, 246)
 OLD = {"window": 256, "overlap": 64, "batch_size": 8, "tile": 1024}
 
 
-def load(kind: str) -> Any:
-    """The packaged default model on the CPU: old, new or compiled (new + compile) path."""
+def load(kind: str, tile: int | None = None) -> Any:
+    """The packaged default model on the CPU: old, new or compiled (new + compile) path.
+
+    ``tile``: stitching tile core of the new and compiled paths (None: the engine's default).
+    """
     import ircr
 
-    if kind == "compiled":
-        return ircr.load_model(None, device="cpu", compile=True)
-    return ircr.load_model(None, device="cpu", **(OLD if kind == "old" else {}))
+    if kind == "old":
+        return ircr.load_model(None, device="cpu", **OLD)
+    return ircr.load_model(None, device="cpu", compile=kind == "compiled", tile=tile)
 
 
 def real_tiles(data: Path, n: int) -> list[tuple[str, np.ndarray]]:
@@ -155,7 +158,7 @@ def rss_worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    seg = load(args.rss_path)
+    seg = load(args.rss_path, args.tile)
     t0 = time.perf_counter()
     summary = seg.process(args.slide, args.out)
     print(json.dumps({"wall": time.perf_counter() - t0,
@@ -171,6 +174,7 @@ def peak_rss(args: argparse.Namespace, tiles: list[tuple[str, np.ndarray]],
     write_slide(slide, args.rss_size, mosaic(tiles, args.rss_tissue), c, c)
     cmd = [sys.executable, __file__, "--rss-worker", "--slide", str(slide), "--out",
            str(root / "rss_out"), "--threads", str(args.threads), "--rss-path", args.rss_path]
+    cmd += ["--tile", str(args.tile)] if args.tile else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -191,6 +195,8 @@ def main() -> None:
                     help="path whose peak RSS is measured (new; compiled: includes compiling)")
     ap.add_argument("--compiled", action="store_true",
                     help="also time the new path with compile=True (inductor, frozen)")
+    ap.add_argument("--tile", type=int, default=None,
+                    help="stitching tile core of the new/compiled paths (default: the engine's)")
     ap.add_argument("--rss-only", action="store_true",
                     help="only the peak-RSS run (no side-by-side timing)")
     ap.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
@@ -208,7 +214,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             _print_rss(args, peak_rss(args, tiles, Path(tmp)))
         return
-    segs = {k: load(k) for k in ("old", "new") + (("compiled",) if args.compiled else ())}
+    kinds = ("old", "new") + (("compiled",) if args.compiled else ())
+    segs = {k: load(k, args.tile) for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         jobs: list[tuple[str, float, Any]] = [
