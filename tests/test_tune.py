@@ -103,7 +103,7 @@ def test_cli_tunes_a_model_folder_on_a_prepared_dataset(tmp_path, capsys) -> Non
                     ratio="1", val_fraction=0.4)
     folder = _folder(tmp_path)
     grid = ["--grid", "threshold=0.3,0.5", "--grid", "marker_threshold=0.4",
-            "--grid", "ksize=21", "--grid", "min_size=10"]
+            "--grid", "ksize=21", "--grid", "min_size=10", "--grid", "min_prob=0"]
     assert main(["tune-postproc", str(folder), str(ds), *grid, "--device", "cpu",
                  "--out", str(tmp_path / "tuned")]) == 0
     out = capsys.readouterr().out

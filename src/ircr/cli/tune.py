@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metric", default="aji", help="aji (default), pq, f1, dice or aji_plus")
     p.add_argument("--grid", action="append", metavar="KEY=v1,v2,...",
                    help="values of one parameter (repeatable; threshold, marker_threshold, "
-                        "ksize, min_size, marker_min_size, open_ksize); others keep the "
+                        "ksize, min_size, marker_min_size, open_ksize, min_prob); others keep "
+                        "the "
                         "default grid")
     p.add_argument("--out", type=Path, default=None,
                    help="write a tuned copy of the model folder here instead of in place")

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,22 @@ from ircr.data.store import PreparedDataset
 from ircr.errors import IrcrError
 from ircr.inference.scale import resize_labels
 from ircr.metrics import aggregate, instance_metrics
+from ircr.postproc.confidence import drop_unconfident
 from ircr.postproc.watershed import WBISParams, wbis
 
-# the default grid: foreground threshold, marker (energy) threshold, Sobel kernel size and
-# the smallest kept object; 3 x 4 x 3 x 2 = 72 WBIS runs per image
+# the default grid: foreground threshold, marker (energy) threshold, Sobel kernel size, the
+# smallest kept object and the lowest kept mean object probability (0: off, HoVer-Net's);
+# 3 x 4 x 3 x 2 = 72 WBIS runs per image, each filtered at the 5 min_prob values
 DEFAULT_GRID: dict[str, tuple[float | int, ...]] = {
     "threshold": (0.4, 0.5, 0.6),
     "marker_threshold": (0.3, 0.4, 0.5, 0.6),
     "ksize": (15, 21, 25),
     "min_size": (10, 30),
+    "min_prob": (0.0, 0.7, 0.75, 0.8, 0.85),
 }
-TUNABLE = ("threshold", "marker_threshold", "ksize", "min_size", "marker_min_size", "open_ksize")
+TUNABLE = ("threshold", "marker_threshold", "ksize", "min_size", "marker_min_size", "open_ksize",
+           "min_prob")
+FLOAT_KEYS = ("threshold", "marker_threshold", "min_prob")
 TUNE_METRICS = ("aji", "pq", "f1", "dice", "aji_plus")
 TUNING_JSON = "tuning.json"
 
@@ -76,7 +81,7 @@ def parse_grid(items: list[str] | None) -> dict[str, tuple[float | int, ...]]:
         if not sep or key not in TUNABLE:
             raise IrcrError(f"--grid: expected KEY=v1,v2,... with KEY one of "
                             f"{', '.join(TUNABLE)}, got '{short_repr(item)}'")
-        cast = float if key in ("threshold", "marker_threshold") else int
+        cast = float if key in FLOAT_KEYS else int
         try:
             parsed = tuple(cast(v) for v in values.split(",") if v.strip())
         except ValueError as exc:
@@ -97,8 +102,9 @@ def parse_grid(items: list[str] | None) -> dict[str, tuple[float | int, ...]]:
 
 def _grid_points(start: WBISParams, grid: dict[str, tuple[float | int, ...]]
                  ) -> list[WBISParams]:
-    """Every grid point (current values first), each validated by WBISParams.effective."""
-    keys = list(grid)
+    """Every grid point (current values first), each validated by WBISParams.effective;
+    ``min_prob`` varies fastest (consecutive points share their WBIS run)."""
+    keys = sorted(grid, key=lambda k: k == "min_prob")
     values = [sorted(set(grid[k]) | {getattr(start, k)}, key=lambda v, k=k: (  # type: ignore[misc]
         v != getattr(start, k), v)) for k in keys]
     points = []
@@ -109,12 +115,27 @@ def _grid_points(start: WBISParams, grid: dict[str, tuple[float | int, ...]]
     return points
 
 
-def _score(maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], params: WBISParams,
-           metric: str) -> float:
-    """Mean ``metric`` of WBIS(params) over (prob, hv, gt); instances scored at gt's size."""
-    results = [instance_metrics(gt, resize_labels(wbis(prob, hv, params), *gt.shape))
-               for prob, hv, gt in maps]
-    return float(aggregate(results, mode="mean")[metric])
+class _Scorer:
+    """Mean ``metric`` of WBIS(params) over (prob, hv, gt); instances scored at gt's size.
+
+    Points that differ only in ``min_prob`` share one WBIS run per image (the filter is the
+    last step, :func:`ircr.postproc.confidence.drop_unconfident`), kept for the last point.
+    """
+
+    def __init__(self, maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], metric: str):
+        self.maps, self.metric = maps, metric
+        self._key: WBISParams | None = None
+        self._base: list[np.ndarray] = []
+
+    def __call__(self, params: WBISParams) -> float:
+        key = replace(params, min_prob=0.0)
+        if key != self._key:
+            self._key, self._base = key, [wbis(prob, hv, key) for prob, hv, _ in self.maps]
+        results = [instance_metrics(gt, resize_labels(drop_unconfident(inst, prob,
+                                                                       params.min_prob),
+                                                      *gt.shape))
+                   for inst, (prob, _, gt) in zip(self._base, self.maps)]
+        return float(aggregate(results, mode="mean")[self.metric])
 
 
 def tune_postproc(maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], start: WBISParams,
@@ -134,8 +155,9 @@ def tune_postproc(maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], start: 
         raise IrcrError("tune-postproc: no labelled images to tune on")
     rows: list[dict[str, Any]] = []
     best, best_score, start_score = start, -1.0, float("nan")
+    score_of = _Scorer(maps, metric)
     for i, params in enumerate(_grid_points(start, grid or DEFAULT_GRID)):
-        score = _score(maps, params, metric)
+        score = score_of(params)
         if i == 0:
             start_score = score
         rows.append({**{k: getattr(params, k) for k in TUNABLE}, metric: score})

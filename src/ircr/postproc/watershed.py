@@ -19,6 +19,8 @@
    ``open_ksize`` kernel, 4-connected labels, drop components < ``marker_min_size`` pixels.
 7. Marker-controlled watershed of D inside B (4-connectivity); output ids remapped to 1..K in
    the order of the markers' first pixel in raster order.
+8. Not HoVer-Net's, off by default: with ``min_prob`` > 0, instances whose mean ``prob`` is
+   below it are dropped and the rest renumbered in order (:mod:`ircr.postproc.confidence`).
 
 ``scale`` adapts the kernels to other resolutions (s = 0.5 at 20x): ``ksize = int(20 s + 1)``
 and ``marker_min_size = ceil(10 s^2)`` (when those are left at their defaults); the
@@ -56,6 +58,7 @@ from skimage.segmentation import watershed
 from ircr import compat
 from ircr.config import bounded
 from ircr.errors import IrcrError
+from ircr.postproc.confidence import drop_unconfident
 from ircr.postproc.gradient_range import check_bounds, fixed_unit
 from ircr.postproc.gradient_range import sobel_step_response as sobel_step_response  # re-export
 
@@ -77,6 +80,8 @@ class WBISParams:
     ``gradient_low``/``gradient_high`` (x, y; used by ``fixed`` only): the Sobel response of
     ``(HV + 1) / 2``, in units of ``K``, mapped to 0 and 1 (min-max would map the map's own
     extremes there; ``scripts/calibrate_gradient_range.py`` measures typical ones).
+    ``min_prob``: instances whose mean ``prob`` is below it are dropped (step 8; 0 = off, as
+    HoVer-Net; :mod:`ircr.postproc.confidence`).
     """
 
     threshold: float = bounded(0.5, 0, 1)
@@ -89,12 +94,13 @@ class WBISParams:
     gradient_range: Literal["tile", "fixed"] = "tile"
     gradient_low: tuple[float, ...] = (-0.5, -0.5)
     gradient_high: tuple[float, ...] = (0.5, 0.5)
+    min_prob: float = bounded(0.0, 0, 1)
 
     def effective(self) -> WBISParams:
         """Return a copy with ``ksize``/``marker_min_size`` scaled and values validated."""
         if not (self.scale > 0 and math.isfinite(self.scale)):
             raise IrcrError(f"postproc.scale: must be a positive number, got {self.scale}")
-        for key in ("threshold", "marker_threshold"):  # NaN fails the comparison too
+        for key in ("threshold", "marker_threshold", "min_prob"):  # NaN fails the comparison
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise IrcrError(f"postproc.{key}: must be in [0, 1], got {getattr(self, key)}")
         ksize, mms = self.ksize, self.marker_min_size
@@ -117,7 +123,7 @@ class WBISParams:
         check_bounds(self.gradient_low, self.gradient_high)
         return WBISParams(self.threshold, self.min_size, ksize, self.marker_threshold,
                           mms, self.open_ksize, 1.0, self.gradient_range,
-                          tuple(self.gradient_low), tuple(self.gradient_high))
+                          tuple(self.gradient_low), tuple(self.gradient_high), self.min_prob)
 
     def bounds(self) -> tuple[tuple[float, float], ...] | None:
         """``((lo_x, hi_x), (lo_y, hi_y))`` for ``fixed``; None for ``tile`` (min-max)."""
@@ -197,7 +203,7 @@ def wbis_reference(prob: np.ndarray, hv: np.ndarray,
     opened = cv2.morphologyEx(filled, cv2.MORPH_OPEN, _ellipse(p.open_ksize))
     labels = _remove_small(ndi.label(opened, structure=_FOUR)[0], p.marker_min_size)
     out = watershed(dist, markers=labels, mask=blb)
-    return _remap(out.astype(np.int32))
+    return drop_unconfident(_remap(out.astype(np.int32)), prob, p.min_prob)
 
 
 def _remap(lab: np.ndarray) -> np.ndarray:
@@ -483,4 +489,4 @@ def wbis(prob: np.ndarray, hv: np.ndarray, params: WBISParams | None = None) -> 
         mk = np.zeros(markers.shape, np.int32)
         mk.ravel()[idx] = mval
         out = watershed(dist, markers=mk, mask=blb).astype(np.int32, copy=False)
-    return out
+    return drop_unconfident(out, prob, p.min_prob)
