@@ -104,11 +104,26 @@ def warm_imports() -> None:
     get_family()  # the family plug-ins (torchvision for Mask R-CNN)
 
 
+def run_serial(inputs: list[Path], out: Path, pin: bool) -> dict[str, Any]:
+    """The serial measurement in a fresh child process (one torch thread; ``pin``: one core)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, __file__, "--serial-child", json.dumps([str(p) for p in inputs]),
+           "--out", str(out)] + (["--pin"] if pin else [])
+    child = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if child.returncode:
+        sys.exit(f"bench_cohort: serial run failed:\n{child.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
+    return result
+
+
 def serial_child(args: argparse.Namespace) -> None:
-    """The serial measurement, in this (child) process with one torch thread."""
+    """The serial measurement, in this (child) process with one torch thread (``--pin``: and
+    on one core, so the slide pipeline's post-processing thread cannot use an idle one)."""
     import cv2
     import torch
 
+    if args.pin:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     torch.set_num_threads(1)
     cv2.setNumThreads(1)  # as the workers (WorkerInit): single-threaded OpenCV too
     warm_imports()
@@ -116,8 +131,10 @@ def serial_child(args: argparse.Namespace) -> None:
     print(json.dumps(run_cohort(inputs, Path(args.out))))
 
 
-def on_dask(client: Any, inputs: list[Path], out: Path) -> tuple[float, float, float, int]:
-    """Dask wall, the busiest worker's and all task seconds, and the nuclei (the executor)."""
+def on_dask(client: Any, inputs: list[Path], out: Path
+            ) -> tuple[float, float, list[float], int]:
+    """Dask wall, the busiest worker's task seconds, each input's task seconds, and the
+    nuclei (the executor)."""
     from ircr.engine.cohort import CohortInput, SegmentJob, build_segmenter, segment_task
     from ircr.engine.outputs import output_names
     from ircr.engine.packaged import resolve_model
@@ -128,6 +145,7 @@ def on_dask(client: Any, inputs: list[Path], out: Path) -> tuple[float, float, f
     setup = WorkerSetup(f"bench:{time.time()}", build_segmenter,
                         {"path": str(resolve_model(None)), "device": "cpu"})
     busy: dict[str, float] = defaultdict(float)
+    per_input = [0.0] * len(inputs)
     nuclei = 0
     t0 = time.perf_counter()
     with open_executor(client=client, threads=1) as ex:
@@ -138,8 +156,9 @@ def on_dask(client: Any, inputs: list[Path], out: Path) -> tuple[float, float, f
         if not o.ok:
             sys.exit(f"bench_cohort: {inputs[o.index]}: {o.error}")
         busy[o.worker] += o.seconds
+        per_input[o.index] = o.seconds
         nuclei += int(o.value["summary"]["n_nuclei"])
-    return wall, max(busy.values()), sum(busy.values()), nuclei
+    return wall, max(busy.values()), per_input, nuclei
 
 
 def noop(state: Any, item: int) -> int:
@@ -165,7 +184,10 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="no-op round trips: 3 instead of 20")
     ap.add_argument("--ceiling-seconds", type=float, default=8.0,
                     help="counting time per workload of the machine's ceiling (0: skip it)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="skip the serial run pinned to one core")
     ap.add_argument("--serial-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pin", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serial_child is not None:
@@ -177,13 +199,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
     inputs = make_inputs(args.data, tmp / "inputs", args.crop)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    child = subprocess.run([sys.executable, __file__, "--serial-child",
-                            json.dumps([str(p) for p in inputs]), "--out", str(tmp / "serial")],
-                           env=env, capture_output=True, text=True, check=False)
-    if child.returncode:
-        sys.exit(f"bench_cohort: serial run failed:\n{child.stderr[-2000:]}")
-    serial = json.loads(child.stdout.strip().splitlines()[-1])
+    serial = run_serial(inputs, tmp / "serial", pin=False)
+    pinned = (run_serial(inputs, tmp / "pinned", pin=True)
+              if hasattr(os, "sched_setaffinity") and not args.no_pin else None)
     t0 = time.perf_counter()
     cluster = local_cluster(args.workers, gpus=0)
     client = Client(cluster)
@@ -191,7 +209,7 @@ def main() -> None:
     client.run(warm_imports)
     start = time.perf_counter() - t0
     try:
-        wall, busiest, task_s, nuclei = on_dask(client, inputs, tmp / "dask")
+        wall, busiest, dask_s, nuclei = on_dask(client, inputs, tmp / "dask")
         rt = round_trip(client, 3 if args.smoke else 20)
     finally:
         client.close()
@@ -203,9 +221,24 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     print(f"| serial, 1 process | {serial['wall']:.2f} | {sum(serial['task_s']):.2f} | 1.00x "
           f"| {serial['nuclei']} |")
-    print(f"| dask, {args.workers} workers | {wall:.2f} | {task_s:.2f} | "
+    if pinned is not None:
+        print(f"| serial, 1 process pinned to 1 core | {pinned['wall']:.2f} | "
+              f"{sum(pinned['task_s']):.2f} | {serial['wall'] / pinned['wall']:.2f}x "
+              f"| {pinned['nuclei']} |")
+    print(f"| dask, {args.workers} workers | {wall:.2f} | {sum(dask_s):.2f} | "
           f"{serial['wall'] / wall:.2f}x "
           f"| {nuclei} |")
+    if pinned is not None:
+        print(f"\nDask vs the serial process pinned to one core: "
+              f"{pinned['wall'] / wall:.2f}x")
+    print("\nPer input, task seconds (dask: two at once):\n")
+    one_core = "serial, 1 core | " if pinned else ""
+    print(f"| input | serial | {one_core}dask | dask / serial |")
+    print("|---|---:|" + ("---:|" if pinned else "") + "---:|---:|")
+    for k, p in enumerate(inputs):
+        one = f"{pinned['task_s'][k]:.2f} | " if pinned else ""
+        print(f"| {p.name} | {serial['task_s'][k]:.2f} | {one}{dask_s[k]:.2f} | "
+              f"{dask_s[k] / serial['task_s'][k]:.2f}x |")
     print(f"\nLocalCluster start + imports (not in the wall): {start:.1f} s; "
           f"scheduler overhead per task: "
           f"{(wall - busiest) / n:.3f} s ((dask wall - busiest worker's task seconds) / tasks; "

@@ -4,7 +4,9 @@
     python benchmarks/bench_segment_speed.py --tiles 1 --repeats 1 --slide-size 1664
 
 Old path: 256 px windows blended with 64 px overlap, batch 8, stitching tile 1024 (the
-setting before issue 23). New path: the packaged folder's ``inference:`` setting (one 1088
+setting before issue 23), its in-memory images with glibc's default malloc settings as then
+(``--old-malloc same``: with the engine's ``keep_freed_memory`` like the other paths).
+New path: the packaged folder's ``inference:`` setting (one 1088
 px window per image up to 1024 px; slides in 512 px tiles, one 768 px window each). Both
 run in this process, alternating old/new per repeat on the same inputs (the machine may be
 shared: medians of wall time and of ``time.process_time``), with ``--threads`` torch threads (2).
@@ -124,8 +126,22 @@ def timed(fn: Any, arg: Any) -> tuple[Any, float, float]:
     return res, time.perf_counter() - t0, time.process_time() - c0
 
 
+def glibc_defaults_for(kind: str, old_malloc: str) -> None:
+    """Before a call on path ``kind``: with ``old_malloc`` "glibc" the old path's images run
+    with glibc's default malloc settings, as before issue 23 (``segment`` otherwise applies
+    ``keep_freed_memory``); the other paths with the engine's own setting."""
+    import ircr.engine.segmenter as segmenter
+    from ircr.compat import keep_freed_memory
+
+    if kind == "old" and old_malloc == "glibc":
+        segmenter.keep_freed_memory = lambda keep=True: keep_freed_memory(False)  # type: ignore[assignment,misc]
+    else:
+        segmenter.keep_freed_memory = keep_freed_memory
+
+
 def side_by_side(segs: dict[str, Any], jobs: list[tuple[str, float, Any]],
-                 repeats: int) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
+                 repeats: int, old_malloc: str = "same"
+                 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
     """Each job (name, megapixels, fn(seg)) ``repeats`` times per path, the order rotating.
 
     Returns {job: {path: {"wall": median s/MP, "cpu": median CPU s/MP[, "first": s]}}} and
@@ -135,11 +151,13 @@ def side_by_side(segs: dict[str, Any], jobs: list[tuple[str, float, Any]],
     last: dict = {}
     kinds = list(segs)
     for name, mp, fn in jobs:
+        glibc_defaults_for("compiled", old_malloc)
         warm_up = timed(fn, segs["compiled"])[1] if "compiled" in segs else None
         walls: dict[str, list[float]] = {k: [] for k in kinds}
         cpus: dict[str, list[float]] = {k: [] for k in kinds}
         for r in range(repeats):
             for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+                glibc_defaults_for(kind, old_malloc)
                 res, wall, cpu = timed(fn, segs[kind])
                 walls[kind].append(wall / mp)
                 cpus[kind].append(cpu / mp)
@@ -197,6 +215,9 @@ def main() -> None:
                     help="also time the new path with compile=True (inductor, frozen)")
     ap.add_argument("--tile", type=int, default=None,
                     help="stitching tile core of the new/compiled paths (default: the engine's)")
+    ap.add_argument("--old-malloc", choices=("glibc", "same"), default="glibc",
+                    help="the old path's in-memory images with glibc's default malloc settings "
+                         "as before issue 23 (glibc, default) or the engine's (same)")
     ap.add_argument("--rss-only", action="store_true",
                     help="only the peak-RSS run (no side-by-side timing)")
     ap.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
@@ -227,7 +248,7 @@ def main() -> None:
             runs = iter(range(10**6))
             jobs.append((f"slide {args.slide_size}²", args.slide_size**2 / 1e6,
                          lambda s: s.process(slide, root / f"o{next(runs)}")))
-        table, last = side_by_side(segs, jobs, args.repeats)
+        table, last = side_by_side(segs, jobs, args.repeats, args.old_malloc)
         rss = peak_rss(args, tiles, root) if args.rss_size else None
     load_avg = " / ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
     print(f"torch threads {args.threads}; repeats {args.repeats}; load average now {load_avg}")

@@ -104,6 +104,11 @@ def local_cluster(n_workers: int, gpus: int | None = None) -> Any:
     ``i % gpus`` (:func:`worker_specs`).
     """
     gpus = gpu_count() if gpus is None else gpus
+    # one malloc arena in each worker process (set before it starts: glibc reads it once), so
+    # tasks, which run in a worker thread, reuse the main heap (compat.keep_freed_memory)
+    import dask
+
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_ARENA_MAX": "1"})
     cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
                            dashboard_address=":0", silence_logs=logging.ERROR)
     cluster.worker_spec.update(worker_specs(n_workers, gpus,
