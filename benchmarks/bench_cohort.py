@@ -9,8 +9,12 @@ invocation, side by side:
 
 * serial: :func:`ircr.engine.cohort.segment_cohort` in a fresh child process with one torch
   thread (``OMP_NUM_THREADS=1``), the serial executor;
+* serial, pinned: the same child on one core only (``sched_setaffinity``; ``--no-pin`` skips
+  it), so the slide pipeline's post-processing thread cannot use an idle second core;
 * dask: the same call on a ``LocalCluster`` of ``--workers`` worker processes with one torch
   thread each (the cluster is started before the clock starts; its start is shown apart).
+
+Then each input's task seconds, serial and on Dask (where two run at once).
 
 Both timings include loading the model (serial: once; dask: once per worker, by the worker
 plugin) and writing every output, not importing torch and ircr (done before the clock on both
