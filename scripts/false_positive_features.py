@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,24 @@ def samples(monuseg: Path, cpm15: Path) -> Iterator[tuple[str, np.ndarray, np.nd
         yield "CPM-15", s.image, s.inst, float(s.meta["mpp"])
 
 
+def overrides(params: Any, items: list[str]) -> dict[str, Any]:
+    """``["min_prob=0", ...]`` -> {key: number} for numeric fields of ``params``; one-line exit
+    on a malformed item, an unknown or non-numeric key, or a value that is not a number."""
+    numeric = {f.name for f in dataclasses.fields(params)
+               if isinstance(getattr(params, f.name), (int, float))}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in numeric:
+            sys.exit(f"--set: expected KEY=NUMBER with KEY one of {', '.join(sorted(numeric))}, "
+                     f"got {item!r}")
+        try:
+            out[key] = type(getattr(params, key))(value)
+        except ValueError:
+            sys.exit(f"--set {key}: not a number: {value!r}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder or packaged name (default)")
@@ -61,9 +81,7 @@ def main() -> None:
     import ircr
 
     seg = ircr.load_model(args.model, device="cpu")
-    changes = {k: type(getattr(seg.postproc, k))(v)
-               for k, v in (item.split("=", 1) for item in args.set)}
-    seg.postproc = dataclasses.replace(seg.postproc, **changes)
+    seg.postproc = dataclasses.replace(seg.postproc, **overrides(seg.postproc, args.set))
     rows: dict[str, list[list[float]]] = {"validation": [], "CPM-15": []}
     counts = {k: [0, 0] for k in rows}
     for name, image, gt, mpp in samples(args.monuseg, args.cpm15):
