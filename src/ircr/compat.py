@@ -187,10 +187,11 @@ def torchvision_problem() -> str | None:
 
 
 # glibc mallopt parameters (malloc.h) and glibc's own defaults for them
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -3, -4, -8
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
+M_ARENA_MAX = -8
 _KEEP = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 256 << 20, _M_TOP_PAD: 256 << 20}
 # and, where the calling thread allocates from the main heap: no mmap for large blocks
-_KEEP_HEAP = {_M_MMAP_MAX: 0, _M_ARENA_MAX: 1}
+_KEEP_HEAP = {_M_MMAP_MAX: 0, M_ARENA_MAX: 1}
 _GLIBC_DEFAULT = {_M_MMAP_THRESHOLD: 128 << 10, _M_TRIM_THRESHOLD: 128 << 10,
                   _M_TOP_PAD: 128 << 10, _M_MMAP_MAX: 65536}
 
@@ -213,8 +214,6 @@ def keep_freed_memory(keep: bool = True) -> bool:
     streamed slide path, whose peak RSS must stay bounded. No-op (False) where the C library
     is not glibc.
     """
-    import ctypes
-    import ctypes.util
     import os
     import threading
 
@@ -222,8 +221,23 @@ def keep_freed_memory(keep: bool = True) -> bool:
     if keep and (threading.current_thread() is threading.main_thread()
                  or os.environ.get("MALLOC_ARENA_MAX") == "1"):
         values.update(_KEEP_HEAP)
+    return mallopt(values)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    """The C library (ctypes), looked up once: ``find_library`` runs ``ldconfig``."""
+    import ctypes
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def mallopt(values: dict[int, int]) -> bool:
+    """glibc ``mallopt(param, value)`` for each item; False where one fails or the C library
+    is not glibc."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         return all(bool(libc.mallopt(opt, val)) for opt, val in values.items())
     except (OSError, AttributeError):
         return False

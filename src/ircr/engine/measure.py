@@ -23,6 +23,7 @@ import numpy as np
 from ircr.features import nucleus_features
 from ircr.io.outlines import transform_outline
 from ircr.io.writers import MEASUREMENTS, TABLE_COLUMNS, detection_feature, instance_outlines
+from ircr.postproc.confidence import mean_prob
 
 
 def nucleus_table(
@@ -55,8 +56,6 @@ def nucleus_table(
     ox, oy = offset_xy
     um = float(um_per_px) if um_per_px else math.nan
     bbox = np.asarray(f["bbox"], dtype=np.float64).reshape(n, 4)
-    sums = np.bincount(labels.ravel(), weights=prob.ravel().astype(np.float64),
-                       minlength=int(ids.max()) + 1 if n else 1)
     if prior is not None and n:
         pf = dict(f)
         pf["area"] = f["area"] * prior_area_scale
@@ -85,7 +84,7 @@ def nucleus_table(
         "solidity": f["solidity"], "circularity": f["circularity"],
         "eccentricity": f["eccentricity"], "haematoxylin": f["haematoxylin"],
         "prior_score": np.asarray(prior_score, dtype=np.float64),
-        "np_prob_mean": sums[ids] / np.maximum(f["area"], 1),
+        "np_prob_mean": mean_prob(labels, prob)[ids],
     }
 
 

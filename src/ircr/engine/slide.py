@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ircr.compat import keep_freed_memory
+from ircr.compat import M_ARENA_MAX, keep_freed_memory, mallopt
 from ircr.engine.inputs import MAX_INMEMORY_PIXELS, output_stem
 from ircr.engine.measure import nucleus_table
 from ircr.engine.outputs import OutputFormat, SlideFrame, SlideSink, TileNuclei
@@ -56,7 +56,6 @@ from ircr.io.wsi import Slide, non_rgb_reason, open_slide
 
 THUMB_SIZE = 2048
 MALLOC_ARENAS = 2  # glibc: per-thread heaps held 0.9 GB of freed memory on a 20k slide
-_M_ARENA_MAX = -8  # mallopt parameter number (glibc malloc.h)
 
 
 def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
@@ -67,14 +66,9 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
     region was 2.6 GB with the default arenas, 1.6 GB with 2 (docs/benchmarks.md). No-op
     (False) where the C library is not glibc.
     """
-    import ctypes
-    import ctypes.util
+    return mallopt({M_ARENA_MAX: int(n)})
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_ARENA_MAX, int(n)))
-    except (OSError, AttributeError):
-        return False
+
 DENSITY_BASIS = "nuclei whose centroid is in the tissue mask / tissue area"
 
 
