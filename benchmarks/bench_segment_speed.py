@@ -4,14 +4,18 @@
     python benchmarks/bench_segment_speed.py --tiles 1 --repeats 1 --slide-size 1664
 
 Old path: 256 px windows blended with 64 px overlap, batch 8, stitching tile 1024 (the
-setting before issue 23), its in-memory images with glibc's default malloc settings as then
-(``--old-malloc same``: with the engine's ``keep_freed_memory`` like the other paths).
+setting before issue 23), with glibc's default malloc settings and PyTorch's 4 KB-page tensors
+as then (``--old-malloc same``: the engine's memory settings like the other paths).
 New path: the packaged folder's ``inference:`` setting (one 1088
-px window per image up to 1024 px; slides in 512 px tiles, one 768 px window each). Both
-run in this process, alternating old/new per repeat on the same inputs (the machine may be
-shared: medians of wall time and of ``time.process_time``), with ``--threads`` torch threads (2).
-``--compiled`` adds a third path: the new setting with ``compile=True`` (``ircr segment
---compile``: inductor, frozen weights, one static graph per window shape on CPU); each input
+px window per image up to 1024 px; slides in 512 px tiles, one 768 px window each). Each
+path runs in its own child process (memory settings are per process: PyTorch reads
+``THP_MEM_ALLOC_ENABLE`` once), which loads its model once; the paths alternate per repeat on
+the same inputs (the machine may be shared: medians of wall time and of the child's
+``time.process_time``), with ``--threads`` torch threads (2).
+``--four-kb`` adds the new path with PyTorch's 4 KB-page tensors (``new-4k``: what the new
+path was before ``import ircr`` asked for huge pages). ``--compiled`` adds a path: the new
+setting with ``compile=True`` (``ircr segment --compile``: inductor, frozen weights, one
+static graph per window shape on CPU); each input
 is run once through it before the timing (compilation; its wall time is printed as "first
 call"), so its figures are the steady state of a folder or slide with that window shape.
 
@@ -126,39 +130,101 @@ def timed(fn: Any, arg: Any) -> tuple[Any, float, float]:
     return res, time.perf_counter() - t0, time.process_time() - c0
 
 
-def glibc_defaults_for(kind: str, old_malloc: str) -> None:
-    """Before a call on path ``kind``: with ``old_malloc`` "glibc" the old path's images run
-    with glibc's default malloc settings, as before issue 23 (``segment`` otherwise applies
-    ``keep_freed_memory``); the other paths with the engine's own setting."""
+def path_env(kind: str, old_malloc: str) -> dict[str, str]:
+    """Environment of the process that runs path ``kind``: with ``old_malloc`` "glibc" the old
+    path runs as before issue 23 (PyTorch's 4 KB-page tensors: ``THP_MEM_ALLOC_ENABLE=0``,
+    read once per process; glibc's default malloc settings, see :func:`path_worker`), every
+    other path as ``import ircr`` sets it up."""
+    import os
+
+    env = dict(os.environ)
+    four_kb = (kind == "old" and old_malloc == "glibc") or kind == "new-4k"
+    env["THP_MEM_ALLOC_ENABLE"] = "0" if four_kb else "1"
+    return env
+
+
+def path_worker(kind: str, tile: int | None, threads: int, old_malloc: str, conn: Any) -> None:
+    """Child process of one path: loads its model once, then runs each job sent to it.
+
+    A job is ("image", array) or ("slide", path, out folder); the reply is (wall s,
+    process CPU s, result): the instance map (int32) and its count, or the nuclei count.
+    """
+    import torch
+
     import ircr.engine.segmenter as segmenter
     from ircr.compat import keep_freed_memory
 
-    if kind == "old" and old_malloc == "glibc":
+    torch.set_num_threads(threads)
+    if kind == "old" and old_malloc == "glibc":  # segment() would keep freed memory
         segmenter.keep_freed_memory = lambda keep=True: keep_freed_memory(False)  # type: ignore[assignment,misc]
-    else:
-        segmenter.keep_freed_memory = keep_freed_memory
+    seg = load(kind, tile)
+    runs = 0
+    while (job := conn.recv()) is not None:
+        runs += 1
+        if job[0] == "image":
+            res, wall, cpu = timed(lambda img: seg.segment(img, mpp=0.25), job[1])
+            conn.send((wall, cpu, {"inst": res.inst, "n": len(res)}))
+        else:
+            out = job[2] / f"{kind}{runs}"
+            res, wall, cpu = timed(lambda j, o=out: seg.process(j[1], o), job)
+            conn.send((wall, cpu, {"n": res["n_nuclei"]}))
 
 
-def side_by_side(segs: dict[str, Any], jobs: list[tuple[str, float, Any]],
-                 repeats: int, old_malloc: str = "same"
-                 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
-    """Each job (name, megapixels, fn(seg)) ``repeats`` times per path, the order rotating.
+class PathProcesses:
+    """One child process per path (its own allocator settings), fed jobs in turn."""
+
+    def __init__(self, kinds: tuple[str, ...], tile: int | None, threads: int,
+                 old_malloc: str) -> None:
+        import multiprocessing as mp
+        import os
+
+        ctx = mp.get_context("spawn")
+        self.conns: dict[str, Any] = {}
+        self.procs: list[Any] = []
+        saved = dict(os.environ)
+        try:
+            for kind in kinds:
+                os.environ.clear()
+                os.environ.update(path_env(kind, old_malloc))  # spawn passes it on
+                parent, child = ctx.Pipe()
+                # not a daemon: inductor (the compiled path) starts compile workers of its own
+                proc = ctx.Process(target=path_worker,
+                                   args=(kind, tile, threads, old_malloc, child))
+                proc.start()
+                self.conns[kind], self.procs = parent, self.procs + [proc]
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def run(self, kind: str, job: tuple) -> tuple[float, float, dict]:
+        self.conns[kind].send(job)
+        out: tuple[float, float, dict] = self.conns[kind].recv()
+        return out
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(timeout=60)
+
+
+def side_by_side(paths: PathProcesses, jobs: list[tuple[str, float, tuple]],
+                 repeats: int) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
+    """Each job (name, megapixels, message) ``repeats`` times per path, the order rotating.
 
     Returns {job: {path: {"wall": median s/MP, "cpu": median CPU s/MP[, "first": s]}}} and
     the last results {(job, path): result}. A "compiled" path is warmed up on each job first.
     """
     table: dict[str, dict[str, dict[str, float]]] = {}
     last: dict = {}
-    kinds = list(segs)
-    for name, mp, fn in jobs:
-        glibc_defaults_for("compiled", old_malloc)
-        warm_up = timed(fn, segs["compiled"])[1] if "compiled" in segs else None
+    kinds = list(paths.conns)
+    for name, mp, job in jobs:
+        warm_up = paths.run("compiled", job)[0] if "compiled" in kinds else None
         walls: dict[str, list[float]] = {k: [] for k in kinds}
         cpus: dict[str, list[float]] = {k: [] for k in kinds}
         for r in range(repeats):
             for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
-                glibc_defaults_for(kind, old_malloc)
-                res, wall, cpu = timed(fn, segs[kind])
+                wall, cpu, res = paths.run(kind, job)
                 walls[kind].append(wall / mp)
                 cpus[kind].append(cpu / mp)
                 last[(name, kind)] = res
@@ -193,7 +259,8 @@ def peak_rss(args: argparse.Namespace, tiles: list[tuple[str, np.ndarray]],
     cmd = [sys.executable, __file__, "--rss-worker", "--slide", str(slide), "--out",
            str(root / "rss_out"), "--threads", str(args.threads), "--rss-path", args.rss_path]
     cmd += ["--tile", str(args.tile)] if args.tile else []
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env=path_env(args.rss_path, args.old_malloc))
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -213,6 +280,9 @@ def main() -> None:
                     help="path whose peak RSS is measured (new; compiled: includes compiling)")
     ap.add_argument("--compiled", action="store_true",
                     help="also time the new path with compile=True (inductor, frozen)")
+    ap.add_argument("--four-kb", action="store_true",
+                    help="also time the new path with PyTorch's 4 KB-page tensors (new-4k: "
+                         "THP_MEM_ALLOC_ENABLE=0), to isolate the huge pages' share")
     ap.add_argument("--tile", type=int, default=None,
                     help="stitching tile core of the new/compiled paths (default: the engine's)")
     ap.add_argument("--old-malloc", choices=("glibc", "same"), default="glibc",
@@ -235,20 +305,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             _print_rss(args, peak_rss(args, tiles, Path(tmp)))
         return
-    kinds = ("old", "new") + (("compiled",) if args.compiled else ())
-    segs = {k: load(k, args.tile) for k in kinds}
+    kinds = (("old", "new") + (("new-4k",) if args.four_kb else ())
+             + (("compiled",) if args.compiled else ()))
+    paths = PathProcesses(kinds, args.tile, args.threads, args.old_malloc)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        jobs: list[tuple[str, float, Any]] = [
-            (name, img.shape[0] * img.shape[1] / 1e6,
-             lambda s, img=img: s.segment(img, mpp=0.25)) for name, img in tiles]
+        jobs: list[tuple[str, float, tuple]] = [
+            (name, img.shape[0] * img.shape[1] / 1e6, ("image", img)) for name, img in tiles]
         if args.slide_size:
             slide = root / "small_slide.tif"
             write_slide(slide, args.slide_size, mosaic(tiles, args.slide_size), 0, 0)
-            runs = iter(range(10**6))
-            jobs.append((f"slide {args.slide_size}²", args.slide_size**2 / 1e6,
-                         lambda s: s.process(slide, root / f"o{next(runs)}")))
-        table, last = side_by_side(segs, jobs, args.repeats, args.old_malloc)
+            jobs += [(f"slide {args.slide_size}²", args.slide_size**2 / 1e6,
+                      ("slide", slide, root / "out"))]
+        table, last = side_by_side(paths, jobs, args.repeats)
+        paths.close()
         rss = peak_rss(args, tiles, root) if args.rss_size else None
     load_avg = " / ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
     print(f"torch threads {args.threads}; repeats {args.repeats}; load average now {load_avg}")
@@ -268,10 +338,8 @@ def _print_table(table: dict[str, dict[str, dict[str, float]]], last: dict) -> N
         o, a = row["old"], last[(name, "old")]
         for kind, t in row.items():
             b = last[(name, kind)]
-            if hasattr(a, "inst"):
-                aji, count = f"{instance_metrics(a.inst, b.inst).aji:.3f}", len(b)
-            else:
-                aji, count = "-", b["n_nuclei"]
+            aji = f"{instance_metrics(a['inst'], b['inst']).aji:.3f}" if "inst" in a else "-"
+            count = b["n"]
             first = f"{t['first']:.1f}" if "first" in t else "-"
             print(f"| {name} | {kind} | {t['wall']:.2f} ({t['cpu']:.2f}) | "
                   f"{o['wall'] / t['wall']:.2f}x ({o['cpu'] / t['cpu']:.2f}x) | {aji} | "

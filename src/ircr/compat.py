@@ -19,6 +19,12 @@ real data) and runs every fallback.
   Fallback: :func:`perimeters_public`, ``skimage.measure.perimeter`` per nucleus.
 * :func:`is_batchnorm`: ``torch.nn.modules.batchnorm._BatchNorm``, the private base class of
   every BatchNorm layer. Fallback: the public BatchNorm classes.
+* :func:`allow_huge_page_tensors` / :func:`huge_page_tensors`: PyTorch's
+  ``THP_MEM_ALLOC_ENABLE`` environment variable (read once, at the first CPU allocation: its
+  CPU allocator then asks the kernel for transparent huge pages, ``madvise(MADV_HUGEPAGE)``,
+  for every block of 2 MB or more; PyTorch's CPU tuning guide documents it). Fallback: none
+  needed, an unknown variable is ignored; the probe reads the tensor's mapping in
+  ``/proc/self/smaps``.
 * :func:`torchvision_problem`: not a private API but a probe of the same kind: torchvision is
   needed only by the Mask R-CNN (BASS) models and imported there, never at package import;
   this checks once, by importing it and running one empty ``nms``, that the installed
@@ -241,3 +247,52 @@ def mallopt(values: dict[int, int]) -> bool:
         return all(bool(libc.mallopt(opt, val)) for opt, val in values.items())
     except (OSError, AttributeError):
         return False
+
+
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def allow_huge_page_tensors() -> bool:
+    """Ask PyTorch to back large CPU tensors with transparent huge pages, unless the user
+    chose (``THP_MEM_ALLOC_ENABLE`` already set, e.g. to 0). Called on ``import ircr``.
+
+    PyTorch reads the variable once, at its first CPU allocation, so this acts only if no
+    tensor was made before; :func:`huge_page_tensors` tells whether it did. Why: CPU
+    inference allocates window-sized activations (100s of MB) at every layer; glibc maps each
+    with ``mmap`` and unmaps it on free, and the kernel faults it in 4 KB page by page; with
+    huge pages 2 MB at a time: the packaged model's 768 px window (a slide tile) ran
+    1.8-2.8x faster at the same peak RSS (docs/benchmarks.md). The process's environment, and
+    so its children's, keeps the setting. Returns whether the variable now asks for it.
+    """
+    import os
+
+    os.environ.setdefault(THP_ENV, "1")
+    return os.environ[THP_ENV].strip() not in ("", "0")
+
+
+@functools.cache
+def huge_page_tensors() -> bool:
+    """Whether this process's large CPU tensors are advised into transparent huge pages.
+
+    Probed once: a 64 MB tensor's mapping in ``/proc/self/smaps`` must be ``THPeligible``
+    (False on other systems, with the kernel's THP ``never``, or if PyTorch read
+    ``THP_MEM_ALLOC_ENABLE`` before it was set).
+    """
+    import torch
+
+    t = torch.empty(64 << 20, dtype=torch.uint8)
+    addr = t.data_ptr()
+    try:
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                head = line.split(maxsplit=1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(v, 16) for v in head.split("-"))
+                    inside = lo <= addr < hi
+                elif inside and head == "THPeligible:":
+                    return line.split()[1] == "1"
+    except OSError:
+        pass
+    return False
+
