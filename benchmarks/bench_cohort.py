@@ -18,7 +18,11 @@ Then each input's task seconds, serial and on Dask (where two run at once).
 
 Both timings include loading the model (serial: once; dask: once per worker, by the worker
 plugin) and writing every output, not importing torch and ircr (done before the clock on both
-sides). Printed: wall seconds, speed-up (serial / dask), the sum of
+sides). ``--warm`` measures the steady state of a long cohort instead: every process (the
+serial one, each worker) first segments the first input once, outside the clock, since a
+process's first network call costs about 4 s more (oneDNN kernels, heap growth) and with 4
+short inputs the two workers' two first calls weigh against the serial process's one.
+Printed: wall seconds, speed-up (serial / dask), the sum of
 the per-input task seconds, and the scheduler overhead per task, measured two ways: the dask
 wall minus the busiest worker's task seconds, per task; and the round trip of a no-op task
 (submit -> result, mean of 20). Run it on an otherwise idle machine with at least
@@ -108,11 +112,22 @@ def warm_imports() -> None:
     get_family()  # the family plug-ins (torchvision for Mask R-CNN)
 
 
-def run_serial(inputs: list[Path], out: Path, pin: bool) -> dict[str, Any]:
-    """The serial measurement in a fresh child process (one torch thread; ``pin``: one core)."""
+def warm_up(path: str) -> None:
+    """Segment one input with a model of its own, outside the clock: the process's first
+    network call builds oneDNN's kernels for each layer shape and grows the heap (about 4 s
+    of a 1000 px tile's 8-9 s on one thread), and every later call of that shape reuses them."""
+    import ircr
+
+    ircr.load_model(None, device="cpu").segment(path, mpp=0.25)
+
+
+def run_serial(inputs: list[Path], out: Path, pin: bool, warm: bool = False
+               ) -> dict[str, Any]:
+    """The serial measurement in a fresh child process (one torch thread; ``pin``: one core;
+    ``warm``: :func:`warm_up` on the first input before the clock)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, "--serial-child", json.dumps([str(p) for p in inputs]),
-           "--out", str(out)] + (["--pin"] if pin else [])
+           "--out", str(out)] + (["--pin"] if pin else []) + (["--warm"] if warm else [])
     child = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if child.returncode:
         sys.exit(f"bench_cohort: serial run failed:\n{child.stderr[-2000:]}")
@@ -132,6 +147,8 @@ def serial_child(args: argparse.Namespace) -> None:
     cv2.setNumThreads(1)  # as the workers (WorkerInit): single-threaded OpenCV too
     warm_imports()
     inputs = [Path(p) for p in json.loads(args.serial_child)]
+    if args.warm:
+        warm_up(str(inputs[0]))
     print(json.dumps(run_cohort(inputs, Path(args.out))))
 
 
@@ -190,6 +207,9 @@ def main() -> None:
                     help="counting time per workload of the machine's ceiling (0: skip it)")
     ap.add_argument("--no-pin", action="store_true",
                     help="skip the serial run pinned to one core")
+    ap.add_argument("--warm", action="store_true",
+                    help="steady state: every process (the serial one, each worker) segments "
+                         "the first input once before the clock (cold start is the default)")
     ap.add_argument("--serial-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--pin", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -203,14 +223,16 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
     inputs = make_inputs(args.data, tmp / "inputs", args.crop)
-    serial = run_serial(inputs, tmp / "serial", pin=False)
-    pinned = (run_serial(inputs, tmp / "pinned", pin=True)
+    serial = run_serial(inputs, tmp / "serial", pin=False, warm=args.warm)
+    pinned = (run_serial(inputs, tmp / "pinned", pin=True, warm=args.warm)
               if hasattr(os, "sched_setaffinity") and not args.no_pin else None)
     t0 = time.perf_counter()
     cluster = local_cluster(args.workers, gpus=0)
     client = Client(cluster)
     client.wait_for_workers(args.workers)
     client.run(warm_imports)
+    if args.warm:
+        client.run(warm_up, str(inputs[0]))
     start = time.perf_counter() - t0
     try:
         wall, busiest, dask_s, nuclei = on_dask(client, inputs, tmp / "dask")
@@ -219,8 +241,11 @@ def main() -> None:
         client.close()
         cluster.close()
     n = len(inputs)
+    start_kind = ("warm: each process segmented the first input before the clock"
+                  if args.warm else "cold start")
     print(f"\n{n} inputs of {args.crop} px (3 MoNuSeg tiles + 1 pyramidal TIFF), packaged "
-          f"default model, CPU, one torch thread per process; {os.cpu_count()} cores\n")
+          f"default model, CPU, one torch thread per process; {os.cpu_count()} cores; "
+          f"{start_kind}\n")
     print("| run | wall s | sum of task s | speed-up | nuclei |")
     print("|---|---:|---:|---:|---:|")
     print(f"| serial, 1 process | {serial['wall']:.2f} | {sum(serial['task_s']):.2f} | 1.00x "

@@ -13,7 +13,7 @@ path runs in its own child process (memory settings are per process: PyTorch rea
 the same inputs (the machine may be shared: medians of wall time and of the child's
 ``time.process_time``), with ``--threads`` torch threads (2).
 ``--four-kb`` adds the new path with PyTorch's 4 KB-page tensors (``new-4k``: what the new
-path was before ``import ircr`` asked for huge pages). ``--compiled`` adds a path: the new
+path was before ``load_model`` asked for huge pages). ``--compiled`` adds a path: the new
 setting with ``compile=True`` (``ircr segment --compile``: inductor, frozen weights, one
 static graph per window shape on CPU); each input
 is run once through it before the timing (compilation; its wall time is printed as "first
@@ -134,7 +134,7 @@ def path_env(kind: str, old_malloc: str) -> dict[str, str]:
     """Environment of the process that runs path ``kind``: with ``old_malloc`` "glibc" the old
     path runs as before issue 23 (PyTorch's 4 KB-page tensors: ``THP_MEM_ALLOC_ENABLE=0``,
     read once per process; glibc's default malloc settings, see :func:`path_worker`), every
-    other path as ``import ircr`` sets it up."""
+    other path as ``load_model`` sets it up."""
     import os
 
     env = dict(os.environ)

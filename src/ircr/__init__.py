@@ -8,10 +8,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ircr._version import __version__
-from ircr.compat import allow_huge_page_tensors
-
-# before any tensor exists: PyTorch reads this once (compat.allow_huge_page_tensors)
-allow_huge_page_tensors()
 
 if TYPE_CHECKING:  # pragma: no cover
     from ircr.engine.segmenter import NucleusSegmenter

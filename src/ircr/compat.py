@@ -254,7 +254,9 @@ THP_ENV = "THP_MEM_ALLOC_ENABLE"
 
 def allow_huge_page_tensors() -> bool:
     """Ask PyTorch to back large CPU tensors with transparent huge pages, unless the user
-    chose (``THP_MEM_ALLOC_ENABLE`` already set, e.g. to 0). Called on ``import ircr``.
+    chose (``THP_MEM_ALLOC_ENABLE`` already set, e.g. to 0). Called by the engine's
+    ``load_model`` (inference), not by training: a CPU training step of the packaged lite
+    model (batch 8 of 128 px) ran 0.8x as fast with it.
 
     PyTorch reads the variable once, at its first CPU allocation, so this acts only if no
     tensor was made before; :func:`huge_page_tensors` tells whether it did. Why: CPU
