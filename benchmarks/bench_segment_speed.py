@@ -197,8 +197,14 @@ class PathProcesses:
             os.environ.update(saved)
 
     def run(self, kind: str, job: tuple) -> tuple[float, float, dict]:
-        self.conns[kind].send(job)
-        out: tuple[float, float, dict] = self.conns[kind].recv()
+        """Send one job to path ``kind``'s process and wait for its (wall, CPU, result)."""
+        try:
+            self.conns[kind].send(job)
+            out: tuple[float, float, dict] = self.conns[kind].recv()
+        except (EOFError, BrokenPipeError):
+            code = self.procs[list(self.conns).index(kind)].exitcode
+            sys.exit(f"bench_segment_speed: the {kind} path's process died (exit code {code}); "
+                     "its error is above")
         return out
 
     def close(self) -> None:

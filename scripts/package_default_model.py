@@ -43,6 +43,10 @@ TRAINING_DATA = ("MoNuSeg 2018 training set (Kumar et al., IEEE TMI 2017 / MICCA
                  "organs, 16,958 annotated nuclei; 27 images for training, 3 held out by "
                  "image for validation (TCGA-21-5784, TCGA-B0-5698, TCGA-B0-5711)")
 COMMAND = "scripts/train_default_model.sh (configs/default_model/lite_monuseg.yaml)"
+SPEED = ("CPU, 2 torch threads of a 2-core AMD EPYC VM (docs/benchmarks.md, 'Huge-page tensors')"
+         ': real 1000 x 1000 tiles 3.1-3.4 s per megapixel, a 2048 x 2048 slide 3.6 s/MP, eager '
+         '(3.7-4.2x the path before issue 23 in one side-by-side run); peak RSS 3.1-3.6 GB for a'
+         ' tile, 1.4 GB for a 20,000 x 20,000 slide region')
 
 
 def best_epoch(run: Path) -> tuple[int, dict[str, float]]:
@@ -128,6 +132,7 @@ def package(selected: Path, eval_tuned: Path, dest: Path, cpm15: Path | None = N
                   f"of batch {meta['train'].get('batch_size', 4)} on {loaded.patch_size} px "
                   "patches, 2 CPU cores)",
         "training_command": COMMAND,
+        "speed": SPEED,
         "validation": {"images": images, "default_wbis": default, "tuned_wbis": tuned,
                        "note": f"mean over the {len(images)} validation images; default_wbis: "
                                "the training run's validation of the selected epoch (default "
