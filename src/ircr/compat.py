@@ -254,8 +254,9 @@ THP_ENV = "THP_MEM_ALLOC_ENABLE"
 
 def allow_huge_page_tensors() -> bool:
     """Ask PyTorch to back large CPU tensors with transparent huge pages, unless the user
-    chose (``THP_MEM_ALLOC_ENABLE`` already set, e.g. to 0). Called by the engine's
-    ``load_model`` (inference), not by training: a CPU training step of the packaged lite
+    chose (``THP_MEM_ALLOC_ENABLE`` already set, e.g. to 0). Called where inference loads a
+    model folder (the engine's ``load_model``, ``ircr evaluate``, ``ircr tune-postproc``),
+    not by training: a CPU training step of the packaged lite
     model (batch 8 of 128 px) ran 0.8x as fast with it.
 
     PyTorch reads the variable once, at its first CPU allocation, so this acts only if no
@@ -263,7 +264,7 @@ def allow_huge_page_tensors() -> bool:
     inference allocates window-sized activations (100s of MB) at every layer; glibc maps each
     with ``mmap`` and unmaps it on free, and the kernel faults it in 4 KB page by page; with
     huge pages 2 MB at a time: the packaged model's 768 px window (a slide tile) ran
-    1.8-2.8x faster at the same peak RSS (docs/benchmarks.md). The process's environment, and
+    1.8-3.0x faster at the same peak RSS (docs/benchmarks.md). The process's environment, and
     so its children's, keeps the setting. Returns whether the variable now asks for it.
     """
     import os
@@ -297,4 +298,3 @@ def huge_page_tensors() -> bool:
     except OSError:
         pass
     return False
-

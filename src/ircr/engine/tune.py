@@ -171,10 +171,12 @@ def predict_for_tuning(model_dir: str | Path, dataset: str | Path, split: str = 
                        ) -> tuple[Any, list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                                   list[str]]:
     """Load a model folder and predict (prob, hv) once for each selected labelled image."""
+    from ircr.compat import allow_huge_page_tensors
     from ircr.inference.device import select_device
     from ircr.inference.evaluate import EvalConfig, predict_whole, select_images
     from ircr.inference.model_folder import load_model_folder
 
+    allow_huge_page_tensors()  # inference: huge-page CPU tensors if no tensor exists yet
     dev = select_device(device)
     loaded = load_model_folder(model_dir, device=dev)
     if loaded.family.name != "hovernet":

@@ -390,9 +390,11 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     if dilate is not None and dilate not in (0, 1):
         raise IrcrError(f"--dilate: must be 0 or 1, got {dilate!r}")
 
+    from ircr.compat import allow_huge_page_tensors
     from ircr.inference.device import amp_dtype, select_device
     from ircr.inference.model_folder import load_model_folder, resolve_inference
 
+    allow_huge_page_tensors()  # inference: huge-page CPU tensors if no tensor exists yet
     dev = select_device(device)
     loaded = load_model_folder(model_dir, device=dev)
     setting = resolve_inference(loaded.inference, window, overlap, batch_size)
