@@ -277,9 +277,10 @@ def allow_huge_page_tensors() -> bool:
 def huge_page_tensors() -> bool:
     """Whether this process's large CPU tensors are advised into transparent huge pages.
 
-    Probed once: a 64 MB tensor's mapping in ``/proc/self/smaps`` must be ``THPeligible``
-    (False on other systems, with the kernel's THP ``never``, or if PyTorch read
-    ``THP_MEM_ALLOC_ENABLE`` before it was set).
+    Probed once: a 64 MB tensor's mapping in ``/proc/self/smaps`` must be ``THPeligible``.
+    True whenever the kernel's THP mode is ``always``; with ``madvise`` (the common default)
+    only if PyTorch read ``THP_MEM_ALLOC_ENABLE=1``; False with ``never`` and on other
+    systems.
     """
     import torch
 
