@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -130,17 +131,12 @@ def timed(fn: Any, arg: Any) -> tuple[Any, float, float]:
     return res, time.perf_counter() - t0, time.process_time() - c0
 
 
-def path_env(kind: str, old_malloc: str) -> dict[str, str]:
-    """Environment of the process that runs path ``kind``: with ``old_malloc`` "glibc" the old
-    path runs as before issue 23 (PyTorch's 4 KB-page tensors: ``THP_MEM_ALLOC_ENABLE=0``,
-    read once per process; glibc's default malloc settings, see :func:`path_worker`), every
-    other path as ``load_model`` sets it up."""
-    import os
-
-    env = dict(os.environ)
-    four_kb = (kind == "old" and old_malloc == "glibc") or kind == "new-4k"
-    env["THP_MEM_ALLOC_ENABLE"] = "0" if four_kb else "1"
-    return env
+def thp_setting(kind: str, old_malloc: str) -> str:
+    """``THP_MEM_ALLOC_ENABLE`` of the process that runs path ``kind`` (PyTorch reads it once
+    per process): "0" (4 KB pages) for the old path run as before issue 23 (``old_malloc``
+    "glibc"; glibc's default malloc settings too, see :func:`path_worker`) and for new-4k,
+    else "1" as ``load_model`` sets it."""
+    return "0" if (kind == "old" and old_malloc == "glibc") or kind == "new-4k" else "1"
 
 
 def path_worker(kind: str, tile: int | None, threads: int, old_malloc: str, conn: Any) -> None:
@@ -176,16 +172,16 @@ class PathProcesses:
     def __init__(self, kinds: tuple[str, ...], tile: int | None, threads: int,
                  old_malloc: str) -> None:
         import multiprocessing as mp
-        import os
+
+        from ircr.compat import THP_ENV
 
         ctx = mp.get_context("spawn")
         self.conns: dict[str, Any] = {}
         self.procs: list[Any] = []
-        saved = dict(os.environ)
+        saved = os.environ.get(THP_ENV)
         try:
             for kind in kinds:
-                os.environ.clear()
-                os.environ.update(path_env(kind, old_malloc))  # spawn passes it on
+                os.environ[THP_ENV] = thp_setting(kind, old_malloc)  # spawn passes it on
                 parent, child = ctx.Pipe()
                 # not a daemon: inductor (the compiled path) starts compile workers of its own
                 proc = ctx.Process(target=path_worker,
@@ -193,8 +189,10 @@ class PathProcesses:
                 proc.start()
                 self.conns[kind], self.procs = parent, self.procs + [proc]
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
+            if saved is None:
+                os.environ.pop(THP_ENV, None)
+            else:
+                os.environ[THP_ENV] = saved
 
     def run(self, kind: str, job: tuple) -> tuple[float, float, dict]:
         """Send one job to path ``kind``'s process and wait for its (wall, CPU, result)."""
@@ -265,8 +263,10 @@ def peak_rss(args: argparse.Namespace, tiles: list[tuple[str, np.ndarray]],
     cmd = [sys.executable, __file__, "--rss-worker", "--slide", str(slide), "--out",
            str(root / "rss_out"), "--threads", str(args.threads), "--rss-path", args.rss_path]
     cmd += ["--tile", str(args.tile)] if args.tile else []
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env=path_env(args.rss_path, args.old_malloc))
+    from ircr.compat import THP_ENV
+
+    env = {**os.environ, THP_ENV: thp_setting(args.rss_path, args.old_malloc)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -326,7 +326,7 @@ def main() -> None:
         table, last = side_by_side(paths, jobs, args.repeats)
         paths.close()
         rss = peak_rss(args, tiles, root) if args.rss_size else None
-    load_avg = " / ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
+    load_avg = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"torch threads {args.threads}; repeats {args.repeats}; load average now {load_avg}")
     _print_table(table, last)
     if rss is not None:
