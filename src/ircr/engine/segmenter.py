@@ -391,7 +391,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
 
     In a process that has made no tensor yet (``ircr segment``, ``ircr evaluate``, a Dask
     worker, a script that starts with it) this also asks PyTorch for huge-page CPU tensors
-    (:func:`ircr.compat.allow_huge_page_tensors`: inference 1.35-2.5x faster on CPU; training
+    (:func:`ircr.compat.allow_huge_page_tensors`: slides 2-2.5x faster on CPU; training
     processes do not get it, their steps measured 0.8x with it).
     """
     allow_huge_page_tensors()  # read by PyTorch at its first CPU tensor: before the weights
