@@ -70,7 +70,8 @@ def run_cohort(args: argparse.Namespace, model: Any, files: list[tuple[Path, Pat
     shard = parse_shard(args.shard)
     opts = dict(device=args.device, batch_size=args.batch_size, amp=args.amp, tile=args.tile,
                 margin=args.margin, prior=args.prior, workers=args.workers,
-                window=args.window, overlap=args.overlap, compile=args.compile)
+                window=args.window, overlap=args.overlap, compile=args.compile,
+                tta=args.tta)
     _log(f"model {model}; {len(files)} input(s)"
          + (f", shard {shard[0]}/{shard[1]}" if shard else "") + f" -> {args.out}")
     res = segment_cohort([CohortInput(p, s) for p, s in files], args.out, model,

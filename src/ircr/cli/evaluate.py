@@ -62,11 +62,13 @@ def handler(args: argparse.Namespace) -> int:
                           overlays=args.overlays, device=args.device, cfg=cfg,
                           progress=not args.no_progress, window=args.window,
                           overlap=args.overlap, batch_size=args.batch_size,
-                          unit=args.unit, dilate=args.dilate)
+                          unit=args.unit, dilate=args.dilate, tta=args.tta)
     inf = res.info["inference"]
     what = "images" if args.unit == "image" else "patches, each on its own; mean over patches"
+    mode = res.info["eval"]["tta"]  # the window setting is the folder's; TTA is eval's
+    tta = f"; TTA {mode}" if mode != "off" else ""
     print(f"split: {res.split} ({len(res.per_image)} {what}); window {inf['window']} / overlap "
-          f"{inf['overlap']} px, batch size {inf['batch_size']}")
+          f"{inf['overlap']} px, batch size {inf['batch_size']}{tta}")
     print(res.table() if args.unit == "image" else EvalResult([], res.mean).table())
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
     return 0

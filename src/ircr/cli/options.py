@@ -3,7 +3,8 @@
 * ``--device``: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 * ``--no-progress``: no progress bars; ``--quiet`` is a deprecated alias (warns once).
 * ``--window``/``--overlap``/``--batch-size``: sliding-window inference; unset = the model
-  folder's stored ``inference`` setting (so evaluate and segment agree).
+  folder's stored ``inference`` setting (so evaluate and segment agree); ``--tta``:
+  test-time augmentation (off by default).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+# = ircr.inference.tta.TTA_MODES (not imported: parsing the command line loads no torch)
+TTA_CHOICES = ("off", "flips", "d4")
 NO_NETWORK = ("accepted like in every command; this one runs no network, so it only checks "
               "the value")
 
@@ -61,13 +64,24 @@ def add_progress(p: argparse.ArgumentParser, note: str = "") -> None:
 
 
 def add_inference(p: argparse.ArgumentParser) -> None:
-    """``--window``, ``--overlap``, ``--batch-size`` (None = the model folder's setting)."""
+    """``--window``, ``--overlap``, ``--batch-size`` (None = the model folder's setting),
+    ``--tta``."""
     p.add_argument("--window", type=int, default=None, metavar="PX",
                    help="network window in px (default: the model folder's inference setting)")
     p.add_argument("--overlap", type=int, default=None, metavar="PX",
                    help="overlap of adjacent windows in px (default: the model folder's)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="windows per forward pass (default: the model folder's)")
+    add_tta(p)
+
+
+def add_tta(p: argparse.ArgumentParser) -> None:
+    """``--tta off|flips|d4`` (test-time augmentation, :mod:`ircr.inference.tta`)."""
+    p.add_argument("--tta", default="off", choices=TTA_CHOICES,
+                   help="test-time augmentation of HoVer-Net maps: off (default), flips (the "
+                        "maps averaged over 4 mirrors: 4x the network time; fewer false and "
+                        "split nuclei on unfamiliar tissue, docs/models.md) or d4 (8 rotations "
+                        "and mirrors, 8x)")
 
 
 def add_cluster(p: argparse.ArgumentParser, what: str) -> None:

@@ -225,7 +225,7 @@ def _load(model: str | Path, args: argparse.Namespace) -> Any:
         seg = load_model(model, device=args.device, batch_size=args.batch_size, amp=args.amp,
                          tile=args.tile, margin=args.margin, prior=args.prior,
                          workers=args.workers, window=args.window, overlap=args.overlap,
-                         compile=args.compile)
+                         compile=args.compile, tta=args.tta)
     _print_warnings(caught)
     return seg
 

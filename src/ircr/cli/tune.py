@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ircr.cli.options import add_device, add_progress
+from ircr.cli.options import add_device, add_progress, add_tta
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +32,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="write a tuned copy of the model folder here instead of in place")
     p.add_argument("--dry-run", action="store_true", help="report the best values, write nothing")
+    add_tta(p)
     add_device(p)
     add_progress(p)
     p.set_defaults(func=handler)
@@ -51,9 +52,10 @@ def handler(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists():
         raise IrcrError(f"{args.out}: already exists; choose a new --out folder")
     loaded, maps, names = predict_for_tuning(folder, args.dataset, args.split, args.device,
-                                             progress=not args.no_progress)
+                                             progress=not args.no_progress, tta=args.tta)
     start = loaded.postproc  # WBISParams, parsed by load_model_folder
     result = tune_postproc(maps, start, grid, args.metric, names)
+    result.tta = args.tta
     print(f"tune-postproc: {result.summary()}")
     if args.dry_run:
         return 0

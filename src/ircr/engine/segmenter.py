@@ -51,6 +51,7 @@ from ircr.inference.device import describe_device, select_device
 from ircr.inference.family import InferenceSetting, ModelFamily, Prediction, get_family
 from ircr.inference.model_folder import load_model_folder, resolve_inference
 from ircr.inference.scale import processing_size, rescale_factor, resize_image, resize_labels
+from ircr.inference.tta import check_tta, tta_passes
 from ircr.io.atomic import clean_stale_temps
 from ircr.io.paths import ensure_dir
 from ircr.io.wsi import check_mpp, is_slide
@@ -118,6 +119,8 @@ class NucleusSegmenter:
             CPU for slides with at least ``AUTO_COMPILE_MP`` megapixels of tissue, eager for
             everything else; :meth:`for_slide`). The network runs in channels_last
             memory format on CUDA.
+        tta: test-time augmentation of the network's maps (:mod:`ircr.inference.tta`):
+            ``off`` (default), ``flips`` (4 passes per window) or ``d4`` (8); HoVer-Net only.
     """
 
     def __init__(self, model: nn.Module, postproc: Any, model_mpp: float | None = None,
@@ -126,10 +129,12 @@ class NucleusSegmenter:
                  tile: int | None = None,
                  margin: int | None = None, prior: Any = None, name: str = "",
                  meta: dict[str, Any] | None = None, workers: int = 2,
-                 family: ModelFamily | None = None, compile: bool | str = False) -> None:
+                 family: ModelFamily | None = None, compile: bool | str = False,
+                 tta: str = "off") -> None:
         if batch_size < 1:
             raise IrcrError(f"--batch-size: must be >= 1, got {batch_size}")
         self.family = family or get_family()
+        self.tta = check_tta(tta, self.family.name, "--tta")
         self.device = select_device(device)
         self.model = model.to(self.device).eval()
         self.postproc = self.family.parse_postproc(postproc)
@@ -161,10 +166,12 @@ class NucleusSegmenter:
         """One line for the log: device, batch size, AMP, resolution, tiling."""
         amp = "on" if self.amp else "off"
         mpp = f"{self.model_mpp:g} µm/px" if self.model_mpp else "unknown mpp"
+        tta = f"; TTA {self.tta} ({tta_passes(self.tta)} passes)" if self.tta != "off" else ""
         return (f"device {describe_device(self.device)}; window {self.window} / overlap "
                 f"{self.overlap} px, batch size {self.batch_size}; AMP {amp}"
                 f"{'; compiled' if self.compile else ''}"
-                f"{'; compile auto' if self.compile_mode == 'auto' else ''}; model at {mpp}; "
+                f"{'; compile auto' if self.compile_mode == 'auto' else ''}"
+                f"{tta}; model at {mpp}; "
                 f"tile {self.tile} (slides {self.slide_tile}) + margin {self.margin} px")
 
     # ---- the shared per-window engine --------------------------------------------------------
@@ -172,7 +179,8 @@ class NucleusSegmenter:
         """The sliding-window and compute setting of every network call."""
         return InferenceSetting(window=self.window, overlap=self.overlap,
                                 batch_size=self.batch_size, device=self.device, amp=self.amp,
-                                channels_last=self.channels_last, compile=self.compile)
+                                channels_last=self.channels_last, compile=self.compile,
+                                tta=self.tta)
 
     def for_slide(self, megapixels: float) -> NucleusSegmenter:
         """The segmenter that runs a slide of ``megapixels`` of tissue tiles.
@@ -367,7 +375,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
                batch_size: int | None = None, amp: bool = False, tile: int | None = None,
                margin: int | None = None, prior: str | Path | None = None,
                workers: int = 2, window: int | None = None,
-               overlap: int | None = None, compile: bool | str = False) -> NucleusSegmenter:
+               overlap: int | None = None, compile: bool | str = False,
+               tta: str = "off") -> NucleusSegmenter:
     """Load a model folder (weights.pt, model.yaml, postproc.yaml[, prior.npz]).
 
     Args:
@@ -385,6 +394,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         workers: post-processing threads for whole slides.
         compile: ``torch.compile`` the network (eager fallback with a message on failure):
             True/"on", False/"off", or "auto" (slides with enough tissue, on CPU).
+        tta: test-time augmentation: "off" (default), "flips" or "d4"
+            (:mod:`ircr.inference.tta`; HoVer-Net models; 4 or 8 network passes per window).
 
     Raises:
         IrcrError: the folder or one of its files is missing or corrupt.
@@ -416,6 +427,6 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         margin=margin, prior=morph, name=str(path),
         meta={**{k: loaded.meta.get(k) for k in ("ircr_version", "created", "method", "mpp",
                                                  "patch_size") if k in loaded.meta},
-              "inference": setting},
-        workers=workers, family=loaded.family, compile=compile,
+              "inference": {**setting, "tta": tta}},
+        workers=workers, family=loaded.family, compile=compile, tta=tta,
     )

@@ -58,6 +58,7 @@ class TuneResult:
     metric: str
     images: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    tta: str = "off"  # the test-time augmentation of the maps tuned on
 
     def summary(self) -> str:
         changed = ", ".join(f"{k}={v}" for k, v in self.best.items() if k in TUNABLE)
@@ -167,14 +168,16 @@ def tune_postproc(maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], start: 
 
 
 def predict_for_tuning(model_dir: str | Path, dataset: str | Path, split: str = "val",
-                       device: str = "auto", progress: bool = False
+                       device: str = "auto", progress: bool = False, tta: str = "off"
                        ) -> tuple[Any, list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                                   list[str]]:
-    """Load a model folder and predict (prob, hv) once for each selected labelled image."""
+    """Load a model folder and predict (prob, hv) once for each selected labelled image
+    (``tta``: the maps averaged over mirrors, :mod:`ircr.inference.tta`)."""
     from ircr.compat import allow_huge_page_tensors
     from ircr.inference.device import select_device
     from ircr.inference.evaluate import EvalConfig, predict_whole, select_images
     from ircr.inference.model_folder import load_model_folder
+    from ircr.inference.tta import check_tta
 
     allow_huge_page_tensors()  # inference: huge-page CPU tensors if no tensor exists yet
     dev = select_device(device)
@@ -182,12 +185,13 @@ def predict_for_tuning(model_dir: str | Path, dataset: str | Path, split: str = 
     if loaded.family.name != "hovernet":
         raise IrcrError(f"{model_dir}: tune-postproc tunes the WBIS thresholds of HoVer-Net "
                         f"models; this is a '{loaded.family.name}' model")
+    check_tta(tta, loaded.family.name, "--tta")
     ds = PreparedDataset(dataset)
     names, _ = select_images(ds, split, loaded.meta)
     inference = loaded.meta.get("inference")
     inference = inference if isinstance(inference, dict) else {}
-    cfg = from_dict(EvalConfig, {k: v for k, v in inference.items()
-                                 if k in ("window", "overlap", "batch_size")},
+    cfg = from_dict(EvalConfig, {**{k: v for k, v in inference.items()
+                                    if k in ("window", "overlap", "batch_size")}, "tta": tta},
                     where=str(Path(model_dir) / "model.yaml"), prefix="inference.")
     maps = []
     for name in names:
@@ -218,7 +222,7 @@ def write_tuned(model_dir: str | Path, result: TuneResult, out: str | Path | Non
 
     doc = {"metric": result.metric, "best_score": result.best_score,
            "start_score": result.start_score, "images": result.images, "dataset": dataset,
-           "best": result.best, "grid": result.rows}
+           "tta": result.tta, "best": result.best, "grid": result.rows}
     if out is not None:
         return _write_copy(Path(model_dir), Path(out), result.best, doc)
     if is_packaged_folder(model_dir):

@@ -40,6 +40,7 @@ from ircr.inference.device import AmpSetting
 from ircr.inference.family import InferenceSetting, ModelFamily, get_family
 from ircr.inference.predict import MAX_BATCH, MAX_WINDOW, predict_maps, window_size_problem
 from ircr.inference.scale import processing_size, rescale_factor, resize_image, resize_labels
+from ircr.inference.tta import TTAMode, check_tta, flip_averaged
 from ircr.io.atomic import atomic_write_text
 from ircr.io.paths import child_path, ensure_dir, unique_name
 from ircr.metrics import aggregate, instance_metrics
@@ -57,6 +58,8 @@ class EvalConfig:
             "centroid" (within f1_radius pixels) or "glas" (the GlaS detection rule the IRCR
             paper's F1_obj cites: :mod:`ircr.metrics`).
         max_images: validate on at most this many images (None = all; smoke tests).
+        tta: test-time augmentation of the network's maps (HoVer-Net models only;
+            :mod:`ircr.inference.tta`): ``off`` (default), ``flips`` (4 passes), ``d4`` (8).
     """
 
     window: int = bounded(256, 16, MAX_WINDOW)
@@ -65,6 +68,7 @@ class EvalConfig:
     f1_mode: Literal["iou", "centroid", "glas"] = "iou"
     f1_radius: float = bounded(12.0, 0, 10_000, lo_open=True)
     max_images: int | None = bounded(None, 1, 10**9)
+    tta: TTAMode = "off"
 
     def validate(self, where: str = "config") -> None:
         """Window/overlap/batch checks (one-line IrcrError naming ``where``)."""
@@ -126,11 +130,12 @@ def predict_whole(model: nn.Module, ds: PreparedDataset, name: str, cfg: EvalCon
     """Whole-image prediction of dataset image ``name`` at the model's µm/px (``model_mpp``).
 
     Returns prob (h, w) and hv (2, h, w) float32 at the processing size (the image's own
-    size when no rescaling is needed); :func:`resize_labels` brings instances back.
+    size when no rescaling is needed; averaged over ``cfg.tta``'s mirrors);
+    :func:`resize_labels` brings instances back.
     """
     image, _ = image_at_model_scale(ds, ds.index_of(name), model_mpp)
-    return predict_maps(model, image, window=cfg.window, overlap=cfg.overlap,
-                        batch_size=cfg.batch_size, device=device, amp=amp)
+    return predict_maps(flip_averaged(model, cfg.tta), image, window=cfg.window,
+                        overlap=cfg.overlap, batch_size=cfg.batch_size, device=device, amp=amp)
 
 
 def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg: EvalConfig,
@@ -150,7 +155,8 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
     params = fam.parse_postproc(postproc)
     dev = None if device is None else torch.device(device)
     setting = InferenceSetting(window=cfg.window, overlap=cfg.overlap,
-                               batch_size=cfg.batch_size, device=dev, amp=amp)
+                               batch_size=cfg.batch_size, device=dev, amp=amp,
+                               tta=check_tta(cfg.tta, fam.name, "eval.tta"))
     rows, results = [], []
     taken: set[str] = set()
     if overlays is not None:
@@ -216,7 +222,8 @@ def evaluate_patches(model: nn.Module, ds: PreparedDataset, names: list[str], cf
     params = fam.parse_postproc(postproc)
     dev = None if device is None else torch.device(device)
     setting = InferenceSetting(window=cfg.window, overlap=cfg.overlap,
-                               batch_size=cfg.batch_size, device=dev, amp=amp)
+                               batch_size=cfg.batch_size, device=dev, amp=amp,
+                               tta=check_tta(cfg.tta, fam.name, "eval.tta"))
     jobs = []
     for name in names:
         idx = ds.index_of(name)
@@ -372,7 +379,8 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
                     device: str = "auto", cfg: EvalConfig | None = None,
                     progress: bool = True, window: int | None = None,
                     overlap: int | None = None, batch_size: int | None = None,
-                    unit: str = "image", dilate: int | None = None) -> EvalResult:
+                    unit: str = "image", dilate: int | None = None,
+                    tta: str | None = None) -> EvalResult:
     """Evaluate a model folder on a prepared dataset (the ``ircr evaluate`` backend).
 
     The sliding-window setting is the model folder's ``inference`` (the one ``ircr segment``
@@ -382,6 +390,8 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     own, mean over patches: the BASS paper's unit, :mod:`ircr.inference.evaluate_patches`).
     ``dilate``: 0/1 overrides the painting's 1-px growth of a detection model (``maskrcnn``;
     the released BASS evaluation uses 1).
+    ``tta``: test-time augmentation (``off``, ``flips``, ``d4``; None = ``cfg.tta``, default
+    off; HoVer-Net models only).
     """
     import dataclasses
 
@@ -398,8 +408,10 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     dev = select_device(device)
     loaded = load_model_folder(model_dir, device=dev)
     setting = resolve_inference(loaded.inference, window, overlap, batch_size)
-    cfg = dataclasses.replace(cfg or EvalConfig(), window=setting["window"],
-                              overlap=setting["overlap"], batch_size=setting["batch_size"])
+    cfg = cfg or EvalConfig()
+    mode = check_tta(cfg.tta if tta is None else tta, loaded.family.name, "--tta")
+    cfg = dataclasses.replace(cfg, window=setting["window"], overlap=setting["overlap"],
+                              batch_size=setting["batch_size"], tta=mode)
     ds = PreparedDataset(dataset)
     names, label = select_images(ds, split, loaded.meta)
     out_dir = Path(out) if out is not None else None

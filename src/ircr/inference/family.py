@@ -73,6 +73,8 @@ class InferenceSetting:
             (:func:`ircr.inference.device.amp_dtype`).
         channels_last: run the network in channels_last memory format.
         compile: run the network through ``torch.compile`` (eager fallback on failure).
+        tta: test-time augmentation (:mod:`ircr.inference.tta`: ``off``, ``flips``, ``d4``);
+            families other than HoVer-Net accept only ``off``.
     """
 
     window: int = 256
@@ -82,6 +84,7 @@ class InferenceSetting:
     amp: AmpSetting = False
     channels_last: bool = False
     compile: bool = False
+    tta: str = "off"
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The HoVer-Net family: blended sliding-window NP/HV maps, then WBIS (HoVer-Net §4).
 
 ``predict`` is :func:`ircr.inference.predict.predict_maps` (``maps = {"hv": (2, h, w)
-float32}``, channel 0 = x, 1 = y); ``instances`` is :func:`ircr.postproc.watershed.wbis` with
-:class:`~ircr.postproc.watershed.WBISParams` from ``postproc.yaml``.
+float32}``, channel 0 = x, 1 = y), through :func:`ircr.inference.tta.flip_averaged` when the
+setting asks for test-time augmentation; ``instances`` is :func:`ircr.postproc.watershed.wbis`
+with :class:`~ircr.postproc.watershed.WBISParams` from ``postproc.yaml``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from ircr.inference import predict as tiled
 from ircr.inference.family import InferenceSetting, ModelFamily, Prediction, register_family
+from ircr.inference.tta import flip_averaged
 from ircr.models import ModelConfig, build_model
 from ircr.postproc.watershed import WBISParams, wbis
 
@@ -34,7 +36,8 @@ class HoVerNetFamily(ModelFamily):
     def predict(self, model: nn.Module, image: np.ndarray,
                 setting: InferenceSetting) -> Prediction:
         """Blended sliding-window prediction: prob (h, w) and ``maps["hv"]`` (2, h, w)."""
-        prob, hv = tiled.predict_maps(model, image, window=setting.window,
+        net = flip_averaged(model, setting.tta)
+        prob, hv = tiled.predict_maps(net, image, window=setting.window,
                                       overlap=setting.overlap, batch_size=setting.batch_size,
                                       device=setting.device, amp=setting.amp,
                                       channels_last=setting.channels_last,
@@ -44,7 +47,8 @@ class HoVerNetFamily(ModelFamily):
     def predict_later(self, model: nn.Module, image: np.ndarray,
                       setting: InferenceSetting) -> Callable[[], Prediction]:
         """The windows queued on the device; the call waits for the maps' copy back."""
-        fut = tiled.launch_maps(model, image, window=setting.window, overlap=setting.overlap,
+        net = flip_averaged(model, setting.tta)
+        fut = tiled.launch_maps(net, image, window=setting.window, overlap=setting.overlap,
                                 batch_size=setting.batch_size, device=setting.device,
                                 amp=setting.amp, channels_last=setting.channels_last,
                                 compile=setting.compile)
