@@ -1,11 +1,12 @@
 """``torch.compile`` for inference, falling back to the eager network with one message.
 
-A compiled network is kept per model (weakly, so it goes when the model goes) and reused by
-every later call. Compilation happens at the first forward; when it fails (no C++ compiler, an
-unsupported operator, an old GPU for Triton), the error is reported once as one line and the
-eager network runs from then on: outputs are the same either way up to floating-point
-rounding (checked in tests/test_inference_speed.py within bf16 tolerance). channels_last and
-compile are options of :func:`ircr.inference.predict.predict_maps`.
+A compiled network is kept per model (:mod:`ircr.inference.module_cache`: freed with the
+model) and reused by every later call. Compilation happens at the first forward; when it
+fails (no C++ compiler, an unsupported operator, an old GPU for Triton), the error is
+reported once as one line and the eager network runs from then on: outputs are the same
+either way up to floating-point rounding (checked in tests/test_inference_speed.py within
+bf16 tolerance). channels_last and compile are options of
+:func:`ircr.inference.predict.predict_maps`.
 
 On CPU the inductor graph is built with *freezing* (``options={"freezing": True}``: the
 weights become constants of the graph, so convolutions get oneDNN's pre-packed weights and
@@ -20,7 +21,6 @@ compiles through this module).
 from __future__ import annotations
 
 import sys
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -28,10 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from ircr.errors import IrcrError
+from ircr.inference.module_cache import cached
 
 DEFAULT_BACKEND = "inductor"
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[str, CompiledOrEager]] = \
-    weakref.WeakKeyDictionary()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -82,8 +81,5 @@ def compile_options(model: nn.Module, backend: str) -> dict[str, Any]:
 
 def compiled(model: nn.Module, backend: str | None = None) -> CompiledOrEager:
     """The (cached) compiled-or-eager runner of ``model`` (backend: DEFAULT_BACKEND)."""
-    backend = backend or DEFAULT_BACKEND
-    per_model = _CACHE.setdefault(model, {})
-    if backend not in per_model:
-        per_model[backend] = CompiledOrEager(model, backend)
-    return per_model[backend]
+    chosen = backend or DEFAULT_BACKEND
+    return cached(model, ("compiled", chosen), lambda: CompiledOrEager(model, chosen))

@@ -22,13 +22,13 @@ Only families whose maps follow these rules (HoVer-Net) accept a mode other than
 
 from __future__ import annotations
 
-import weakref
 from typing import Literal, cast, get_args
 
 import torch
 from torch import nn
 
 from ircr.errors import IrcrError
+from ircr.inference.module_cache import cached
 
 TTAMode = Literal["off", "flips", "d4"]
 TTA_MODES: tuple[str, ...] = get_args(TTAMode)
@@ -106,16 +106,10 @@ class FlipAveraged(nn.Module):
         return prob, hv
 
 
-_WRAPPERS: weakref.WeakKeyDictionary[nn.Module, dict[str, FlipAveraged]] = (
-    weakref.WeakKeyDictionary())
-
-
 def flip_averaged(net: nn.Module, mode: str) -> nn.Module:
     """``net`` itself for ``off``; else its (cached) :class:`FlipAveraged` wrapper, one per
-    network and mode, so a compiled graph (cached per module) is built once."""
+    network and mode and freed with it, so a compiled graph (cached per module) is built
+    once."""
     if mode == "off":
         return net
-    per_net = _WRAPPERS.setdefault(net, {})
-    if mode not in per_net:
-        per_net[mode] = FlipAveraged(net, mode)
-    return per_net[mode]
+    return cached(net, ("tta", mode), lambda: FlipAveraged(net, mode))

@@ -13,7 +13,6 @@ probability, then connected components.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from ircr.inference import predict as tiled
 from ircr.inference.family import InferenceSetting, ModelFamily, Prediction, register_family
+from ircr.inference.module_cache import cached
 from ircr.models.cdcl_net import CDCLNetConfig, build_cdcl_net
 from ircr.postproc.components import ComponentParams, semantic_instances
 
@@ -39,16 +39,10 @@ class SemanticOnly(nn.Module):
         return {"np": logits, "hv": torch.zeros_like(logits)}
 
 
-_WRAPPERS: weakref.WeakKeyDictionary[nn.Module, SemanticOnly] = weakref.WeakKeyDictionary()
-
-
 def semantic_only(net: nn.Module) -> SemanticOnly:
     """The (cached) :class:`SemanticOnly` of ``net``: one wrapper per network, so a compiled
     graph (``compile: true``, cached per module) is built once, not once per image."""
-    wrapper = _WRAPPERS.get(net)
-    if wrapper is None:
-        wrapper = _WRAPPERS[net] = SemanticOnly(net)
-    return wrapper
+    return cached(net, "cdcl_semantic_only", lambda: SemanticOnly(net))
 
 
 @register_family

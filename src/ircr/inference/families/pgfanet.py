@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from ircr.inference import predict as tiled
 from ircr.inference.family import InferenceSetting, ModelFamily, Prediction, register_family
+from ircr.inference.module_cache import cached
 from ircr.models.pgfanet_net import PGFANetConfig, build_pgfanet
 from ircr.postproc.interior import InteriorParams, interior_instances
 
@@ -48,14 +48,9 @@ class AsBlendedMaps(nn.Module):
         return {"np": torch.cat([bg.log(), fg.log()], dim=1), "hv": p[:, 1:]}
 
 
-_WRAPPERS: weakref.WeakKeyDictionary[nn.Module, AsBlendedMaps] = weakref.WeakKeyDictionary()
-
-
 def _wrapped(model: nn.Module) -> AsBlendedMaps:
     """One wrapper per network (so a compiled graph is cached once per model)."""
-    if model not in _WRAPPERS:
-        _WRAPPERS[model] = AsBlendedMaps(model)
-    return _WRAPPERS[model]
+    return cached(model, "pgfanet_blended_maps", lambda: AsBlendedMaps(model))
 
 
 def _prediction(prob: np.ndarray, maps: np.ndarray) -> Prediction:
