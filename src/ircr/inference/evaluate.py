@@ -138,6 +138,14 @@ def predict_whole(model: nn.Module, ds: PreparedDataset, name: str, cfg: EvalCon
                         overlap=cfg.overlap, batch_size=cfg.batch_size, device=device, amp=amp)
 
 
+def _setting(cfg: EvalConfig, fam: ModelFamily, device: torch.device | None,
+             amp: AmpSetting) -> InferenceSetting:
+    """The network setting of an evaluation (``eval.tta`` checked against the family)."""
+    tta = cfg.tta if cfg.tta == "off" else check_tta(cfg.tta, fam.name, "eval.tta")
+    return InferenceSetting(window=cfg.window, overlap=cfg.overlap, batch_size=cfg.batch_size,
+                            device=device, amp=amp, tta=tta)
+
+
 def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg: EvalConfig,
                    postproc: Any = None,
                    device: torch.device | str | None = None, amp: AmpSetting = False,
@@ -154,9 +162,7 @@ def evaluate_model(model: nn.Module, ds: PreparedDataset, names: list[str], cfg:
     fam = family or get_family()
     params = fam.parse_postproc(postproc)
     dev = None if device is None else torch.device(device)
-    setting = InferenceSetting(window=cfg.window, overlap=cfg.overlap,
-                               batch_size=cfg.batch_size, device=dev, amp=amp,
-                               tta=check_tta(cfg.tta, fam.name, "eval.tta"))
+    setting = _setting(cfg, fam, dev, amp)
     rows, results = [], []
     taken: set[str] = set()
     if overlays is not None:
@@ -221,9 +227,7 @@ def evaluate_patches(model: nn.Module, ds: PreparedDataset, names: list[str], cf
     fam = family or get_family()
     params = fam.parse_postproc(postproc)
     dev = None if device is None else torch.device(device)
-    setting = InferenceSetting(window=cfg.window, overlap=cfg.overlap,
-                               batch_size=cfg.batch_size, device=dev, amp=amp,
-                               tta=check_tta(cfg.tta, fam.name, "eval.tta"))
+    setting = _setting(cfg, fam, dev, amp)
     jobs = []
     for name in names:
         idx = ds.index_of(name)
