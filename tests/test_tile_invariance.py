@@ -21,13 +21,16 @@ import ircr
 from ircr.metrics import instance_metrics
 
 
-def test_one_tile_and_2x2_tiles_give_the_same_instances(monuseg_root: Path) -> None:
+@pytest.mark.parametrize("tta", ["off", "flips"])
+def test_one_tile_and_2x2_tiles_give_the_same_instances(monuseg_root: Path, tta: str) -> None:
+    """Also with test-time augmentation: each window's mirrored passes see the same window,
+    so the averaged maps of a tile's core do not depend on the tiling either."""
     tifffile = pytest.importorskip("tifffile")
     path = sorted(glob.glob(str(monuseg_root / "images" / "*.tif")))[3]  # TCGA-38-6178
     img = np.ascontiguousarray(tifffile.imread(path)[300:748, 300:748, :3])
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    one = ircr.load_model(None, device="cpu")
-    four = ircr.load_model(None, device="cpu", tile=224)
+    one = ircr.load_model(None, device="cpu", tta=tta)
+    four = ircr.load_model(None, device="cpu", tile=224, tta=tta)
     assert one.postproc.gradient_range == "fixed"  # the packaged postproc.yaml
     whole = one.segment(img, mpp=0.25)
     tiled = four.segment(img, mpp=0.25)
