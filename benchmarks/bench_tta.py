@@ -1,4 +1,4 @@
-"""Cost of test-time augmentation: ``segment()`` of real tiles with ``--tta off|flips|d4``.
+"""Cost of test-time augmentation: ``segment()`` of real tiles with every ``--tta`` mode.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_tta.py [--tiles 3 --repeats 2 --threads 2]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench_segment_speed import real_tiles
 
-MODES = ("off", "flips", "d4")
+MODES = ("off", "mirror", "flips", "d4")
 
 
 def main() -> None:

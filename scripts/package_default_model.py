@@ -47,10 +47,11 @@ SPEED = ("CPU, 2 torch threads of a 2-core AMD EPYC VM (docs/benchmarks.md, 'Hug
          ': real 1000 x 1000 tiles 3.1-3.4 s per megapixel, a 2048 x 2048 slide 3.6 s/MP, eager '
          '(3.7-4.2x the path before issue 23 in one side-by-side run); peak RSS 3.1-3.6 GB for a'
          ' tile, 1.4 GB for a 20,000 x 20,000 slide region')
-TTA = ("--tta flips (load_model(tta='flips')): 4 mirrored passes per window averaged, about 4x "
-       "the time; on CPM-15 (15 tiles, shipped thresholds): AJI 0.546, PQ 0.494, "
-       "2,842 nuclei predicted for 2,905 (0.537, 0.472, 3,059 without); MoNuSeg validation "
-       "unchanged (AJI 0.569, PQ 0.516); docs/models.md, 'Test-time augmentation'")
+TTA = ("off by default. --tta mirror (load_model(tta='mirror')): the window and its mirror "
+       "averaged, 1.9x the time; on CPM-15 (15 tiles, shipped thresholds) AJI 0.542, PQ 0.488, "
+       "2,891 nuclei predicted for 2,905 (0.537, 0.472, 3,059 without). --tta flips: 4 mirrors, "
+       "3.7-4.1x: AJI 0.546, PQ 0.494, 2,842 predicted. MoNuSeg validation unchanged (AJI "
+       "0.572 / 0.569, PQ 0.519 / 0.516); docs/models.md, 'Test-time augmentation'")
 
 
 def best_epoch(run: Path) -> tuple[int, dict[str, float]]:

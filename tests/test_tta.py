@@ -55,16 +55,16 @@ def _real_crop(monuseg_root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_modes_and_passes() -> None:
-    assert TTA_MODES == ("off", "flips", "d4")
+    assert TTA_MODES == ("off", "mirror", "flips", "d4")
     assert TTA_CHOICES == TTA_MODES  # the CLI's copy (parsing imports no torch)
-    assert [tta_passes(m) for m in TTA_MODES] == [1, 4, 8]
+    assert [tta_passes(m) for m in TTA_MODES] == [1, 2, 4, 8]
     net = Equivariant()
     assert flip_averaged(net, "off") is net
     assert flip_averaged(net, "flips") is flip_averaged(net, "flips")  # one per net and mode
     assert flip_averaged(net, "d4") is not flip_averaged(net, "flips")
 
 
-@pytest.mark.parametrize("mode", ["flips", "d4"])
+@pytest.mark.parametrize("mode", ["mirror", "flips", "d4"])
 def test_averaging_an_equivariant_net_gives_its_plain_output(mode: str) -> None:
     x = torch.rand(2, 3, 40, 56) * 255  # not square: the transposed passes change the shape
     net = Equivariant()

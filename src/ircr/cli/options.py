@@ -16,7 +16,7 @@ from typing import Any
 
 DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
 # = ircr.inference.tta.TTA_MODES (not imported: parsing the command line loads no torch)
-TTA_CHOICES = ("off", "flips", "d4")
+TTA_CHOICES = ("off", "mirror", "flips", "d4")
 NO_NETWORK = ("accepted like in every command; this one runs no network, so it only checks "
               "the value")
 
@@ -76,12 +76,12 @@ def add_inference(p: argparse.ArgumentParser) -> None:
 
 
 def add_tta(p: argparse.ArgumentParser) -> None:
-    """``--tta off|flips|d4`` (test-time augmentation, :mod:`ircr.inference.tta`)."""
+    """``--tta off|mirror|flips|d4`` (test-time augmentation, :mod:`ircr.inference.tta`)."""
     p.add_argument("--tta", default="off", choices=TTA_CHOICES,
-                   help="test-time augmentation of HoVer-Net maps: off (default), flips (the "
-                        "maps averaged over 4 mirrors: 4x the network time; fewer false and "
-                        "split nuclei on unfamiliar tissue, docs/models.md) or d4 (8 rotations "
-                        "and mirrors, 8x)")
+                   help="test-time augmentation of HoVer-Net maps: off (default), mirror (the "
+                        "maps of the window and its left-right mirror averaged: 2x the network "
+                        "time), flips (4 mirrors, 4x) or d4 (8 rotations and mirrors, 8x); "
+                        "fewer false and split nuclei on unfamiliar tissue (docs/models.md)")
 
 
 def add_cluster(p: argparse.ArgumentParser, what: str) -> None:

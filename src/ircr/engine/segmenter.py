@@ -120,7 +120,8 @@ class NucleusSegmenter:
             everything else; :meth:`for_slide`). The network runs in channels_last
             memory format on CUDA.
         tta: test-time augmentation of the network's maps (:mod:`ircr.inference.tta`):
-            ``off`` (default), ``flips`` (4 passes per window) or ``d4`` (8); HoVer-Net only.
+            ``off`` (default), ``mirror`` (2 passes per window), ``flips`` (4) or ``d4`` (8);
+            HoVer-Net only.
     """
 
     def __init__(self, model: nn.Module, postproc: Any, model_mpp: float | None = None,
@@ -394,8 +395,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         workers: post-processing threads for whole slides.
         compile: ``torch.compile`` the network (eager fallback with a message on failure):
             True/"on", False/"off", or "auto" (slides with enough tissue, on CPU).
-        tta: test-time augmentation: "off" (default), "flips" or "d4"
-            (:mod:`ircr.inference.tta`; HoVer-Net models; 4 or 8 network passes per window).
+        tta: test-time augmentation: "off" (default), "mirror", "flips" or "d4"
+            (:mod:`ircr.inference.tta`; HoVer-Net models; 2, 4 or 8 network passes per window).
 
     Raises:
         IrcrError: the folder or one of its files is missing or corrupt.

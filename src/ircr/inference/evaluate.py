@@ -59,7 +59,8 @@ class EvalConfig:
             paper's F1_obj cites: :mod:`ircr.metrics`).
         max_images: validate on at most this many images (None = all; smoke tests).
         tta: test-time augmentation of the network's maps (HoVer-Net models only;
-            :mod:`ircr.inference.tta`): ``off`` (default), ``flips`` (4 passes), ``d4`` (8).
+            :mod:`ircr.inference.tta`): ``off`` (default), ``mirror`` (2 passes), ``flips`` (4),
+            ``d4`` (8).
     """
 
     window: int = bounded(256, 16, MAX_WINDOW)
@@ -394,8 +395,8 @@ def evaluate_folder(model_dir: str | Path, dataset: str | Path, split: str = "va
     own, mean over patches: the BASS paper's unit, :mod:`ircr.inference.evaluate_patches`).
     ``dilate``: 0/1 overrides the painting's 1-px growth of a detection model (``maskrcnn``;
     the released BASS evaluation uses 1).
-    ``tta``: test-time augmentation (``off``, ``flips``, ``d4``; None = ``cfg.tta``, default
-    off; HoVer-Net models only).
+    ``tta``: test-time augmentation (``off``, ``mirror``, ``flips``, ``d4``; None = ``cfg.tta``,
+    default off; HoVer-Net models only).
     """
     import dataclasses
 

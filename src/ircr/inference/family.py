@@ -73,7 +73,8 @@ class InferenceSetting:
             (:func:`ircr.inference.device.amp_dtype`).
         channels_last: run the network in channels_last memory format.
         compile: run the network through ``torch.compile`` (eager fallback on failure).
-        tta: test-time augmentation (:mod:`ircr.inference.tta`: ``off``, ``flips``, ``d4``);
+        tta: test-time augmentation (:mod:`ircr.inference.tta`: ``off``, ``mirror``,
+            ``flips``, ``d4``);
             families other than HoVer-Net accept only ``off``.
     """
 

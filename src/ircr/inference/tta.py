@@ -9,12 +9,12 @@ mapped back to the input's frame before averaging:
 
 The NP output is averaged as probabilities (softmax of each pass), and returned as their log,
 so the caller's softmax gives back exactly the mean probability. Modes (``TTA_MODES``):
-``off`` (one pass), ``flips`` (identity, mirror x, mirror y, both: 4 passes, the same as the
-rotations by 0 / 180° and the two mirrors) and ``d4`` (those 4 on the image and on its
-transpose: all 8 rotations and mirrors). The network cost grows with the passes; WBIS runs once
-on the averaged maps. Measured (docs/models.md, "Test-time augmentation"): on CPM-15, ``flips``
-removes most of the packaged model's over-counting on unfamiliar tissue; on MoNuSeg validation
-it is neutral.
+``off`` (one pass), ``mirror`` (identity and mirror x: 2 passes), ``flips`` (identity, mirror
+x, mirror y, both: 4 passes, the same as the rotations by 0 / 180° and the two mirrors) and
+``d4`` (those 4 on the image and on its transpose: all 8 rotations and mirrors). The network
+cost grows with the passes; WBIS runs once on the averaged maps. Measured (docs/models.md,
+"Test-time augmentation"): on CPM-15, ``mirror`` and ``flips`` remove most of the packaged
+model's over-counting on unfamiliar tissue; on MoNuSeg validation they are neutral.
 
 Only families whose maps follow these rules (HoVer-Net) accept a mode other than ``off``
 (:func:`check_tta`).
@@ -30,12 +30,13 @@ from torch import nn
 from ircr.errors import IrcrError
 from ircr.inference.module_cache import cached
 
-TTAMode = Literal["off", "flips", "d4"]
+TTAMode = Literal["off", "mirror", "flips", "d4"]
 TTA_MODES: tuple[str, ...] = get_args(TTAMode)
 
 # (transpose, mirror y, mirror x) per pass, identity first
 _TRANSFORMS: dict[str, tuple[tuple[bool, bool, bool], ...]] = {
     "off": ((False, False, False),),
+    "mirror": ((False, False, False), (False, False, True)),
     "flips": ((False, False, False), (False, False, True), (False, True, False),
               (False, True, True)),
 }
