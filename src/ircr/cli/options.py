@@ -81,7 +81,7 @@ def add_tta(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation of HoVer-Net maps: off (default), mirror (the "
                         "maps of the window and its left-right mirror averaged: 2x the network "
                         "time), flips (4 mirrors, 4x) or d4 (8 rotations and mirrors, 8x); "
-                        "fewer false and split nuclei on unfamiliar tissue (docs/models.md)")
+                        "fewer false positives on unfamiliar tissue (docs/models.md)")
 
 
 def add_cluster(p: argparse.ArgumentParser, what: str) -> None:

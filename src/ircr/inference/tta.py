@@ -14,7 +14,8 @@ x, mirror y, both: 4 passes, the same as the rotations by 0 / 180° and the two 
 ``d4`` (those 4 on the image and on its transpose: all 8 rotations and mirrors). The network
 cost grows with the passes; WBIS runs once on the averaged maps. Measured (docs/models.md,
 "Test-time augmentation"): on CPM-15, ``mirror`` and ``flips`` remove most of the packaged
-model's over-counting on unfamiliar tissue; on MoNuSeg validation they are neutral.
+model's over-counting on unfamiliar tissue (objects on background, which the passes disagree
+on; not split nuclei); on MoNuSeg validation they are neutral.
 
 Only families whose maps follow these rules (HoVer-Net) accept a mode other than ``off``
 (:func:`check_tta`).
