@@ -92,7 +92,7 @@ class FlipAveraged(nn.Module):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """One transformed pass, mapped back: prob (B, 2, H, W), hv (B, 2, H, W) float32."""
         dims = [d for d, on in ((-2, flip_y), (-1, flip_x)) if on]
-        z = x.transpose(-1, -2).contiguous() if transpose else x  # a view convolves slower
+        z = x.transpose(-1, -2).contiguous() if transpose else x  # dense, as the network expects
         if dims:
             z = z.flip(dims)
         out = self.net(z)
