@@ -23,9 +23,11 @@ from torch import Tensor, nn
 import ircr
 from ircr.cli.main import main
 from ircr.cli.options import TTA_CHOICES
+from ircr.config import from_dict
 from ircr.data.prepare import prepare_dataset
 from ircr.engine.segmenter import NucleusSegmenter
 from ircr.errors import IrcrError
+from ircr.inference.evaluate import EvalConfig
 from ircr.inference.family import get_family
 from ircr.inference.predict import predict_maps
 from ircr.inference.tta import TTA_MODES, FlipAveraged, check_tta, flip_averaged, tta_passes
@@ -115,6 +117,9 @@ def test_only_hovernet_models_take_tta() -> None:
     with pytest.raises(IrcrError, match="unknown test-time augmentation 'twice'"):
         check_tta("twice", "hovernet", "--tta")
     assert check_tta("off", "maskrcnn") == "off"
+    with pytest.raises(IrcrError, match=r"run\.yaml: config key 'eval\.tta' must be 'off' \| "
+                                        r"'mirror' \| 'flips' \| 'd4', got 'twice'"):
+        from_dict(EvalConfig, {"tta": "twice"}, where="run.yaml", prefix="eval.")
     seg = NucleusSegmenter(Equivariant(), None, device="cpu", tta="d4")
     assert "TTA d4 (8 passes)" in seg.describe()
     assert seg.setting().tta == "d4"
